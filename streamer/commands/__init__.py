@@ -1,0 +1,1 @@
+"""One module per ``coldstream`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args)``."""

