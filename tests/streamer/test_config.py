@@ -1,0 +1,125 @@
+"""The typed configuration: layering, unknown keys, bad values, secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from streamer.config import ConfigError, load_settings, parse_override, settings_to_toml_dict
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_without_file() -> None:
+    s = load_settings(environ={})
+    assert s.windows.stride_s == 10.0
+    assert s.metrics.bind_address == "127.0.0.1"
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[worker]\nbatch_size = 4\nmax_steps = 6\n[windows]\nstride_s = 5.0\n")
+    env = {"COLDSTREAM_WORKER__BATCH_SIZE": "8", "COLDSTREAM_WORKER__MAX_WAIT_MS": "50"}
+    s = load_settings(cfg, ["worker.batch_size=16"], environ=env)
+    assert s.worker.batch_size == 16  # CLI wins
+    assert s.worker.max_wait_ms == 50  # env over default
+    assert s.worker.max_steps == 6  # file over default, untouched by env in the same section
+    assert s.windows.stride_s == 5.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"overrides": ["worker.batchsize=4"]}, "worker.batchsize: unknown key"),
+        ({"overrides": ["nosuch.key=1"]}, "nosuch: unknown key"),
+        ({"environ": {"COLDSTREAM_WORKER__BATCHSIZE": "3"}}, "COLDSTREAM_WORKER__BATCHSIZE"),
+        ({"environ": {"COLDSTREAM_NOPE": "3"}}, "COLDSTREAM_NOPE"),
+        ({"overrides": ["worker.batch_size=0"]}, "worker.batch_size"),
+        ({"overrides": ["worker.device=tpu"]}, "worker.device"),
+        ({"overrides": ["worker.min_steps=9", "worker.max_steps=2"]}, "min_steps must be <= max_steps"),
+        ({"overrides": ["redis.url=http://x"]}, "redis.url"),
+        ({"overrides": ["seedlink.servers=[{host='a', prot=1}]"]}, "seedlink.servers.0.prot: unknown key"),
+    ],
+)
+def test_bad_keys_and_values_are_named(kwargs: dict, needle: str) -> None:
+    kwargs.setdefault("environ", {})
+    with pytest.raises(ConfigError) as info:
+        load_settings(**kwargs)
+    assert needle in str(info.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[buffers]\nhorizon_s = 100\nhorizon = 3\n")
+    with pytest.raises(ConfigError, match=r"buffers\.horizon: unknown key"):
+        load_settings(cfg, environ={})
+
+
+def test_missing_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[worker\n"), environ={})
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(environ={})
+    with pytest.raises(Exception):
+        s.worker.batch_size = 3  # type: ignore[misc]
+
+
+def test_override_values_parse_as_toml() -> None:
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=cpu") == ("a.b", "cpu")
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    with pytest.raises(ConfigError):
+        parse_override("nokey")
+
+
+def test_password_never_in_repr_or_dump(tmp_path: Path) -> None:
+    s = load_settings(overrides=["redis.password=hunter2"], environ={})
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(settings_to_toml_dict(s))
+    assert s.redis.resolved_password() == "hunter2"
+
+
+def test_password_file_and_world_readable_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    os.chmod(secret, 0o644)
+    with caplog.at_level(logging.WARNING):
+        s = load_settings(overrides=[f'redis.password_file="{secret}"'], environ={})
+    assert s.redis.resolved_password() == "s3cret"
+    assert "readable by every user" in caplog.text
+    assert "s3cret" not in caplog.text
+    caplog.clear()
+    os.chmod(secret, 0o600)
+    with caplog.at_level(logging.WARNING):
+        load_settings(overrides=[f'redis.password_file="{secret}"'], environ={})
+    assert "readable by every user" not in caplog.text
+
+
+def test_missing_password_file_fails_fast(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(overrides=[f'redis.password_file="{tmp_path / "absent"}"'], environ={})
+
+
+def test_world_readable_config_with_password_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write(tmp_path, '[redis]\npassword = "pw"\n')
+    os.chmod(cfg, 0o644)
+    with caplog.at_level(logging.WARNING):
+        load_settings(cfg, environ={})
+    assert "readable by every user" in caplog.text
+
+
+def test_cli_config_command_reports_bad_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    assert main(["config", "--set", "worker.nope=1"]) == 2
+    assert "worker.nope: unknown key" in capsys.readouterr().err
