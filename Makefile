@@ -44,9 +44,9 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
-	$(VENV)/bin/coldstream bench ingest
-	$(VENV)/bin/coldstream bench denoiser
-	$(VENV)/bin/coldstream bench pipeline
+	$(PY) bench/ingest.py
+	$(PY) bench/denoiser.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis *.egg-info
