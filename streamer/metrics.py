@@ -51,6 +51,9 @@ class Metrics:
         )
         self.state_saves = Counter(f"{p}_state_saves_total", "SeedLink state file writes", registry=r)
         self.state_save_timestamp = Gauge(f"{p}_state_save_timestamp_seconds", "time of the last state file write", registry=r)
+        self.state_file_errors = Counter(
+            f"{p}_seedlink_state_file_errors_total", "unusable SeedLink state files (started without resume points)", registry=r
+        )
 
         # --- buffers and windows ----------------------------------------------------------------
         self.data_latency = Gauge(f"{p}_data_latency_seconds", "now minus the time of the newest sample", ["station"], registry=r)
