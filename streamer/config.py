@@ -84,6 +84,7 @@ class WorkerSettings(_Section):
     queue_max_windows: int = Field(4000, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     mixed_precision: bool = True
+    shed_age_strides: float = Field(3.0, ge=0, description="queued windows older than this many strides are shed; 0 = never")
 
     @model_validator(mode="after")
     def _steps_order(self) -> "WorkerSettings":

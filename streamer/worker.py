@@ -1,0 +1,579 @@
+"""The batching worker: windows from all stations -> denoiser (+ PhaseNet) within a latency budget.
+
+Two pieces:
+
+- :class:`StepController` is pure logic (no threads, no clocks). It keeps an exponential moving average
+  of the measured cost of one sampler step per batch size (seeded from ``denoiser.step_cost_ms``), and
+  from it chooses the number of sampler steps for the next batch:
+
+  * ``budget``: ``steps = floor((budget_ms - overhead_ms) / step_cost_ms)`` clamped to
+    ``[min_steps, max_steps]``;
+  * ``overload``: windows arrive in bursts, one per station per stride, so whatever is queued must be
+    cleared within one stride or the queue grows without bound. With ``pending`` windows (this batch plus
+    the queue) the time available per batch is ``stride_ms * batch_size / pending``; when that is below
+    the budget the worker runs fewer steps;
+  * shedding: when even ``min_steps`` (direct prediction at 1) cannot clear the queue before its windows
+    go stale (``max_age_ms``), the oldest windows are dropped. Stale windows (age above ``max_age_ms``)
+    are dropped first (reason ``age``), then as many of the oldest as needed (reason ``overload``).
+    The newest data matter most to early warning, so the oldest go first.
+
+- :class:`Worker` is a thread with a bounded, thread-safe input queue. It forms batches of up to
+  ``batch_size`` windows (waiting at most ``max_wait_ms`` for a batch to fill), runs the denoiser and the
+  picker on the same batch, and hands a :class:`BatchResult` to ``on_result``. Every degradation is
+  counted in ``coldstream_sampler_degradations_total{reason}`` and every shed window in
+  ``coldstream_windows_shed_total{reason}`` (and reported to ``on_shed`` so acknowledgement can move on);
+  nothing is dropped silently.
+
+Inference runs on this thread, never on the ingest event loop.
+
+Limitations: the cost model is per batch size with linear scaling between observed sizes; a batch that
+takes far longer than predicted (a GC pause, a contended CPU) is only corrected by the next observation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamer.metrics import Metrics
+from streamer.records import Window
+
+log = logging.getLogger(__name__)
+
+NS_PER_MS = 1_000_000
+
+REASON_BUDGET = "budget"
+REASON_OVERLOAD = "overload"
+SHED_AGE = "age"
+SHED_OVERLOAD = "overload"
+SHED_QUEUE_FULL = "queue_full"
+SHED_ERROR = "error"
+
+
+class WorkerError(Exception):
+    """Base class of the worker's errors."""
+
+
+class DenoiseResultLike(Protocol):
+    x0: Any
+    steps_done: int
+    elapsed_ms: float
+
+
+class DenoiserLike(Protocol):
+    """What the worker needs from ``models.Denoiser``."""
+
+    name: str
+    version: str
+
+    def denoise_windows(self, x: np.ndarray, steps: int | None = None, budget_ms: float | None = None) -> Any: ...
+
+    def step_cost_ms(self, batch_size: int) -> float: ...
+
+    def warm_up(self, batch_size: int) -> Any: ...
+
+
+class PickerLike(Protocol):
+    """What the worker needs from ``models.picker.Picker``."""
+
+    name: str
+    version: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------------------------------ controller
+@dataclass(frozen=True)
+class StepDecision:
+    """Steps for one batch; ``reason`` is None at full quality, else ``budget`` or ``overload``;
+    ``budget_ms`` is the time the denoiser may spend on the batch."""
+
+    steps: int
+    reason: str | None
+    budget_ms: float
+
+
+@dataclass(frozen=True)
+class ShedPlan:
+    """How many of the oldest queued windows to drop, by reason."""
+
+    age: int = 0
+    overload: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.age + self.overload
+
+
+class StepController:
+    """Chooses sampler steps per batch from the measured step cost; plans shedding. Pure logic.
+
+    ``budget_ms``: time allowed for one batch; ``stride_ms``: the window stride (the period at which
+    every station delivers a new window); ``max_age_ms``: a queued window older than this (measured from
+    its newest sample's arrival) is stale. ``ema_alpha`` weights new observations.
+    """
+
+    def __init__(
+        self,
+        budget_ms: float,
+        min_steps: int,
+        max_steps: int,
+        stride_ms: float | None = None,
+        max_age_ms: float | None = None,
+        ema_alpha: float = 0.3,
+    ) -> None:
+        if min_steps < 1 or max_steps < min_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+        if budget_ms <= 0:
+            raise ValueError("budget_ms must be > 0")
+        self.budget_ms = float(budget_ms)
+        self.min_steps = int(min_steps)
+        self.max_steps = int(max_steps)
+        self.stride_ms = stride_ms
+        self.max_age_ms = max_age_ms
+        self.ema_alpha = float(ema_alpha)
+        self._step_ms: dict[int, float] = {}
+        self._overhead_ms: dict[int, float] = {}
+
+    # --- cost model --------------------------------------------------------------------------------
+    def seed(self, batch_size: int, step_cost_ms: float) -> None:
+        """Initial estimate of one step's cost for ``batch_size`` (e.g. ``denoiser.step_cost_ms``)."""
+        if step_cost_ms > 0:
+            self._step_ms.setdefault(int(batch_size), float(step_cost_ms))
+
+    def observe(self, batch_size: int, steps: int, elapsed_ms: float, overhead_ms: float = 0.0) -> None:
+        """Feed a measured batch: ``elapsed_ms`` for ``steps`` denoiser steps, plus ``overhead_ms``
+        spent outside the denoiser (picker, copies)."""
+        b = int(batch_size)
+        if steps > 0 and elapsed_ms > 0:
+            self._step_ms[b] = self._ema(self._step_ms.get(b), elapsed_ms / steps)
+        if overhead_ms >= 0:
+            self._overhead_ms[b] = self._ema(self._overhead_ms.get(b), overhead_ms)
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.ema_alpha) * old + self.ema_alpha * new
+
+    @staticmethod
+    def _scaled(table: dict[int, float], batch_size: int) -> float | None:
+        if not table:
+            return None
+        if batch_size in table:
+            return table[batch_size]
+        # Nearest observed size, scaled linearly in batch size (conservative for larger batches).
+        nearest = min(table, key=lambda b: (abs(math.log(b / batch_size)), -b))
+        return table[nearest] * batch_size / nearest
+
+    def step_cost_ms(self, batch_size: int) -> float | None:
+        """Estimated cost of one denoiser step for ``batch_size`` windows, None before any estimate."""
+        return self._scaled(self._step_ms, int(batch_size))
+
+    def overhead_ms(self, batch_size: int) -> float:
+        return self._scaled(self._overhead_ms, int(batch_size)) or 0.0
+
+    def batch_ms(self, batch_size: int, steps: int) -> float:
+        """Predicted wall time of one batch at ``steps`` steps (0 when nothing is known yet)."""
+        cost = self.step_cost_ms(batch_size) or 0.0
+        return steps * cost + self.overhead_ms(batch_size)
+
+    # --- decisions --------------------------------------------------------------------------------
+    def choose(self, batch_size: int, queue_depth: int = 0) -> StepDecision:
+        """Steps for a batch of ``batch_size`` windows with ``queue_depth`` more waiting behind it."""
+        b = max(int(batch_size), 1)
+        cost = self.step_cost_ms(b)
+        overhead = self.overhead_ms(b)
+        budget = self.budget_ms
+        if cost is None:
+            return StepDecision(self.max_steps, None, budget - overhead)
+        budget_steps = self._fit(budget - overhead, cost)
+        available = budget
+        if self.stride_ms is not None and queue_depth > 0:
+            n_batches = math.ceil((queue_depth + b) / b)
+            available = min(budget, self.stride_ms / n_batches)
+        steps = self._fit(available - overhead, cost)
+        if steps < budget_steps:
+            return StepDecision(steps, REASON_OVERLOAD, available - overhead)
+        if budget_steps < self.max_steps:
+            return StepDecision(budget_steps, REASON_BUDGET, budget - overhead)
+        return StepDecision(self.max_steps, None, budget - overhead)
+
+    def _fit(self, ms: float, cost: float) -> int:
+        n = math.floor(ms / cost) if cost > 0 else self.max_steps
+        return max(self.min_steps, min(self.max_steps, n))
+
+    def plan_shedding(self, ages_ms: Sequence[float], batch_size: int) -> ShedPlan:
+        """Which of the queued windows (``ages_ms``, oldest first) to drop before the next batch.
+
+        First every window older than ``max_age_ms``; then, while draining the rest at ``min_steps``
+        would take longer than ``max_age_ms``, the oldest of them.
+        """
+        if self.max_age_ms is None or not ages_ms:
+            return ShedPlan()
+        n_age = 0
+        while n_age < len(ages_ms) and ages_ms[n_age] > self.max_age_ms:
+            n_age += 1
+        remaining = len(ages_ms) - n_age
+        per_batch_ms = self.batch_ms(batch_size, self.min_steps)
+        if per_batch_ms <= 0:
+            return ShedPlan(age=n_age)
+        max_batches = max(int(self.max_age_ms // per_batch_ms), 1)
+        capacity = max_batches * max(int(batch_size), 1)
+        return ShedPlan(age=n_age, overload=max(remaining - capacity, 0))
+
+
+# ----------------------------------------------------------------------------------------------- worker
+@dataclass
+class BatchResult:
+    """One processed batch.
+
+    ``denoised``: ``(B, 3, N)`` float32 counts, masked samples set to 0; ``probs``: ``(B, 3, N)`` float32
+    P/S/Noise probabilities on the denoised data (None without a picker); ``raw_probs``: the same on the
+    raw data when the raw comparison picker is on. ``steps`` is what the denoiser actually ran.
+    """
+
+    windows: list[Window]
+    denoised: np.ndarray
+    probs: np.ndarray | None
+    raw_probs: np.ndarray | None
+    steps: int
+    steps_chosen: int
+    reason: str | None
+    inference_ms: float
+    batch_ms: float
+    finished_ns: int = 0
+    model: str = ""
+    model_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ResultHandler = Callable[[BatchResult], None]
+ShedHandler = Callable[[list[Window], str], None]
+
+
+class _RateLimitedLog:
+    """Logs at most once per ``interval_s`` per key, with the count of suppressed repeats."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) >= self.interval_s:
+            n = self._suppressed.pop(key, 0)
+            suffix = f" ({n} similar suppressed)" if n else ""
+            log.warning(msg + suffix, *args)
+            self._last[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+class Worker:
+    """Batches windows and runs denoiser + picker on a thread of its own.
+
+    ``submit`` is thread-safe and never blocks: when the queue holds ``queue_max_windows`` the oldest
+    window is shed (reason ``queue_full``). ``on_result`` and ``on_shed`` are called on the worker
+    thread. ``clock_ns`` returns wall-clock ns (window ages are measured against
+    ``Window.newest_arrival_ns``).
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserLike,
+        metrics: Metrics,
+        on_result: ResultHandler,
+        *,
+        batch_size: int = 32,
+        max_wait_ms: float = 200.0,
+        budget_ms: float = 2000.0,
+        min_steps: int = 1,
+        max_steps: int = 8,
+        queue_max_windows: int = 4000,
+        stride_s: float | None = None,
+        max_age_s: float | None = None,
+        picker: PickerLike | None = None,
+        raw_picker: bool = False,
+        on_shed: ShedHandler | None = None,
+        torch_threads: int | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.denoiser = denoiser
+        self.picker = picker
+        self.raw_picker = raw_picker and picker is not None
+        self.metrics = metrics
+        self.on_result = on_result
+        self.on_shed = on_shed
+        self.on_progress = on_progress
+        self.batch_size = int(batch_size)
+        self.max_wait_ms = float(max_wait_ms)
+        self.queue_max_windows = int(queue_max_windows)
+        self.torch_threads = torch_threads
+        self.clock_ns = clock_ns
+        stride_ms = None if stride_s is None else stride_s * 1000.0
+        max_age_ms = None if max_age_s is None else max_age_s * 1000.0
+        self.controller = StepController(budget_ms, min_steps, max_steps, stride_ms, max_age_ms)
+        self._queue: deque[Window] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._cancelled = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._rl = _RateLimitedLog()
+        self.batches_done = 0
+        self.windows_done = 0
+        self.last_error: BaseException | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        denoiser: DenoiserLike,
+        metrics: Metrics,
+        on_result: ResultHandler,
+        worker_settings: Any,
+        stride_s: float,
+        **kwargs: Any,
+    ) -> "Worker":
+        """Build from ``WorkerSettings``; the stale-window bound is ``shed_age_strides * stride_s``."""
+        ws = worker_settings
+        return cls(
+            denoiser,
+            metrics,
+            on_result,
+            batch_size=ws.batch_size,
+            max_wait_ms=ws.max_wait_ms,
+            budget_ms=ws.budget_ms,
+            min_steps=ws.min_steps,
+            max_steps=ws.max_steps,
+            queue_max_windows=ws.queue_max_windows,
+            stride_s=stride_s,
+            max_age_s=ws.shed_age_strides * stride_s if ws.shed_age_strides else None,
+            torch_threads=ws.torch_threads,
+            **kwargs,
+        )
+
+    # --- input ---------------------------------------------------------------------------------------
+    def submit(self, windows: Sequence[Window]) -> None:
+        """Queue windows (thread-safe, non-blocking)."""
+        if not windows:
+            return
+        dropped: list[Window] = []
+        with self._cond:
+            if self._stopping:
+                dropped = list(windows)
+            else:
+                self._queue.extend(windows)
+                while len(self._queue) > self.queue_max_windows:
+                    dropped.append(self._queue.popleft())
+            self.metrics.queue_depth.set(len(self._queue))
+            self._cond.notify_all()
+        if dropped:
+            reason = SHED_QUEUE_FULL
+            self._report_shed(dropped, reason)
+
+    @property
+    def depth(self) -> int:
+        """Windows waiting (not counting the batch in progress)."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is queued and no batch is running."""
+        with self._cond:
+            return not self._queue and not self._busy
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run one inference at full batch size and seed the step cost (blocking)."""
+        self._apply_torch_threads()
+        self.denoiser.warm_up(self.batch_size)
+        cost = float(self.denoiser.step_cost_ms(self.batch_size))
+        self.controller.seed(self.batch_size, cost)
+        log.info("worker warmed up: %.1f ms per sampler step at batch size %d", cost, self.batch_size)
+
+    def _apply_torch_threads(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(int(self.torch_threads))
+
+    def start(self) -> None:
+        self._apply_torch_threads()
+        self._thread = threading.Thread(target=self._run, name="coldstream-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = True, timeout_s: float | None = None) -> bool:
+        """Stop taking windows; with ``drain`` finish the queued ones first. True when the thread ended."""
+        with self._cond:
+            self._stopping = True
+            if not drain:
+                self._cancelled = True
+            self._cond.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def cancel(self) -> list[Window]:
+        """Abandon queued windows (second signal); returns them so the caller can account for them."""
+        with self._cond:
+            self._cancelled = True
+            self._stopping = True
+            left = list(self._queue)
+            self._queue.clear()
+            self.metrics.queue_depth.set(0)
+            self._cond.notify_all()
+        return left
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        log.info("worker started (batch size %d, budget %.0f ms)", self.batch_size, self.controller.budget_ms)
+        while True:
+            batch = self._next_batch(timeout_s=None)
+            if batch is None:
+                break
+            if batch:
+                self._process_guarded(batch)
+        log.info("worker stopped after %d batches, %d windows", self.batches_done, self.windows_done)
+
+    def process_once(self, timeout_s: float = 0.0) -> BatchResult | None:
+        """Take one batch (waiting up to ``timeout_s``) and process it on the calling thread (tests,
+        benchmarks). Returns None when nothing was queued."""
+        batch = self._next_batch(timeout_s=timeout_s)
+        if not batch:
+            return None
+        return self._process_guarded(batch)
+
+    def _next_batch(self, timeout_s: float | None) -> list[Window] | None:
+        """Up to ``batch_size`` windows; [] when none arrived in ``timeout_s``; None when stopped."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            if self._cancelled:
+                return None
+            fill_deadline = time.monotonic() + self.max_wait_ms / 1000.0
+            while len(self._queue) < self.batch_size and not self._stopping:
+                remaining = fill_deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            shed = self._shed_locked()
+            n = min(self.batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._busy = bool(batch)
+            self.metrics.queue_depth.set(len(self._queue))
+        for reason, windows in shed:
+            self._report_shed(windows, reason)
+        return batch
+
+    def _shed_locked(self) -> list[tuple[str, list[Window]]]:
+        now = self.clock_ns()
+        ages = [(now - w.newest_arrival_ns) / NS_PER_MS for w in self._queue]
+        plan = self.controller.plan_shedding(ages, self.batch_size)
+        out: list[tuple[str, list[Window]]] = []
+        for reason, n in ((SHED_AGE, plan.age), (SHED_OVERLOAD, plan.overload)):
+            if n:
+                out.append((reason, [self._queue.popleft() for _ in range(n)]))
+        return out
+
+    def _report_shed(self, windows: list[Window], reason: str) -> None:
+        self.metrics.windows_shed.labels(reason=reason).inc(len(windows))
+        self._rl.warning(f"shed-{reason}", "shed %d windows (%s); queue depth %d", len(windows), reason, len(self._queue))
+        if self.on_shed is not None:
+            self.on_shed(windows, reason)
+
+    def _process_guarded(self, batch: list[Window]) -> BatchResult | None:
+        try:
+            result = self.process_batch(batch)
+            self.on_result(result)
+            return result
+        except Exception as exc:  # recover inside the loop: count, report, keep going
+            self.last_error = exc
+            log.exception("batch of %d windows failed; shedding it", len(batch))
+            self._report_shed(batch, SHED_ERROR)
+            return None
+        finally:
+            with self._cond:
+                self._busy = False
+            if self.on_progress is not None:
+                self.on_progress()
+
+    def process_batch(self, batch: list[Window]) -> BatchResult:
+        """Denoise and pick one batch (no queue involved)."""
+        t0 = time.perf_counter()
+        decision = self.controller.choose(len(batch), self.depth)
+        if decision.reason is not None:
+            self.metrics.degradations.labels(reason=decision.reason).inc()
+        x = np.stack([w.data for w in batch]).astype(np.float32, copy=False)
+        mask = np.stack([w.mask for w in batch])
+        res = self.denoiser.denoise_windows(x, steps=decision.steps, budget_ms=max(decision.budget_ms, 1.0))
+        denoised = _to_numpy(res.x0)
+        denoised = np.where(mask, denoised, np.float32(0.0)).astype(np.float32, copy=False)
+        steps_done = int(res.steps_done)
+        inference_ms = float(res.elapsed_ms)
+        probs = raw_probs = None
+        if self.picker is not None:
+            probs = self.picker.predict(denoised)
+            if self.raw_picker:
+                raw_probs = self.picker.predict(x)
+        batch_ms = (time.perf_counter() - t0) * 1000.0
+        self.controller.observe(len(batch), steps_done, inference_ms, max(batch_ms - inference_ms, 0.0))
+        self._record(len(batch), steps_done, batch_ms)
+        if steps_done < decision.steps and decision.reason is None:
+            # the denoiser's own deadline cut the sampler short: that is a budget degradation too
+            self.metrics.degradations.labels(reason=REASON_BUDGET).inc()
+        return BatchResult(
+            windows=batch,
+            denoised=denoised,
+            probs=probs,
+            raw_probs=raw_probs,
+            steps=steps_done,
+            steps_chosen=decision.steps,
+            reason=decision.reason,
+            inference_ms=inference_ms,
+            batch_ms=batch_ms,
+            finished_ns=self.clock_ns(),
+            model=str(getattr(self.denoiser, "name", "")),
+            model_version=str(getattr(self.denoiser, "version", "")),
+        )
+
+    def _record(self, n: int, steps: int, batch_ms: float) -> None:
+        m = self.metrics
+        m.inference_duration.observe(batch_ms / 1000.0)
+        m.batch_size.observe(n)
+        m.sampler_steps.observe(steps)
+        m.windows_processed.inc(n)
+        self.batches_done += 1
+        self.windows_done += n
+        device = str(getattr(self.denoiser, "device", "cpu"))
+        if device.startswith("cuda"):
+            try:
+                import torch
+
+                m.gpu_memory_used.set(torch.cuda.memory_allocated())
+            except Exception:  # the gauge is best effort; never fail a batch over it
+                pass
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    detach = getattr(x, "detach", None)
+    if detach is not None:
+        return np.asarray(detach().float().cpu().numpy(), dtype=np.float32)
+    return np.asarray(x, dtype=np.float32)
