@@ -1,0 +1,400 @@
+"""Per-channel ring buffers on an absolute sample grid, grouped per station.
+
+Pure code: no sockets, no asyncio, no logging, no metrics. Callers get an outcome object per
+insert and do the counting and logging themselves (``streamer.ingest``).
+
+Grid. A channel at rate ``r`` stores sample ``i`` (an integer, "absolute index") at time
+``i / r`` seconds since the epoch; a block starting at ``t`` ns goes to index ``round(t * r / 1e9)``
+(integer arithmetic, rates as exact fractions). A block whose start is off the grid is snapped to
+the nearest grid point: the error is at most half a sample period (5 ms at 100 Hz), the usual
+size of digitizer timing corrections, and replays snap the same way.
+
+Ring. ``capacity = ceil(horizon_s * r)`` slots; index ``i`` lives in slot ``i % capacity``. The
+buffer keeps ``head`` (one past the newest index written); indices in
+``[head - capacity, head)`` are retained, with a validity mask (False: never received, gap,
+non-finite sample, or evicted). A block may land anywhere inside the retained range (out of
+order); the part older than ``head - capacity`` is dropped as expired.
+
+Policies applied by ``StationBuffer.insert`` (times: block start ``t0``, block end ``t1``, the
+station's newest sample end ``T``, wall clock ``now``):
+
+- rate not finite, ``<= 0`` or ``> 10 kHz``, or below a tenth of the model rate: reject "rate";
+  a rate other than the model's with ``resample = false``: reject "rate".
+- ``t1 > now + max_future_s``: reject "future" (the station clock or header is wrong).
+- ``t0 >= T + max_clock_jump_s``: clock jump forward: the whole station is reset and starts again
+  at this block.
+- ``t1 <= T - max_clock_jump_s``: clock jump backward. A single such block is rejected as
+  "expired" (a stray or corrupted header); once blocks in the new time base span at least
+  ``resume_after_s`` (one model window) the station is reset to the new time base.
+- ``t1 <= T - horizon_s``: reject "expired" (older than anything the buffer retains).
+- otherwise insert. Samples already present are kept (first arrival wins) and the new ones
+  dropped: reported as overlap. A forward discontinuity (``t0`` after the channel's head) is
+  reported as a gap of that length. Non-finite samples are stored as 0 with mask False.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from models.spec import ModelSpec
+from streamer.config import BufferSettings
+from streamer.records import NS_PER_S, SampleBlock
+
+__all__ = [
+    "MAX_RATE_HZ",
+    "ChannelBuffer",
+    "ChannelInsert",
+    "StationBuffer",
+    "StationInsert",
+    "exact_rate",
+    "index_of",
+    "time_of",
+]
+
+MAX_RATE_HZ = 10_000.0
+# Components mapped to the model's E/N slots when a station has no E/N: "1" to E and "2" to N,
+# in the order given (SEED: 1 and 2 are orthogonal horizontals of unknown azimuth).
+COMPONENT_ALIASES = {"E": "E", "N": "N", "Z": "Z", "1": "E", "2": "N"}
+# Instrument codes (second channel letter) that carry ground motion: high/low-gain seismometer,
+# accelerometer, geophone. Preference order when several groups are equally current.
+INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}
+_MAX_BLOCK_ENTRIES = 4096
+
+
+def exact_rate(rate_hz: float) -> Fraction | None:
+    """The sampling rate as an exact fraction (``None`` when absurd: not finite, ``<= 0`` or
+    above ``MAX_RATE_HZ``). Rates within 1 ppm of an integer are taken as that integer
+    (header float noise)."""
+    if not math.isfinite(rate_hz) or rate_hz <= 0 or rate_hz > MAX_RATE_HZ:
+        return None
+    nearest = round(rate_hz)
+    if nearest > 0 and abs(rate_hz - nearest) <= 1e-6 * rate_hz:
+        return Fraction(nearest)
+    return Fraction(rate_hz).limit_denominator(10_000)
+
+
+def index_of(t_ns: int, rate: Fraction) -> int:
+    """Nearest absolute sample index of time ``t_ns`` (ns since the epoch) at ``rate``."""
+    p, q = rate.numerator, rate.denominator
+    return (2 * t_ns * p + q * NS_PER_S) // (2 * q * NS_PER_S)
+
+
+def time_of(index: int, rate: Fraction) -> int:
+    """Time (ns since the epoch, rounded) of absolute sample ``index`` at ``rate``."""
+    p, q = rate.numerator, rate.denominator
+    return (2 * index * q * NS_PER_S + p) // (2 * p)
+
+
+@dataclass
+class ChannelInsert:
+    """What one insert did to one channel (sample counts)."""
+
+    written: int = 0
+    overlap_samples: int = 0  # already present: new values dropped
+    nonfinite_samples: int = 0  # stored as 0, mask False
+    gap_samples: int = 0  # forward discontinuity before this block
+    expired_samples: int = 0  # older than the retained range: dropped
+    late_samples: int = 0  # written behind the head (out-of-order fill)
+
+
+class ChannelBuffer:
+    """Ring buffer of one channel: float32 samples + validity mask on the absolute grid."""
+
+    def __init__(self, seed_id: str, rate: Fraction, horizon_s: float) -> None:
+        self.seed_id = seed_id
+        self.rate = rate
+        self.capacity = max(1, math.ceil(horizon_s * rate))
+        self.data = np.zeros(self.capacity, dtype=np.float32)
+        self.mask = np.zeros(self.capacity, dtype=bool)
+        self.head: int | None = None
+        self.valid_count = 0
+        self.max_block_samples = 0
+        # (start index, end index, arrival ns) of blocks that wrote samples, for latency accounting
+        self._blocks: deque[tuple[int, int, int]] = deque(maxlen=_MAX_BLOCK_ENTRIES)
+
+    @property
+    def rate_hz(self) -> float:
+        return float(self.rate)
+
+    @property
+    def tail(self) -> int | None:
+        """Oldest retained index (``head - capacity``), ``None`` when empty."""
+        return None if self.head is None else self.head - self.capacity
+
+    @property
+    def head_ns(self) -> int | None:
+        """Time just after the newest sample."""
+        return None if self.head is None else time_of(self.head, self.rate)
+
+    def fill_ratio(self) -> float:
+        return self.valid_count / self.capacity
+
+    def _segments(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Slot ranges ``(slot_lo, slot_hi, offset)`` covering indices ``[start, end)`` (at most
+        ``capacity`` long); ``offset`` is the position of ``slot_lo`` relative to ``start``."""
+        n = end - start
+        lo = start % self.capacity
+        first = min(n, self.capacity - lo)
+        segs = [(lo, lo + first, 0)]
+        if first < n:
+            segs.append((0, n - first, first))
+        return segs
+
+    def _clear(self, start: int, end: int) -> None:
+        for lo, hi, _ in self._segments(start, end):
+            self.valid_count -= int(np.count_nonzero(self.mask[lo:hi]))
+            self.mask[lo:hi] = False
+            self.data[lo:hi] = 0.0
+
+    def insert(self, start: int, values: np.ndarray, arrival_ns: int) -> ChannelInsert:
+        """Write ``values`` (1-D, any real dtype) at absolute indices ``start ...``.
+
+        Advances the head (evicting what falls out of the horizon), keeps samples already
+        present, masks non-finite ones. Returns the sample counts of what happened.
+        """
+        out = ChannelInsert()
+        n = int(values.shape[0])
+        if n == 0:
+            return out
+        end = start + n
+        self.max_block_samples = max(self.max_block_samples, n)
+        if self.head is None:
+            self.head = start
+        elif start > self.head:
+            out.gap_samples = start - self.head
+        old_head = self.head
+        if end > self.head:
+            self._clear(max(self.head, end - self.capacity), end)
+            self.head = end
+        tail = self.head - self.capacity
+        if start < tail:
+            drop = min(n, tail - start)
+            out.expired_samples = drop
+            values = values[drop:]
+            start += drop
+            if start >= end:
+                return out
+        if start < old_head:
+            out.late_samples = min(end, old_head) - start
+        vals = np.asarray(values, dtype=np.float32) if values.dtype != np.float32 else values
+        for lo, hi, off in self._segments(start, end):
+            v = vals[off : off + (hi - lo)]
+            finite = np.isfinite(v)
+            present = self.mask[lo:hi]
+            n_present = int(np.count_nonzero(present))
+            n_bad = v.shape[0] - int(np.count_nonzero(finite))
+            out.nonfinite_samples += n_bad
+            if n_present == 0:
+                self.data[lo:hi] = v if n_bad == 0 else np.where(finite, v, np.float32(0.0))
+                self.mask[lo:hi] = finite
+                newly = v.shape[0] - n_bad
+            else:
+                out.overlap_samples += n_present
+                take = finite & ~present
+                self.data[lo:hi][take] = v[take]
+                present |= take  # view into self.mask
+                newly = int(np.count_nonzero(take))
+            self.valid_count += newly
+            out.written += newly
+        if out.written:
+            self._blocks.append((start, end, arrival_ns))
+            while self._blocks and self._blocks[0][1] <= tail:
+                self._blocks.popleft()
+        return out
+
+    def read(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy of indices ``[start, start + n)``: ``(float32 data, bool mask)``; anything not
+        retained reads as 0 / False."""
+        data = np.zeros(n, dtype=np.float32)
+        mask = np.zeros(n, dtype=bool)
+        if self.head is None:
+            return data, mask
+        lo = max(start, self.head - self.capacity)
+        hi = min(start + n, self.head)
+        if lo < hi:
+            for slo, shi, off in self._segments(lo, hi):
+                d0 = lo - start + off
+                data[d0 : d0 + shi - slo] = self.data[slo:shi]
+                mask[d0 : d0 + shi - slo] = self.mask[slo:shi]
+        return data, mask
+
+    def all_valid(self, start: int, end: int) -> bool:
+        """True when every index in ``[start, end)`` holds a valid sample."""
+        if self.head is None or end > self.head or start < self.head - self.capacity:
+            return False
+        return all(bool(self.mask[lo:hi].all()) for lo, hi, _ in self._segments(start, end))
+
+    def newest_arrival(self, start: int, end: int) -> int | None:
+        """Latest arrival time among blocks that wrote samples into ``[start, end)``."""
+        best: int | None = None
+        for b0, b1, arr in self._blocks:
+            if b0 < end and b1 > start and (best is None or arr > best):
+                best = arr
+        return best
+
+
+@dataclass
+class StationInsert:
+    """Outcome of ``StationBuffer.insert`` for one block."""
+
+    rejected: str | None = None  # reason label when the block was not buffered
+    clock_jump: bool = False  # the station was reset before this block went in
+    channel_reset: bool = False  # the channel changed rate and was restarted
+    resampled: bool = False  # the channel is not at the model rate (windows get resampled)
+    channel: ChannelInsert = field(default_factory=ChannelInsert)
+    gap_s: float = 0.0
+
+
+class StationBuffer:
+    """The channels of one station (``NET.STA.LOC``), grouped by band+instrument code (``HH``,
+    ``HN``, ...) and mapped to the model's component slots.
+
+    ``groups[code][slot]`` is the ``ChannelBuffer`` of component slot ``slot`` (index into
+    ``spec.component_order``). ``epoch`` increases on every reset so window schedules can follow.
+    """
+
+    def __init__(self, station_id: str, spec: ModelSpec, settings: BufferSettings) -> None:
+        self.station_id = station_id
+        self.spec = spec
+        self.settings = settings
+        self.model_rate = exact_rate(spec.sampling_rate_hz) or Fraction(100)
+        self.resume_after_ns = round(spec.window_s * NS_PER_S)
+        self.groups: dict[str, dict[int, ChannelBuffer]] = {}
+        self.channel_codes: dict[str, dict[int, str]] = {}
+        self.group_newest_ns: dict[str, int] = {}
+        self.epoch = 0
+        self.newest_end_ns: int | None = None
+        self.first_start_ns: int | None = None
+        self.last_arrival_ns: int | None = None
+        self.max_block_ns = 0
+        self._active: str | None = None
+        self._back_lo: int | None = None  # span of consecutive far-past blocks (clock jump back)
+        self._back_hi: int | None = None
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget all data (clock jump); the next block starts a new time base."""
+        self.groups.clear()
+        self.channel_codes.clear()
+        self.group_newest_ns.clear()
+        self.newest_end_ns = None
+        self.first_start_ns = None
+        self._active = None
+        self._back_lo = self._back_hi = None
+        self.epoch += 1
+
+    def channels(self) -> list[ChannelBuffer]:
+        return [ch for group in self.groups.values() for ch in group.values()]
+
+    def fill_ratio(self) -> float:
+        """Mean fill of the active group's channels (0 when empty)."""
+        code = self._active
+        if code is None or code not in self.groups or not self.groups[code]:
+            return 0.0
+        chans = self.groups[code].values()
+        return sum(ch.fill_ratio() for ch in chans) / len(chans)
+
+    def active_group(self, lag_ns: int) -> str | None:
+        """Band+instrument code whose channels feed the windows.
+
+        Among groups whose newest data is within ``lag_ns`` of the station's newest, take the one
+        with most components, then the preferred instrument (H > P > L > N); the current choice
+        is kept on ties, so the source does not flap.
+        """
+        if not self.group_newest_ns or self.newest_end_ns is None:
+            return None
+        floor = self.newest_end_ns - lag_ns
+        current = self._active
+
+        def rank(code: str) -> tuple[int, int, int]:
+            return (len(self.groups[code]), INSTRUMENT_RANK.get(code[1], -1), int(code == current))
+
+        eligible = [c for c, t in self.group_newest_ns.items() if t >= floor]
+        self._active = max(eligible, key=rank)
+        return self._active
+
+    # -- insert ----------------------------------------------------------------------------------
+
+    def insert(self, block: SampleBlock, now_ns: int) -> StationInsert:
+        """Check ``block`` against the policies of the module docstring and buffer it."""
+        s = self.settings
+        out = StationInsert()
+        cha = block.channel
+        if len(cha) != 3 or cha[1] not in INSTRUMENT_RANK or cha[2] not in COMPONENT_ALIASES:
+            out.rejected = "channel"
+            return out
+        rate = exact_rate(block.sampling_rate_hz)
+        if rate is None or rate * 10 < self.model_rate:
+            out.rejected = "rate"
+            return out
+        if rate != self.model_rate:
+            if not s.resample:
+                out.rejected = "rate"
+                return out
+            ratio = self.model_rate / rate
+            if ratio.numerator * ratio.denominator > 10_000:
+                out.rejected = "rate"  # no practical polyphase ratio
+                return out
+            out.resampled = True
+        n = int(block.samples.shape[0])
+        start_ns = block.start_ns
+        end_ns = start_ns + (n * rate.denominator * NS_PER_S) // rate.numerator
+        if end_ns > now_ns + round(s.max_future_s * NS_PER_S):
+            out.rejected = "future"
+            return out
+        newest = self.newest_end_ns
+        if newest is not None:
+            jump_ns = round(s.max_clock_jump_s * NS_PER_S)
+            if start_ns >= newest + jump_ns:
+                self.reset()
+                out.clock_jump = True
+            elif end_ns <= newest - jump_ns:
+                lo = start_ns if self._back_lo is None else min(self._back_lo, start_ns)
+                hi = end_ns if self._back_hi is None else max(self._back_hi, end_ns)
+                if hi - lo < self.resume_after_ns:
+                    self._back_lo, self._back_hi = lo, hi
+                    out.rejected = "expired"
+                    return out
+                self.reset()
+                out.clock_jump = True
+            elif end_ns <= newest - round(s.horizon_s * NS_PER_S):
+                out.rejected = "expired"
+                return out
+            else:
+                self._back_lo = self._back_hi = None
+
+        code, slot = cha[:2], self.spec.component_order.index(COMPONENT_ALIASES[cha[2]])
+        group = self.groups.setdefault(code, {})
+        codes = self.channel_codes.setdefault(code, {})
+        if slot in codes and codes[slot] != cha:
+            out.rejected = "channel"  # e.g. both HHE and HH1: the first one seen keeps the slot
+            return out
+        chan = group.get(slot)
+        if chan is not None and chan.rate != rate:
+            chan = None
+            out.channel_reset = True
+        if chan is None:
+            chan = ChannelBuffer(block.seed_id, rate, s.horizon_s)
+            group[slot] = chan
+            codes[slot] = cha
+        start_idx = index_of(start_ns, rate)
+        res = chan.insert(start_idx, block.samples, block.arrival_ns)
+        out.channel = res
+        out.gap_s = res.gap_samples / float(rate)
+        if res.expired_samples >= n:
+            out.rejected = "expired"  # nothing left after cropping to the retained range
+            return out
+        head_ns = chan.head_ns
+        if head_ns is not None:
+            self.group_newest_ns[code] = max(self.group_newest_ns.get(code, head_ns), head_ns)
+            self.newest_end_ns = head_ns if self.newest_end_ns is None else max(self.newest_end_ns, head_ns)
+        self.first_start_ns = start_ns if self.first_start_ns is None else min(self.first_start_ns, start_ns)
+        self.last_arrival_ns = block.arrival_ns if self.last_arrival_ns is None else max(self.last_arrival_ns, block.arrival_ns)
+        self.max_block_ns = max(self.max_block_ns, end_ns - start_ns)
+        return out

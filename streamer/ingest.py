@@ -1,0 +1,223 @@
+"""The ingest stage: miniSEED payloads in, model windows out.
+
+``Ingestor`` is what the service's I/O loop calls for every SeedLink payload: decode
+(``streamer.mseed``) → per-station ring buffers (``streamer.buffers``) → grid windows
+(``streamer.windows``). It never raises for bad data: every problem is counted in the metrics
+and logged once per station and kind (gaps at most once a minute per station), and the other
+stations, and the rest of the same station's stream, keep flowing.
+
+Not thread-safe: call it from one thread (the I/O loop), or hold a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from models.spec import DEFAULT_SPEC, ModelSpec
+from streamer.buffers import StationBuffer, StationInsert
+from streamer.config import BufferSettings, WindowSettings
+from streamer.metrics import Metrics
+from streamer.mseed import DecodeError, IngestError, decode_payload
+from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
+from streamer.windows import WindowBatch, Windower
+
+__all__ = ["Ingestor", "IngestError", "DecodeError"]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_STATION = "unknown"
+REPORTING_WINDOW_S = 60.0  # "stations reporting": data arrived within this many seconds
+GAP_LOG_INTERVAL_S = 60.0  # at most one gap line per station per interval
+
+
+class Ingestor:
+    """Decode, buffer and window the data of every station.
+
+    ``now_ns`` is the wall clock (ns since the epoch); tests and replays inject their own.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec = DEFAULT_SPEC,
+        buffer_settings: BufferSettings | None = None,
+        window_settings: WindowSettings | None = None,
+        metrics: Metrics | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.spec = spec
+        self.buffer_settings = buffer_settings if buffer_settings is not None else BufferSettings()
+        self.window_settings = window_settings if window_settings is not None else WindowSettings()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.now_ns = now_ns
+        self.windower = Windower(spec, self.window_settings, self.buffer_settings)
+        self._stations: dict[str, StationBuffer] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._gap_logged_ns: dict[str, int] = {}
+        self._gaps_unlogged: dict[str, int] = {}
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def add_payload(self, payload: bytes, arrival_ns: int, packet: PacketRef | None = None) -> list[Window]:
+        """Decode a payload (one or more miniSEED records) and buffer its blocks; returns the
+        windows that became ready. Bad data is counted and skipped, never raised."""
+        try:
+            blocks = decode_payload(payload, arrival_ns, packet)
+            error: DecodeError | None = None
+        except DecodeError as exc:
+            blocks, error = exc.blocks, exc
+        m = self.metrics
+        if error is not None:
+            station = self._error_station(error, packet)
+            label = m.station(station)
+            m.decode_errors.labels(label).inc()
+            m.records_received.labels(label).inc()
+            self._log_once(station, "decode", logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
+        if blocks:
+            m.bytes_received.labels(m.station(blocks[0].station_id)).inc(len(payload))
+        elif error is not None:
+            m.bytes_received.labels(m.station(self._error_station(error, packet))).inc(len(payload))
+        windows: list[Window] = []
+        for block in blocks:
+            m.records_received.labels(m.station(block.station_id)).inc()
+            windows.extend(self.add_block(block))
+        return windows
+
+    def add_block(self, block: SampleBlock) -> list[Window]:
+        """Buffer one decoded block; returns the windows that became ready."""
+        station_id = block.station_id
+        station = self._stations.get(station_id)
+        is_new = station is None
+        if station is None:
+            station = StationBuffer(station_id, self.spec, self.buffer_settings)
+        now = self.now_ns()
+        try:
+            result = station.insert(block, now)
+        except (ValueError, TypeError, OverflowError, IndexError) as exc:
+            # a block that passes decoding but breaks the buffer (absurd header values): count it
+            # and go on; the station's state is left as it was before this block
+            result = StationInsert(rejected="invalid")
+            self._log_once(station_id, "invalid", logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
+        self._count_insert(block, result, now)
+        if result.rejected is not None:
+            return []
+        if is_new:  # stations exist only once they have buffered data (bogus codes cost nothing)
+            self._stations[station_id] = station
+        return self._emit(self.windower.collect(station))
+
+    def poll(self, now_ns: int | None = None) -> list[Window]:
+        """Decide windows of stations that have been silent for a lag (wall clock) although their
+        newest data already covers the window; also drops stations silent for two horizons."""
+        now = self.now_ns() if now_ns is None else now_ns
+        out: list[Window] = []
+        evict_ns = round(2 * self.buffer_settings.horizon_s * NS_PER_S)
+        for station_id, station in list(self._stations.items()):
+            last = station.last_arrival_ns
+            if last is None:
+                continue
+            silent_ns = now - last
+            if silent_ns >= self.windower.lag_ns(station):
+                out.extend(self._emit(self.windower.collect(station, flush=True)))
+            if silent_ns >= evict_ns:
+                del self._stations[station_id]
+                self.windower.forget(station_id)
+                log.info("%s: no data for %.0f s, buffers released", station_id, silent_ns / NS_PER_S)
+        return out
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def stations(self) -> list[str]:
+        """Station ids (``NET.STA.LOC``) currently buffered, sorted."""
+        return sorted(self._stations)
+
+    def station_buffer(self, station_id: str) -> StationBuffer | None:
+        return self._stations.get(station_id)
+
+    def update_gauges(self, now_ns: int | None = None) -> None:
+        """Refresh data latency, newest sample time, buffer fill and stations reporting."""
+        now = self.now_ns() if now_ns is None else now_ns
+        m = self.metrics
+        reporting = 0
+        for station_id, station in self._stations.items():
+            if station.newest_end_ns is None:
+                continue
+            label = m.station(station_id)
+            code = station.active_group(self.windower.lag_ns(station))
+            newest_ns = station.newest_end_ns
+            if code is not None:
+                chans = list(station.groups[code].values())
+                if chans:
+                    newest_sample_ns = max((c.head_ns or 0) - round(NS_PER_S / c.rate_hz) for c in chans)
+                    newest_ns = max(0, newest_sample_ns)
+            m.data_latency.labels(label).set((now - newest_ns) / NS_PER_S)
+            m.last_data_timestamp.labels(label).set(newest_ns / NS_PER_S)
+            m.buffer_fill.labels(label).set(station.fill_ratio())
+            if station.last_arrival_ns is not None and now - station.last_arrival_ns <= REPORTING_WINDOW_S * NS_PER_S:
+                reporting += 1
+        m.stations_reporting.set(reporting)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _emit(self, batch: WindowBatch) -> list[Window]:
+        m = self.metrics
+        for w in batch.windows:
+            m.windows_emitted.labels(m.station(w.station_id)).inc()
+        for s in batch.skipped:
+            m.windows_skipped.labels(m.station(s.station_id), s.reason).inc()
+        return batch.windows
+
+    def _count_insert(self, block: SampleBlock, r: StationInsert, now_ns: int) -> None:
+        m = self.metrics
+        station_id = block.station_id
+        label = m.station(station_id)
+        if r.clock_jump:
+            m.clock_jumps.labels(label).inc()
+            log.warning("%s: clock jump at %s, station buffer reset", station_id, block.seed_id)
+        if r.channel_reset:
+            self._log_once(station_id, "rate_change", logging.WARNING, "%s: sampling rate changed to %s Hz, channel restarted", block.seed_id, block.sampling_rate_hz)
+        if r.rejected is not None:
+            m.records_rejected.labels(label, r.rejected).inc()
+            self._log_once(
+                station_id, r.rejected, logging.WARNING,
+                "%s: block rejected (%s): start %d ns, %d samples at %s Hz; further ones only counted",
+                block.seed_id, r.rejected, block.start_ns, len(block.samples), block.sampling_rate_hz,
+            )
+            return
+        c = r.channel
+        if r.resampled:
+            m.resampled_blocks.labels(label).inc()
+        if c.overlap_samples:
+            m.overlaps.labels(label).inc()
+        if c.nonfinite_samples:
+            m.nonfinite_samples.labels(label).inc(c.nonfinite_samples)
+            self._log_once(station_id, "nonfinite", logging.WARNING, "%s: non-finite samples masked", block.seed_id)
+        if c.gap_samples:
+            m.gaps.labels(label).inc()
+            m.gap_seconds.labels(label).inc(r.gap_s)
+            self._log_gap(station_id, block.seed_id, r.gap_s, now_ns)
+
+    def _log_gap(self, station_id: str, seed_id: str, gap_s: float, now_ns: int) -> None:
+        last = self._gap_logged_ns.get(station_id)
+        if last is not None and now_ns - last < GAP_LOG_INTERVAL_S * NS_PER_S:
+            self._gaps_unlogged[station_id] = self._gaps_unlogged.get(station_id, 0) + 1
+            return
+        more = self._gaps_unlogged.pop(station_id, 0)
+        self._gap_logged_ns[station_id] = now_ns
+        suffix = f" ({more} more gaps since the last report)" if more else ""
+        log.info("%s: gap of %.2f s closed, data resumed%s", seed_id, gap_s, suffix)
+
+    def _log_once(self, station_id: str, kind: str, level: int, msg: str, *args: object) -> None:
+        key = (station_id, kind)
+        if key in self._logged or len(self._logged) >= 100_000:  # bounded under a flood of bogus codes
+            return
+        self._logged.add(key)
+        log.log(level, msg, *args)
+
+    @staticmethod
+    def _error_station(error: DecodeError, packet: PacketRef | None) -> str:
+        if error.seed_id is not None:
+            return error.seed_id.rsplit(".", 1)[0]
+        if packet is not None:
+            return packet.station_key.replace("_", ".")  # NET.STA: the location is unknown
+        return UNKNOWN_STATION

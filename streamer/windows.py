@@ -1,0 +1,260 @@
+"""Sliding model windows cut from station buffers on an absolute time grid.
+
+Pure code: no sockets, no asyncio, no logging, no metrics.
+
+Grid. Window starts are model-grid sample indices ``k * stride_samples`` (``stride_samples =
+round(stride_s * model rate)``), i.e. times ``k * stride_s`` since the epoch, whatever the
+arrival order or the moment the service started: two replays of the same data give the same
+windows (same ``window_id``). A station's first window is the first grid start at or after its
+earliest sample (until the first window is decided, a late-arriving earlier block moves the first
+window back); after that starts only move forward, one stride at a time, so no window is emitted
+twice. Windows are ``spec.window_samples`` long, components in ``spec.component_order``.
+
+When a window is decided (in grid order; a window waits while the one before it waits):
+
+- *complete*: every component the station has holds valid data at every sample of the window:
+  decided at once;
+- *late*: the station's newest sample is at least ``lag`` past the window end, with
+  ``lag = max(stride_s, longest block seen on the station)``: decided with whatever arrived (an
+  out-of-order record has until then to fill a hole);
+- *flush* (``flush=True``, the caller saw no data from the station for ``lag`` of wall-clock
+  time): windows ending at or before the station's newest sample are decided.
+
+Deciding a window (per component the station has; "run" = consecutive masked samples):
+
+1. no valid sample of the component in the window, while other components have some: the
+   component is missing: ``single_component = "zero_fill"`` fills it with zeros (mask False) and
+   lists it in ``meta["zero_filled_components"]``; ``"skip"`` skips the window ("missing_component").
+   Components the station does not have at all are treated the same way.
+2. no valid sample in any component: skipped ("gap").
+3. a run longer than ``max_zero_fill_gap_s`` (leading and trailing runs included): skipped
+   ("gap"): long gaps split the stream, every window overlapping one is skipped. Shorter runs
+   stay zero-filled and masked.
+4. valid fraction over the components with data below ``min_valid_fraction``: skipped
+   ("low_valid").
+
+Channels at another rate are cut with a margin, resampled with ``scipy.signal.resample_poly``
+(Kaiser-windowed anti-alias FIR) after removing the mean of the valid samples, and cropped; a
+resampled sample is valid only when every native sample under the filter's half-length is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from models.spec import ModelSpec
+from streamer.buffers import ChannelBuffer, StationBuffer, exact_rate, index_of, time_of
+from streamer.config import BufferSettings, WindowSettings
+from streamer.records import NS_PER_S, Window
+
+__all__ = ["Skipped", "WindowBatch", "Windower", "longest_run"]
+
+# resample_poly's default filter has half-length 10 * max(up, down) at the upsampled rate.
+_RESAMPLE_HALF_LEN = 10
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A grid window that was decided but not emitted."""
+
+    station_id: str
+    start_ns: int
+    reason: str  # "gap", "missing_component", "low_valid"
+
+
+@dataclass
+class WindowBatch:
+    windows: list[Window] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def extend(self, other: WindowBatch) -> None:
+        self.windows.extend(other.windows)
+        self.skipped.extend(other.skipped)
+
+
+def longest_run(missing: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D bool array."""
+    if not missing.any():
+        return 0
+    padded = np.concatenate(([False], missing, [False])).view(np.int8)
+    edges = np.diff(padded)
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return int((ends - starts).max())
+
+
+@dataclass
+class _Schedule:
+    epoch: int
+    next_start: int | None = None  # model-grid index of the next window to decide
+    decided_any: bool = False
+
+
+class Windower:
+    """Decides the grid windows of every station (state: one schedule per station)."""
+
+    def __init__(self, spec: ModelSpec, window_settings: WindowSettings, buffer_settings: BufferSettings) -> None:
+        self.spec = spec
+        self.window_settings = window_settings
+        self.buffer_settings = buffer_settings
+        rate = exact_rate(spec.sampling_rate_hz)
+        if rate is None:
+            raise ValueError(f"model sampling rate {spec.sampling_rate_hz} is not usable")
+        self.rate = rate
+        self.window_samples = spec.window_samples
+        self.stride_samples = max(1, round(window_settings.stride_s * spec.sampling_rate_hz))
+        self.stride_ns = time_of(self.stride_samples, rate)
+        self.window_ns = time_of(self.window_samples, rate)
+        self.max_gap_samples = math.floor(buffer_settings.max_zero_fill_gap_s * spec.sampling_rate_hz + 1e-9)
+        self._schedules: dict[str, _Schedule] = {}
+
+    def forget(self, station_id: str) -> None:
+        self._schedules.pop(station_id, None)
+
+    def lag_ns(self, station: StationBuffer) -> int:
+        """How far past a window's end the station's data must be before the window is decided
+        without being complete."""
+        return max(self.stride_ns, station.max_block_ns)
+
+    def next_start_ns(self, station_id: str) -> int | None:
+        sched = self._schedules.get(station_id)
+        if sched is None or sched.next_start is None:
+            return None
+        return time_of(sched.next_start, self.rate)
+
+    def collect(self, station: StationBuffer, flush: bool = False) -> WindowBatch:
+        """Decide every window of ``station`` that is due; returns the emitted and skipped ones."""
+        out = WindowBatch()
+        sched = self._schedules.get(station.station_id)
+        if sched is None or sched.epoch != station.epoch:
+            sched = _Schedule(epoch=station.epoch)
+            self._schedules[station.station_id] = sched
+        if station.newest_end_ns is None or station.first_start_ns is None:
+            return out
+        if not sched.decided_any or sched.next_start is None:
+            first = index_of(station.first_start_ns, self.rate)
+            sched.next_start = -(-first // self.stride_samples) * self.stride_samples
+        lag = self.lag_ns(station)
+        code = station.active_group(lag)
+        if code is None:
+            return out
+        newest = station.newest_end_ns
+        horizon_ns = round(self.buffer_settings.horizon_s * NS_PER_S)
+        start = sched.next_start
+        while True:
+            start_ns = time_of(start, self.rate)
+            end_ns = time_of(start + self.window_samples, self.rate)
+            if end_ns > newest - horizon_ns:
+                late = newest >= end_ns + lag or (flush and newest >= end_ns)
+                if not late and not self._complete(station, code, start, start_ns, end_ns):
+                    break
+                window, reason = self._cut(station, code, start, start_ns)
+                if window is not None:
+                    out.windows.append(window)
+                else:
+                    out.skipped.append(Skipped(station.station_id, start_ns, reason))
+            else:
+                # nothing of this window is retained any more (outage or stalled evaluation)
+                out.skipped.append(Skipped(station.station_id, start_ns, "gap"))
+            start += self.stride_samples
+            sched.next_start = start
+            sched.decided_any = True
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _complete(self, station: StationBuffer, code: str, start: int, start_ns: int, end_ns: int) -> bool:
+        for chan in station.groups[code].values():
+            if chan.rate == self.rate:
+                lo, hi = start, start + self.window_samples
+            else:
+                lo, hi = index_of(start_ns, chan.rate), index_of(end_ns, chan.rate)
+            if not chan.all_valid(lo, hi):
+                return False
+        return True
+
+    def _cut(self, station: StationBuffer, code: str, start: int, start_ns: int) -> tuple[Window | None, str]:
+        n = self.window_samples
+        ncomp = self.spec.n_components
+        data = np.zeros((ncomp, n), dtype=np.float32)
+        mask = np.zeros((ncomp, n), dtype=bool)
+        group = station.groups[code]
+        codes = station.channel_codes.get(code, {})
+        newest_arrival: int | None = None
+        with_data: list[int] = []
+        for slot, chan in group.items():
+            if chan.rate == self.rate:
+                d, m = chan.read(start, n)
+                lo, hi = start, start + n
+            else:
+                d, m = self._resampled(chan, start_ns)
+                lo, hi = index_of(start_ns, chan.rate), index_of(start_ns + self.window_ns, chan.rate)
+            data[slot], mask[slot] = d, m
+            if m.any():
+                with_data.append(slot)
+                arr = chan.newest_arrival(lo, hi)
+                if arr is not None and (newest_arrival is None or arr > newest_arrival):
+                    newest_arrival = arr
+        if not with_data or newest_arrival is None:
+            return None, "gap"
+        filled = [self.spec.component_order[i] for i in range(ncomp) if i not in with_data]
+        if filled and self.buffer_settings.single_component == "skip":
+            return None, "missing_component"
+        for slot in with_data:
+            if longest_run(~mask[slot]) > self.max_gap_samples:
+                return None, "gap"
+        if float(mask[with_data].mean()) < self.window_settings.min_valid_fraction:
+            return None, "low_valid"
+        channels = tuple(codes.get(i, "") if i in with_data else "" for i in range(ncomp))
+        window = Window(
+            station_id=station.station_id,
+            start_ns=start_ns,
+            sampling_rate_hz=self.spec.sampling_rate_hz,
+            data=data,
+            mask=mask,
+            newest_arrival_ns=newest_arrival,
+            channels=channels,
+        )
+        if filled:
+            window.meta["zero_filled_components"] = filled
+        return window, ""
+
+    def _resampled(self, chan: ChannelBuffer, start_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """The window starting at ``start_ns`` from a channel at another rate: (float32 data at the
+        model rate, bool mask)."""
+        ratio = self.rate / chan.rate
+        up, down = ratio.numerator, ratio.denominator
+        half_native = math.ceil(_RESAMPLE_HALF_LEN * max(up, down) / up) + 1
+        margin = half_native + down
+        n0 = index_of(start_ns, chan.rate) - margin
+        count = math.ceil(self.window_samples / ratio) + 2 * margin
+        x, m = chan.read(n0, count)
+        if m.any():
+            mean = float(x[m].mean())
+            x = np.where(m, x - mean, 0.0)
+        else:
+            mean = 0.0
+        y = resample_poly(x.astype(np.float64), up, down)
+        # output sample j is at native position j / ratio; the window's first sample is at
+        # native position (start - n0), i.e. output index (start - n0) * ratio (snapped)
+        offset_native = Fraction(start_ns * chan.rate.numerator, NS_PER_S * chan.rate.denominator) - n0
+        j0 = round(offset_native * ratio)
+        out = np.zeros(self.window_samples, dtype=np.float32)
+        seg = y[j0 : j0 + self.window_samples]
+        out[: seg.shape[0]] = seg + mean
+        # validity: every native sample within the filter half-length must be valid
+        bad = ~m
+        if bad.any():
+            kernel = np.ones(2 * half_native + 1, dtype=np.int32)
+            bad = np.convolve(bad.astype(np.int32), kernel, mode="same") > 0
+        pos = np.rint((j0 + np.arange(self.window_samples)) / float(ratio)).astype(np.int64)
+        inside = pos < count
+        valid = np.zeros(self.window_samples, dtype=bool)
+        valid[inside] = ~bad[pos[inside]]
+        out[~valid] = 0.0
+        return out, valid
