@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import start_http_server
 
 PREFIX = "coldstream"
@@ -110,6 +110,12 @@ class Metrics:
             f"{p}_stage_last_progress_timestamp_seconds", "last time each stage made progress", ["stage"], registry=r
         )
         self.watchdog_pings = Counter(f"{p}_watchdog_pings_total", "systemd watchdog pings sent", registry=r)
+
+        # --- process: CPU, resident memory, open fds, start time (restart alerts) ---------------
+        try:
+            ProcessCollector(registry=r)
+        except ValueError:  # the registry already has one (the global default registry does)
+            pass
 
     def station(self, station_id: str) -> str:
         """The label value to use for ``station_id`` (bounded cardinality)."""
