@@ -1,0 +1,248 @@
+"""Phase picks from stacked PhaseNet probability traces, emitted once each, deterministically.
+
+The picker runs on every (denoised or raw) window; a :class:`streamer.stitch.Stitcher` in
+``overlap_add`` mode stacks the ``(3, N)`` P/S/noise probability windows into continuous traces and
+hands over only **final** samples. :class:`PickDetector` finds picks in those final samples:
+
+A pick of phase X at sample ``i`` is a local maximum of the stacked probability ``p`` over
+``[i - d, i + d]`` (``d = round(min_distance_s * rate)``) with ``p[i] >= threshold_X``: strictly greater
+than the ``d`` samples before it and not smaller than the ``d`` after (on a plateau the first sample
+wins). The rule only looks ``d`` samples either side, so the detector holds back the newest ``d``
+samples until the next segment arrives, and the picks do not depend on how the trace was chunked:
+grid-aligned windows and the same data give the same picks, with the same ``pick_id``, every time
+(restarts and replays included). Masked samples (no valid data) count as probability 0. A hole in the
+trace ends the run: the held-back samples are judged with the context available.
+
+Picks are de-duplicated: a candidate within ``tolerance_s`` of a pick already emitted for the same
+station, phase and source is suppressed (a short history is kept), which matters only around holes
+and restarts because the local-maximum rule already keeps picks ``d`` samples apart.
+
+The pick time is the sample time (no sub-sample interpolation); ``pick_id`` is the first 16 hex digits
+of ``sha1("station|phase|source|round(time / 10 ms)")``.
+
+Limitations: picks are final, never revised (no "preliminary" picks); latency is the stitcher's hold
+plus ``min_distance_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from streamer.records import NS_PER_S
+from streamer.stitch import Segment, sample_time_ns
+
+PHASES = ("P", "S")
+SOURCES = ("denoised", "raw")
+PICK_ID_RESOLUTION_NS = 10_000_000  # 10 ms
+
+
+def make_pick_id(station_id: str, phase: str, time_ns: int, source: str = "denoised") -> str:
+    """Stable pick identity: 16 hex digits of sha1 over station, phase, source and time in 10 ms.
+
+    The source is part of the identity so a raw-data pick at the same time as a denoised one is not
+    taken for a duplicate of it."""
+    ticks = round(time_ns / PICK_ID_RESOLUTION_NS)
+    return hashlib.sha1(f"{station_id}|{phase}|{source}|{ticks}".encode()).hexdigest()[:16]
+
+
+def format_time_iso(time_ns: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, microseconds)."""
+    seconds, rem_ns = divmod(time_ns, NS_PER_S)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem_ns // 1000:06d}Z"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Names and versions of the models that produced a pick."""
+
+    denoiser: str = ""
+    denoiser_version: str = ""
+    picker: str = ""
+    picker_version: str = ""
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One phase pick. ``time_ns`` ns since the epoch; ``probability`` the stacked value in [0, 1];
+    ``source`` ``"denoised"`` or ``"raw"``; ``steps`` the sampler steps of the windows under the pick
+    (0 for raw); ``emitted_ns`` the wall-clock time the pick was found."""
+
+    pick_id: str
+    station_id: str
+    phase: str
+    time_ns: int
+    probability: float
+    source: str
+    denoiser: str
+    denoiser_version: str
+    picker: str
+    picker_version: str
+    steps: int
+    emitted_ns: int
+
+    @property
+    def time_iso(self) -> str:
+        return format_time_iso(self.time_ns)
+
+
+@dataclass
+class _Trace:
+    """Held-back part of one station/source probability trace: absolute samples ``[start, start + n)``
+    of which ``[start, evaluated)`` serve only as left context."""
+
+    start: int
+    evaluated: int
+    probs: np.ndarray  # (2, n) float64: P, S
+    steps: np.ndarray  # (n,) int32
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.probs.shape[1])
+
+
+@dataclass
+class _History:
+    times: dict[str, deque[int]] = field(default_factory=lambda: {p: deque() for p in PHASES})
+
+
+class PickDetector:
+    """Finds picks in final stacked probability segments, for any number of stations and sources.
+
+    ``phase_rows`` maps a phase to its row in the probability segments (PhaseNet: P=0, S=1, noise=2).
+    """
+
+    def __init__(
+        self,
+        sampling_rate_hz: float = 100.0,
+        p_threshold: float = 0.3,
+        s_threshold: float = 0.3,
+        min_distance_s: float = 1.0,
+        *,
+        tolerance_s: float | None = None,
+        history_s: float = 120.0,
+        phase_rows: dict[str, int] | None = None,
+    ) -> None:
+        if not (0 < p_threshold <= 1 and 0 < s_threshold <= 1):
+            raise ValueError("thresholds must be in (0, 1]")
+        self.sampling_rate_hz = sampling_rate_hz
+        self.thresholds = {"P": float(p_threshold), "S": float(s_threshold)}
+        self.distance_samples = max(1, round(min_distance_s * sampling_rate_hz))
+        self.tolerance_ns = round((min_distance_s if tolerance_s is None else tolerance_s) * NS_PER_S)
+        self.history_ns = round(history_s * NS_PER_S)
+        self.phase_rows = phase_rows or {"P": 0, "S": 1}
+        self._traces: dict[tuple[str, str], _Trace] = {}
+        self._history: dict[tuple[str, str], _History] = {}
+        self.suppressed = 0
+
+    @property
+    def latency_samples(self) -> int:
+        """Samples held back for right context."""
+        return self.distance_samples
+
+    def process(
+        self,
+        segment: Segment,
+        *,
+        source: str = "denoised",
+        provenance: Provenance = Provenance(),
+        now_ns: int | None = None,
+    ) -> list[Pick]:
+        """Take the next final probability segment of ``segment.station_id``; return new picks in time
+        order. ``segment.data`` rows follow ``phase_rows``; masked samples count as 0."""
+        key = (segment.station_id, source)
+        rows = [self.phase_rows[p] for p in PHASES]
+        probs = np.where(segment.mask[rows], segment.data[rows], 0.0).astype(np.float64)
+        steps = np.full(segment.n_samples, segment.steps_min, np.int32)
+        out: list[Pick] = []
+        trace = self._traces.get(key)
+        if trace is not None and trace.end != segment.start_sample:
+            out.extend(self._evaluate(key, trace, trace.end, provenance, source, now_ns))
+            trace = None
+        if trace is None:
+            trace = _Trace(segment.start_sample, segment.start_sample, probs, steps)
+        else:
+            trace = _Trace(
+                trace.start,
+                trace.evaluated,
+                np.concatenate([trace.probs, probs], axis=1),
+                np.concatenate([trace.steps, steps]),
+            )
+        out.extend(self._evaluate(key, trace, trace.end - self.distance_samples, provenance, source, now_ns))
+        # keep d samples of left context before the first unevaluated sample
+        keep_from = max(trace.start, trace.evaluated - self.distance_samples)
+        cut = keep_from - trace.start
+        self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:])
+        return out
+
+    def flush(self, *, provenance: Provenance = Provenance(), now_ns: int | None = None) -> list[Pick]:
+        """Judge every held-back sample with the context available (shutdown)."""
+        out: list[Pick] = []
+        for key, trace in list(self._traces.items()):
+            out.extend(self._evaluate(key, trace, trace.end, provenance, key[1], now_ns))
+            del self._traces[key]
+        return out
+
+    def _evaluate(
+        self,
+        key: tuple[str, str],
+        trace: _Trace,
+        until: int,
+        provenance: Provenance,
+        source: str,
+        now_ns: int | None,
+    ) -> list[Pick]:
+        """Find picks at samples ``[trace.evaluated, until)``; advances ``trace.evaluated``."""
+        lo = trace.evaluated - trace.start
+        hi = until - trace.start
+        if hi <= lo:
+            return []
+        d = self.distance_samples
+        n = trace.probs.shape[1]
+        found: list[tuple[int, str, float, int]] = []
+        for phase_idx, phase in enumerate(PHASES):
+            p = trace.probs[phase_idx]
+            for i in (int(j) + lo for j in np.flatnonzero(p[lo:hi] >= self.thresholds[phase])):
+                left = p[max(0, i - d):i]
+                right = p[i + 1:min(n, i + d + 1)]
+                if (left.size and left.max() >= p[i]) or (right.size and right.max() > p[i]):
+                    continue
+                found.append((trace.start + i, phase, float(p[i]), int(trace.steps[i])))
+        trace.evaluated = until
+        found.sort()
+        emitted = time.time_ns() if now_ns is None else now_ns
+        history = self._history.setdefault(key, _History())
+        picks: list[Pick] = []
+        station_id, _ = key
+        for index, phase, prob, steps in found:
+            t_ns = sample_time_ns(index, self.sampling_rate_hz)
+            times = history.times[phase]
+            while times and times[0] < t_ns - self.history_ns:
+                times.popleft()
+            if any(abs(t_ns - t) < self.tolerance_ns for t in times):
+                self.suppressed += 1
+                continue
+            times.append(t_ns)
+            picks.append(
+                Pick(
+                    pick_id=make_pick_id(station_id, phase, t_ns, source),
+                    station_id=station_id,
+                    phase=phase,
+                    time_ns=t_ns,
+                    probability=prob,
+                    source=source,
+                    denoiser=provenance.denoiser if source == "denoised" else "",
+                    denoiser_version=provenance.denoiser_version if source == "denoised" else "",
+                    picker=provenance.picker,
+                    picker_version=provenance.picker_version,
+                    steps=steps if source == "denoised" else 0,
+                    emitted_ns=emitted,
+                )
+            )
+        return picks
