@@ -41,9 +41,10 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A real redis-server on 127.0.0.1 that a test may stop and start again (same port)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.extra_args = list(extra_args or [])  # e.g. ["--requirepass", "secret"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,6 +62,7 @@ class RedisProcess:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--daemonize", "no",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -70,7 +72,7 @@ class RedisProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # -NOAUTH: up, with --requirepass
                         return
             except OSError:
                 time.sleep(0.05)
