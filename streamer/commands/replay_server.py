@@ -1,0 +1,85 @@
+"""``coldstream replay-server``: serve miniSEED files over SeedLink v3 in (scaled) real time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import sys
+from pathlib import Path
+
+from streamer.replay import ReplayError, ReplayServer
+
+log = logging.getLogger(__name__)
+
+HELP = (
+    "Serve miniSEED files or directories to SeedLink clients (v3: DATA/FETCH/TIME, resume by "
+    "sequence number or time, INFO) in real time or at a speed factor."
+)
+
+
+def _speed(text: str) -> float:
+    value = float(text)
+    if value < 0 or math.isnan(value):
+        raise argparse.ArgumentTypeError("speed must be >= 0 (0 or inf: as fast as possible)")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", type=Path, metavar="FILE_OR_DIR", help="miniSEED files or directories")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=18000, help="TCP port (0 = pick a free one)")
+    parser.add_argument(
+        "--speed", type=_speed, default=1.0,
+        help="replay speed factor (1 = real time; 0 or inf = as fast as possible)",
+    )
+    parser.add_argument("--loop", action="store_true", help="start again from the beginning (times shifted) when done")
+    parser.add_argument(
+        "--ring-packets", type=int, default=None,
+        help="released packets kept per station for resume (default: all)",
+    )
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+async def _serve(server: ReplayServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    # The port line goes to stdout so scripts using --port 0 can read it.
+    sys.stdout.write(f"listening on {server.host}:{server.port}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping replay server (%d connections served, %d packets sent)", server.connections, server.packets_sent)
+        await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        server = ReplayServer(
+            args.sources, host=args.host, port=args.port, speed=args.speed,
+            loop_forever=args.loop, ring_packets=args.ring_packets,
+        )
+    except ReplayError as exc:
+        print(f"coldstream replay-server: {exc}", file=sys.stderr)
+        return 2
+    for key, arch in server.stations.items():
+        first, last = arch.records[0], arch.records[-1]
+        log.info("serving %s: %d records, %s .. %s", key, arch.n, _iso(first.start_ns), _iso(last.end_ns))
+    try:
+        asyncio.run(_serve(server))
+    except OSError as exc:
+        print(f"coldstream replay-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _iso(t_ns: int) -> str:
+    from streamer.seedlink import ns_to_iso
+
+    return ns_to_iso(t_ns)
