@@ -230,7 +230,9 @@ class Windower:
         ratio = self.rate / chan.rate
         up, down = ratio.numerator, ratio.denominator
         half_native = math.ceil(_RESAMPLE_HALF_LEN * max(up, down) / up) + 1
-        margin = half_native + down
+        # a margin that is a multiple of ``down`` keeps the window's first sample on an output
+        # sample of the polyphase filter (no fractional offset to snap)
+        margin = down * math.ceil((half_native + 1) / down)
         n0 = index_of(start_ns, chan.rate) - margin
         count = math.ceil(self.window_samples / ratio) + 2 * margin
         x, m = chan.read(n0, count)
