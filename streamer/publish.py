@@ -1,0 +1,795 @@
+"""Publishing denoised segments and picks to Redis streams, with a bounded in-order backlog.
+
+Key layout (prefix ``RedisSettings.stream_prefix``, default ``coldstream``; ``docs/redis-schema.md`` is
+the contract for consumers):
+
+``{prefix}:picks``                  one stream, every pick (auto IDs), flat string fields
+``{prefix}:pickseen:{pick_id}``     de-duplication marker of a published pick (string, TTL)
+``{prefix}:denoised:{NET.STA.LOC}`` one stream per station, denoised segments, ID from data time
+``{prefix}:latest``                 hash: station -> end time (ns) of its newest published segment
+``{prefix}:windows``                scale-out: windows for the workers (consumer group)
+``{prefix}:windowseen:{window_id}`` de-duplication marker of a pushed window (string, TTL)
+``{prefix}:windows:dead``           windows delivered too often (poison), for inspection
+
+Idempotency: a segment's entry ID is ``<start_ns // 10^6>-<start_ns mod 10^6>``, so a replay writes the
+same ID and Redis refuses it ("equal or smaller than the target stream top item"): counted as a
+duplicate, not an error. Picks are guarded by a ``pickseen`` key checked and set in the same Lua script
+as the XADD. Every XADD trims with ``MAXLEN ~ RedisSettings.maxlen``.
+
+Failure handling: :class:`RedisPublisher` keeps outputs in a bounded in-order backlog while Redis is
+unreachable, retries with capped exponential backoff, and calls ``on_acked`` (in order) only once Redis
+accepted the items, so the caller can advance SeedLink state behind what is safely stored. When the
+bound is hit the **oldest** items are dropped, counted and logged.
+
+Limitations: segments of one station must be published in time order (a segment starting before the
+newest stored one is refused as a duplicate); a replay with different segment boundaries may store
+overlapping segments (consumers key on ``start_ns``). The password is never logged: URLs in logs have
+credentials masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from streamer.config import RedisSettings
+from streamer.metrics import Metrics
+from streamer.picks import Pick
+from streamer.records import NS_PER_S, Window
+from streamer.stitch import Segment, sample_index
+
+log = logging.getLogger(__name__)
+
+DTYPE = "<f4"
+MASK_ENCODING = "packbits-le"
+SCHEMA_VERSION = "1"
+
+
+class PublishError(Exception):
+    """Base error of the Redis output side."""
+
+
+class DecodeError(PublishError):
+    """A stream entry does not follow the schema."""
+
+
+# --------------------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Every Redis key the service writes, for one prefix."""
+
+    prefix: str = "coldstream"
+
+    @property
+    def picks(self) -> str:
+        return f"{self.prefix}:picks"
+
+    def pickseen(self, pick_id: str) -> str:
+        return f"{self.prefix}:pickseen:{pick_id}"
+
+    def denoised(self, station_id: str) -> str:
+        return f"{self.prefix}:denoised:{station_id}"
+
+    @property
+    def denoised_pattern(self) -> str:
+        return f"{self.prefix}:denoised:*"
+
+    @property
+    def latest(self) -> str:
+        return f"{self.prefix}:latest"
+
+    def windows(self, stream: str = "windows") -> str:
+        return f"{self.prefix}:{stream}"
+
+    def windowseen(self, window_id: str, stream: str = "windows") -> str:
+        return f"{self.prefix}:{stream}seen:{window_id}"
+
+    def dead(self, stream: str = "windows") -> str:
+        return f"{self.prefix}:{stream}:dead"
+
+
+def segment_entry_id(start_ns: int) -> str:
+    """Stream ID of a segment: ``<start ms>-<remaining ns>``. Distinct start times give distinct,
+    time-ordered IDs, also below 1 ms; the same start always gives the same ID."""
+    if start_ns <= 0:
+        raise PublishError(f"segment start {start_ns} ns is not after the epoch")
+    ms, rem = divmod(int(start_ns), 1_000_000)
+    return f"{ms}-{rem}"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any user name or password replaced by ``***`` (for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def connect(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> redis.Redis:
+    """A binary-safe client for ``settings.url`` (``redis://``, ``rediss://``, ``unix://``) with the
+    resolved password and CA file. Built-in retries are off: callers own backoff."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+    password = settings.resolved_password()
+    if password is not None:
+        kwargs["password"] = password
+    if settings.url.startswith("rediss://") and settings.tls_ca_file is not None:
+        kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
+    return redis.Redis.from_url(settings.url, **kwargs)
+
+
+# ----------------------------------------------------------------------------------- encoding
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(fields: dict[Any, Any], name: str) -> Any:
+    if name.encode() in fields:
+        return fields[name.encode()]
+    if name in fields:
+        return fields[name]
+    raise DecodeError(f"entry has no field {name!r}")
+
+
+def pack_mask(mask: np.ndarray) -> bytes:
+    """Bool array -> bits, row-major, least significant bit first (``np.packbits(bitorder="little")``)."""
+    return np.packbits(np.asarray(mask, dtype=bool).ravel(), bitorder="little").tobytes()
+
+
+def unpack_mask(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=count, bitorder="little")
+    return bits.reshape(shape).astype(bool)
+
+
+def _channels_text(channels: Sequence[str], component_order: str) -> str:
+    if channels and len(channels) == len(component_order):
+        return ",".join(channels)
+    return ",".join(component_order)
+
+
+def encode_segment(
+    segment: Segment, model: str = "", model_version: str = "", published_ns: int | None = None
+) -> dict[str, bytes | str]:
+    """Stream fields of a denoised segment (see ``docs/redis-schema.md``)."""
+    data = np.ascontiguousarray(segment.data, dtype=DTYPE)
+    c, n = data.shape
+    return {
+        "station": segment.station_id,
+        "start_ns": str(segment.start_ns),
+        "end_ns": str(segment.end_ns),
+        "sampling_rate_hz": repr(float(segment.sampling_rate_hz)),
+        "channels": _channels_text(segment.channels, segment.component_order),
+        "component_order": segment.component_order,
+        "dtype": DTYPE,
+        "shape": f"{c},{n}",
+        "data": data.tobytes(),
+        "mask_encoding": MASK_ENCODING,
+        "mask": pack_mask(segment.mask),
+        "steps": str(segment.steps_min),
+        "steps_max": str(segment.steps_max),
+        "model": model,
+        "model_version": model_version,
+        "published_ns": str(time.time_ns() if published_ns is None else published_ns),
+        "schema": SCHEMA_VERSION,
+    }
+
+
+@dataclass
+class DecodedSegment:
+    segment: Segment
+    model: str
+    model_version: str
+    published_ns: int
+
+
+def decode_segment(fields: dict[Any, Any]) -> DecodedSegment:
+    """Inverse of :func:`encode_segment` (bytes or str keys)."""
+    try:
+        shape = tuple(int(v) for v in _s(_field(fields, "shape")).split(","))
+        data = np.frombuffer(_field(fields, "data"), dtype=_s(_field(fields, "dtype"))).reshape(shape)
+        mask = unpack_mask(_field(fields, "mask"), shape)
+        rate = float(_s(_field(fields, "sampling_rate_hz")))
+        channels = _s(_field(fields, "channels")).split(",")
+        order = _s(_field(fields, "component_order"))
+        seg = Segment(
+            station_id=_s(_field(fields, "station")),
+            start_sample=sample_index(int(_s(_field(fields, "start_ns"))), rate),
+            sampling_rate_hz=rate,
+            data=data.astype(np.float32),
+            mask=mask,
+            steps_min=int(_s(_field(fields, "steps"))),
+            steps_max=int(_s(_field(fields, "steps_max"))),
+            channels=tuple(channels),
+            component_order=order,
+        )
+        return DecodedSegment(
+            seg, _s(_field(fields, "model")), _s(_field(fields, "model_version")), int(_s(_field(fields, "published_ns")))
+        )
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"bad segment entry: {exc}") from exc
+
+
+_PICK_FIELDS = (
+    "pick_id", "station", "phase", "time_ns", "time_iso", "probability", "source", "denoiser",
+    "denoiser_version", "picker", "picker_version", "steps", "emitted_ns",
+)
+
+
+def encode_pick(pick: Pick) -> dict[str, str]:
+    """Flat string fields of a pick (no JSON)."""
+    return {
+        "pick_id": pick.pick_id,
+        "station": pick.station_id,
+        "phase": pick.phase,
+        "time_ns": str(pick.time_ns),
+        "time_iso": pick.time_iso,
+        "probability": f"{pick.probability:.4f}",
+        "source": pick.source,
+        "denoiser": pick.denoiser,
+        "denoiser_version": pick.denoiser_version,
+        "picker": pick.picker,
+        "picker_version": pick.picker_version,
+        "steps": str(pick.steps),
+        "emitted_ns": str(pick.emitted_ns),
+    }
+
+
+def decode_pick(fields: dict[Any, Any]) -> Pick:
+    try:
+        v = {name: _s(_field(fields, name)) for name in _PICK_FIELDS}
+        return Pick(
+            pick_id=v["pick_id"],
+            station_id=v["station"],
+            phase=v["phase"],
+            time_ns=int(v["time_ns"]),
+            probability=float(v["probability"]),
+            source=v["source"],
+            denoiser=v["denoiser"],
+            denoiser_version=v["denoiser_version"],
+            picker=v["picker"],
+            picker_version=v["picker_version"],
+            steps=int(v["steps"]),
+            emitted_ns=int(v["emitted_ns"]),
+        )
+    except ValueError as exc:
+        raise DecodeError(f"bad pick entry: {exc}") from exc
+
+
+def encode_window(window: Window) -> dict[str, bytes | str]:
+    """Stream fields of a model input window (scale-out queue)."""
+    data = np.ascontiguousarray(window.data, dtype=DTYPE)
+    c, n = data.shape
+    return {
+        "window_id": window.window_id,
+        "station": window.station_id,
+        "start_ns": str(window.start_ns),
+        "sampling_rate_hz": repr(float(window.sampling_rate_hz)),
+        "channels": ",".join(window.channels),
+        "dtype": DTYPE,
+        "shape": f"{c},{n}",
+        "data": data.tobytes(),
+        "mask_encoding": MASK_ENCODING,
+        "mask": pack_mask(window.mask),
+        "newest_arrival_ns": str(window.newest_arrival_ns),
+        "meta": json.dumps(window.meta, default=str, sort_keys=True),
+        "schema": SCHEMA_VERSION,
+    }
+
+
+def decode_window(fields: dict[Any, Any]) -> Window:
+    """Inverse of :func:`encode_window`; data and mask round-trip exactly."""
+    try:
+        shape = tuple(int(v) for v in _s(_field(fields, "shape")).split(","))
+        data = np.frombuffer(_field(fields, "data"), dtype=_s(_field(fields, "dtype"))).reshape(shape)
+        channels_text = _s(_field(fields, "channels"))
+        return Window(
+            station_id=_s(_field(fields, "station")),
+            start_ns=int(_s(_field(fields, "start_ns"))),
+            sampling_rate_hz=float(_s(_field(fields, "sampling_rate_hz"))),
+            data=data.astype(np.float32),  # a writable copy
+            mask=unpack_mask(_field(fields, "mask"), shape),
+            newest_arrival_ns=int(_s(_field(fields, "newest_arrival_ns"))),
+            channels=tuple(channels_text.split(",")) if channels_text else (),
+            meta=json.loads(_s(_field(fields, "meta"))),
+        )
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"bad window entry: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------- Lua scripts
+
+# KEYS: stream, latest hash. ARGV: maxlen, entry id, station, end_ns, field, value, ...
+# A refused explicit ID means the segment is stored already (replay): 0, not an error.
+_SEGMENT_LUA = """
+local r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 5))
+if type(r) == 'table' and r['err'] then
+  if string.find(r['err'], 'equal or smaller', 1, true) then return 0 end
+  return r
+end
+local cur = redis.call('HGET', KEYS[2], ARGV[3])
+if (not cur) or tonumber(cur) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: stream, seen key. ARGV: maxlen, ttl seconds, field, value, ...
+# XADD before SET: if the XADD fails nothing is marked seen, so a retry still publishes.
+_DEDUPE_XADD_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return id
+"""
+
+# Server replies that mean "try again later" rather than "this item is bad".
+_TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
+
+
+def _flat(fields: dict[str, bytes | str]) -> list[bytes | str]:
+    out: list[bytes | str] = []
+    for k, v in fields.items():
+        out.extend((k, v))
+    return out
+
+
+# --------------------------------------------------------------------------------- publisher
+
+OutputKind = Literal["segment", "pick", "marker"]
+
+
+@dataclass
+class OutputItem:
+    """One output queued for Redis. ``token`` is opaque to the publisher and comes back in
+    ``on_acked`` (the service puts SeedLink packet references there); a ``marker`` writes nothing
+    and only carries a token through the in-order queue."""
+
+    kind: OutputKind
+    segment: Segment | None = None
+    pick: Pick | None = None
+    model: str = ""
+    model_version: str = ""
+    token: Any = None
+    queued_ns: int = field(default_factory=time.time_ns)
+
+    @classmethod
+    def of_segment(cls, segment: Segment, model: str = "", model_version: str = "", token: Any = None) -> "OutputItem":
+        return cls("segment", segment=segment, model=model, model_version=model_version, token=token)
+
+    @classmethod
+    def of_pick(cls, pick: Pick, token: Any = None) -> "OutputItem":
+        return cls("pick", pick=pick, token=token)
+
+    @classmethod
+    def marker(cls, token: Any) -> "OutputItem":
+        return cls("marker", token=token)
+
+
+class _Transient(Exception):
+    """A batch must be retried later (connection lost or a transient server reply)."""
+
+
+class RedisPublisher:
+    """Writes :class:`OutputItem` objects to Redis in order, holding them while Redis is down.
+
+    ``publish(items)`` never blocks on Redis: it appends to the backlog (dropping the oldest items
+    beyond ``settings.backlog_max_entries``). The writing happens in :meth:`run` (blocking, in a thread
+    the caller owns) or the thread :meth:`start` creates; :meth:`write_pending` does one attempt for
+    callers that drive it themselves. ``on_acked(items)`` is called from the writing thread, in
+    order, after Redis accepted the items (duplicates included: they are stored).
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        metrics: Metrics,
+        on_acked: Callable[[list[OutputItem]], None] | None = None,
+        *,
+        client: redis.Redis | None = None,
+        batch_max_items: int = 256,
+        pick_dedupe_ttl_s: float = 86_400.0,
+        retry_min_s: float = 0.1,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_acked = on_acked
+        self.keys = StreamKeys(settings.stream_prefix)
+        self.client = client if client is not None else connect(settings)
+        self.batch_max_items = batch_max_items
+        self.pick_dedupe_ttl_s = max(1, int(pick_dedupe_ttl_s))
+        self.retry_min_s = retry_min_s
+        self._segment_script = self.client.register_script(_SEGMENT_LUA)
+        self._pick_script = self.client.register_script(_DEDUPE_XADD_LUA)
+        self._backlog: deque[tuple[int, OutputItem]] = deque()
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected: bool | None = None
+        self._backoff_s = 0.0
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
+        self.rejected = 0
+        metrics.redis_backlog.set(0)
+        log.info("Redis output to %s, prefix %r", mask_url(settings.url), settings.stream_prefix)
+
+    # ------------------------------------------------------------------ producer side
+
+    @property
+    def backlog_size(self) -> int:
+        with self._cond:
+            return len(self._backlog)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._connected)
+
+    def publish(self, items: Iterable[OutputItem]) -> None:
+        """Queue items for Redis (in order); never blocks on Redis."""
+        dropped = 0
+        with self._cond:
+            for item in items:
+                self._seq += 1
+                self._backlog.append((self._seq, item))
+            bound = self.settings.backlog_max_entries
+            while len(self._backlog) > bound:
+                self._backlog.popleft()
+                dropped += 1
+            self.metrics.redis_backlog.set(len(self._backlog))
+            self._cond.notify_all()
+        if dropped:
+            self.metrics.redis_backlog_dropped.inc(dropped)
+            self._dropped_since_log += dropped
+            now = time.monotonic()
+            if now - self._last_drop_log >= 1.0:
+                log.error(
+                    "Redis backlog full (%d entries): dropped the %d oldest outputs; they are lost",
+                    self.settings.backlog_max_entries,
+                    self._dropped_since_log,
+                )
+                self._dropped_since_log = 0
+                self._last_drop_log = now
+
+    # ------------------------------------------------------------------ writer side
+
+    def start(self) -> threading.Thread:
+        """Run :meth:`run` in a daemon thread (``coldstream-publisher``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name="coldstream-publisher", daemon=True)
+            self._thread.start()
+        return self._thread
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Write the backlog until ``stop`` (or :meth:`close`) is set; retries with capped backoff."""
+        stop_event = stop or self._stop
+        while not (stop_event.is_set() or self._stop.is_set()):
+            with self._cond:
+                if not self._backlog:
+                    self._cond.wait(timeout=0.5)
+                    continue
+            if not self.write_pending():
+                delay = self._backoff_s
+                with self._cond:
+                    self._cond.wait(timeout=delay)
+
+    def write_pending(self) -> bool:
+        """Try once to write the head of the backlog (up to ``batch_max_items``).
+
+        Returns False when Redis could not be reached (the items stay queued; the backoff grows)."""
+        with self._cond:
+            batch = [self._backlog[i] for i in range(min(self.batch_max_items, len(self._backlog)))]
+            self._in_flight = len(batch)
+        if not batch:
+            return True
+        try:
+            results = self._write([item for _, item in batch])
+        except _Transient as exc:
+            self._on_failure(exc)
+            return False
+        finally:
+            with self._cond:
+                self._in_flight = 0
+        self._on_success()
+        last_seq = batch[-1][0]
+        with self._cond:
+            while self._backlog and self._backlog[0][0] <= last_seq:
+                self._backlog.popleft()
+            self.metrics.redis_backlog.set(len(self._backlog))
+            self._cond.notify_all()
+        items = [item for _, item in batch]
+        self._account(items, results)
+        if self.on_acked is not None:
+            try:
+                self.on_acked(items)
+            except Exception:  # the caller's bug must not stop publishing
+                log.exception("on_acked callback failed")
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the backlog is written (by the running writer, or here if none runs)."""
+        deadline = time.monotonic() + timeout_s
+        running = self._thread is not None and self._thread.is_alive()
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._backlog and not self._in_flight:
+                    return True
+                if running:
+                    self._cond.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                    continue
+            if not self.write_pending():
+                time.sleep(min(self._backoff_s, max(0.0, deadline - time.monotonic())))
+        with self._cond:
+            return not self._backlog and not self._in_flight
+
+    def close(self, flush_timeout_s: float = 0.0) -> None:
+        """Optionally flush, stop the writer thread and close the connection. Items still queued are
+        logged (they were never acknowledged, so their data will be replayed after a restart)."""
+        if flush_timeout_s > 0:
+            self.flush(flush_timeout_s)
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        left = self.backlog_size
+        if left:
+            log.warning("closing the Redis publisher with %d outputs unpublished", left)
+        self.client.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _write(self, items: list[OutputItem]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        maxlen = str(self.settings.maxlen)
+        written: list[int] = []
+        for i, item in enumerate(items):
+            if item.kind == "segment" and item.segment is not None:
+                seg = item.segment
+                try:
+                    entry_id = segment_entry_id(seg.start_ns)
+                except PublishError as exc:
+                    log.error("segment of %s not published: %s", seg.station_id, exc)
+                    continue
+                fields = encode_segment(seg, item.model, item.model_version)
+                args = [maxlen, entry_id, seg.station_id, str(seg.end_ns), *_flat(fields)]
+                self._segment_script(
+                    keys=[self.keys.denoised(seg.station_id), self.keys.latest], args=args, client=pipe
+                )
+            elif item.kind == "pick" and item.pick is not None:
+                fields_p = encode_pick(item.pick)
+                self._pick_script(
+                    keys=[self.keys.picks, self.keys.pickseen(item.pick.pick_id)],
+                    args=[maxlen, str(self.pick_dedupe_ttl_s), *_flat(dict(fields_p))],
+                    client=pipe,
+                )
+            else:
+                continue
+            written.append(i)
+        results: list[Any] = [None] * len(items)
+        if not written:
+            return results
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise _Transient(str(exc)) from exc
+        except redis.ResponseError as exc:  # e.g. script loading refused
+            if str(exc).startswith(_TRANSIENT_PREFIXES):
+                raise _Transient(str(exc)) from exc
+            raise
+        for i, reply in zip(written, replies):
+            if isinstance(reply, Exception) and str(reply).startswith(_TRANSIENT_PREFIXES):
+                raise _Transient(str(reply))
+            results[i] = reply
+        return results
+
+    def _account(self, items: list[OutputItem], results: list[Any]) -> None:
+        now = time.time_ns()
+        m = self.metrics
+        for item, reply in zip(items, results):
+            if item.kind == "marker":
+                continue
+            kind = item.kind
+            if isinstance(reply, Exception):
+                self.rejected += 1
+                m.publish_errors.inc()
+                log.error("Redis refused a %s output (dropped): %s", kind, reply)
+                continue
+            if reply is None:
+                continue
+            if reply == 0:
+                m.publish_duplicates.labels(kind=kind).inc()
+                continue
+            m.published.labels(kind=kind).inc()
+            if item.pick is not None:
+                m.picks.labels(phase=item.pick.phase, source=item.pick.source).inc()
+            if item.segment is not None and item.segment.newest_arrival_ns > 0:
+                m.end_to_end_latency.observe(max(0.0, (now - item.segment.newest_arrival_ns) / NS_PER_S))
+
+    def _on_failure(self, exc: Exception) -> None:
+        self.metrics.publish_errors.inc()
+        self.metrics.redis_connected.set(0)
+        self._backoff_s = min(self.settings.retry_max_s, max(self.retry_min_s, self._backoff_s * 2))
+        if self._connected is not False:
+            log.warning(
+                "Redis %s unavailable (%s); holding %d outputs, retrying (backoff up to %.0f s)",
+                mask_url(self.settings.url), exc, self.backlog_size, self.settings.retry_max_s,
+            )
+        self._connected = False
+
+    def _on_success(self) -> None:
+        self.metrics.redis_connected.set(1)
+        self._backoff_s = 0.0
+        if self._connected is False:
+            log.info("Redis %s available again; flushing %d outputs", mask_url(self.settings.url), self.backlog_size)
+        elif self._connected is None:
+            log.info("connected to Redis %s", mask_url(self.settings.url))
+        self._connected = True
+
+
+# ----------------------------------------------------------------------------- window queue
+
+
+class WindowQueue:
+    """Scale-out transport of :class:`Window` objects over one Redis stream and a consumer group.
+
+    Producers ``push`` (deduplicated by ``window_id`` for ``dedupe_ttl_s``, so a restarted ingest does
+    not queue a window twice); consumers ``read`` (their own unacknowledged entries first, then new
+    ones), ``ack`` after their outputs were published, and ``reclaim`` entries a crashed consumer left
+    pending longer than ``min_idle_ms`` (XAUTOCLAIM, Redis >= 6.2). An entry delivered more than
+    ``max_deliveries`` times is moved to ``{prefix}:{stream}:dead`` and acknowledged. ``stream`` lets
+    the same class carry other window-shaped data (e.g. worker results).
+
+    Delivery is at least once: a consumer that published outputs but crashed before ``ack`` gets its
+    window processed again, and the idempotent outputs absorb the repeat.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "coldstream",
+        group: str = "workers",
+        consumer: str = "worker-1",
+        *,
+        stream: str = "windows",
+        maxlen: int = 100_000,
+        dedupe_ttl_s: float = 3600.0,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.client = client
+        self.keys = StreamKeys(prefix)
+        self.key = self.keys.windows(stream)
+        self.dead_key = self.keys.dead(stream)
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.maxlen = maxlen
+        self.dedupe_ttl_s = max(1, int(dedupe_ttl_s))
+        self.max_deliveries = max_deliveries
+        self._push_script = client.register_script(_DEDUPE_XADD_LUA)
+        self._own_pending_done = False
+        self._group_ready = False
+
+    def ensure_group(self) -> None:
+        """Create the stream and consumer group if missing (reading from the start of the stream)."""
+        if self._group_ready:
+            return
+        try:
+            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def push(self, window: Window) -> str | None:
+        """Queue a window; returns its entry ID, or None if this window was queued already."""
+        args = [str(self.maxlen), str(self.dedupe_ttl_s), *_flat(encode_window(window))]
+        reply = self._push_script(
+            keys=[self.key, self.keys.windowseen(window.window_id, self.stream)], args=args
+        )
+        if reply == 0:
+            return None
+        return _s(reply)
+
+    def read(self, count: int = 16, block_ms: int | None = 1000) -> list[tuple[str, Window]]:
+        """Up to ``count`` windows for this consumer: first its own pending entries (after a
+        restart), then new ones, waiting up to ``block_ms`` (None = do not block)."""
+        self.ensure_group()
+        if not self._own_pending_done:
+            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: "0"}, count=count)
+            entries = reply[0][1] if reply else []
+            if entries:
+                return self._decode_entries(entries)
+            self._own_pending_done = True
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        return self._decode_entries(reply[0][1] if reply else [])
+
+    def ack(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        return int(self.client.xack(self.key, self.group, *ids))
+
+    def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, Window]]:
+        """Take over entries pending on any consumer for at least ``min_idle_ms`` (one XAUTOCLAIM
+        sweep from the start of the PEL); poison entries go to the dead-letter stream."""
+        self.ensure_group()
+        claimed: list[Any] = []
+        start = "0-0"
+        while True:
+            reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start, count=count)
+            start = _s(reply[0])
+            claimed.extend(reply[1])
+            if start == "0-0" or len(claimed) >= count:
+                break
+        if claimed:
+            log.info("%s reclaimed %d pending windows idle >= %d ms", self.consumer, len(claimed), min_idle_ms)
+        return self._decode_entries(claimed)
+
+    def pending_count(self) -> int:
+        """Entries delivered to some consumer and not acknowledged."""
+        self.ensure_group()
+        info = self.client.xpending(self.key, self.group)
+        return int(info["pending"])
+
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        rows = self.client.xpending_range(self.key, self.group, min=ids[0], max=ids[-1], count=max(len(ids), 1) * 4)
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _decode_entries(self, entries: list[Any]) -> list[tuple[str, Window]]:
+        if not entries:
+            return []
+        ids = [_s(e[0]) for e in entries]
+        deliveries = self._deliveries(sorted(ids, key=_id_key))
+        out: list[tuple[str, Window]] = []
+        for (raw_id, fields), entry_id in zip(entries, ids):
+            if not fields:  # trimmed away while pending
+                self.ack([entry_id])
+                continue
+            n = deliveries.get(entry_id, 1)
+            if n > self.max_deliveries:
+                self._dead_letter(entry_id, fields, f"delivered {n} times")
+                continue
+            try:
+                out.append((entry_id, decode_window(fields)))
+            except DecodeError as exc:
+                self._dead_letter(entry_id, fields, str(exc))
+        return out
+
+    def _dead_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
+        log.error("window entry %s moved to %s: %s", entry_id, self.dead_key, reason)
+        payload = dict(fields)
+        payload[b"original_id"] = entry_id.encode()
+        payload[b"reason"] = reason.encode()
+        self.client.xadd(self.dead_key, payload, maxlen=self.maxlen, approximate=True)
+        self.ack([entry_id])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
