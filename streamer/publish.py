@@ -229,7 +229,7 @@ def decode_segment(fields: dict[Any, Any]) -> DecodedSegment:
         return DecodedSegment(
             seg, _s(_field(fields, "model")), _s(_field(fields, "model_version")), int(_s(_field(fields, "published_ns")))
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, DecodeError) as exc:
         raise DecodeError(f"bad segment entry: {exc}") from exc
 
 
@@ -275,7 +275,7 @@ def decode_pick(fields: dict[Any, Any]) -> Pick:
             steps=int(v["steps"]),
             emitted_ns=int(v["emitted_ns"]),
         )
-    except ValueError as exc:
+    except (ValueError, DecodeError) as exc:
         raise DecodeError(f"bad pick entry: {exc}") from exc
 
 
@@ -316,7 +316,7 @@ def decode_window(fields: dict[Any, Any]) -> Window:
             channels=tuple(channels_text.split(",")) if channels_text else (),
             meta=json.loads(_s(_field(fields, "meta"))),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, DecodeError) as exc:
         raise DecodeError(f"bad window entry: {exc}") from exc
 
 
@@ -758,7 +758,9 @@ class WindowQueue:
         return int(info["pending"])
 
     def _deliveries(self, ids: list[str]) -> dict[str, int]:
-        rows = self.client.xpending_range(self.key, self.group, min=ids[0], max=ids[-1], count=max(len(ids), 1) * 4)
+        rows = self.client.xpending_range(
+            self.key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
+        )
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def _decode_entries(self, entries: list[Any]) -> list[tuple[str, Window]]:

@@ -1,0 +1,136 @@
+"""WindowQueue on a real Redis: exact encoding, producer de-duplication, consumer groups, XAUTOCLAIM
+take-over of a crashed consumer's windows, dead-lettering."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import redis
+
+from streamer.publish import WindowQueue, decode_window, encode_window
+from streamer.records import Window
+
+pytestmark = pytest.mark.integration
+
+START_NS = 1_764_000_000_000_000_000
+STATIONS = ["NC.AAA.00", "NC.BBB.00", "BK.CCC."]
+
+
+def _window(station: str, k: int, n: int = 3000) -> Window:
+    rng = np.random.default_rng(hash((station, k)) % 2**32)
+    data = (rng.standard_normal((3, n)) * 1e4).astype(np.float32)
+    mask = rng.uniform(size=(3, n)) > 0.01
+    return Window(
+        station, START_NS + k * 10 * 10**9, 100.0, data, mask, newest_arrival_ns=START_NS + k * 10**10 + 30 * 10**9,
+        channels=("HHE", "", "HHZ"), meta={"gap_fraction": 0.01, "k": k},
+    )
+
+
+def _queue(client: redis.Redis, prefix: str, consumer: str, **kw: object) -> WindowQueue:
+    return WindowQueue(client, prefix, group="workers", consumer=consumer, **kw)  # type: ignore[arg-type]
+
+
+def test_encode_decode_round_trip_is_exact() -> None:
+    w = _window("NC.AAA.00", 3)
+    w.data[0, 5] = np.float32(1.17549435e-38)  # a denormal-edge value survives bit for bit
+    back = decode_window(encode_window(w))
+    assert back.data.dtype == np.float32 and back.data.tobytes() == w.data.tobytes()
+    np.testing.assert_array_equal(back.mask, w.mask)
+    assert (back.station_id, back.start_ns, back.sampling_rate_hz, back.newest_arrival_ns) == (
+        w.station_id, w.start_ns, w.sampling_rate_hz, w.newest_arrival_ns)
+    assert back.channels == w.channels and back.meta == w.meta and back.window_id == w.window_id
+    back.data[0, 0] = 1.0  # decoded arrays are writable
+
+
+def test_push_deduplicates_by_window_id(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    q = _queue(redis_client, redis_key_prefix, "ingest")
+    assert q.push(_window("NC.AAA.00", 0)) is not None
+    assert q.push(_window("NC.AAA.00", 0)) is None  # a restarted ingest cuts the same window again
+    assert q.push(_window("NC.AAA.00", 1)) is not None
+    assert redis_client.xlen(q.key) == 2
+
+
+def _process(window: Window) -> Window:
+    """The work a worker does, reduced to something checkable: a gain of 2."""
+    return Window(window.station_id, window.start_ns, window.sampling_rate_hz, window.data * 2, window.mask,
+                  window.newest_arrival_ns, window.channels, {"worker_input": window.window_id})
+
+
+def test_crashed_consumer_windows_are_reclaimed_and_processed_exactly_once(
+    redis_client: redis.Redis, redis_key_prefix: str
+) -> None:
+    producer = _queue(redis_client, redis_key_prefix, "ingest")
+    pushed = [_window(s, k) for k in range(8) for s in STATIONS]
+    for w in pushed:
+        producer.push(w)
+    worker_a = _queue(redis_client, redis_key_prefix, "gpu-a")
+    worker_b = _queue(redis_client, redis_key_prefix, "gpu-b")
+    results_a = _queue(redis_client, redis_key_prefix, "gpu-a", stream="results")
+    results_b = _queue(redis_client, redis_key_prefix, "gpu-b", stream="results")
+
+    # A takes 6 windows, publishes results for 2 of them, then dies before acknowledging anything
+    got_a = worker_a.read(count=6, block_ms=None)
+    assert len(got_a) == 6
+    for _, w in got_a[:2]:
+        results_a.push(_process(w))
+
+    # B works through everything else
+    done_b = 0
+    while batch := worker_b.read(count=5, block_ms=50):
+        for _, w in batch:
+            results_b.push(_process(w))
+        worker_b.ack([entry_id for entry_id, _ in batch])
+        done_b += len(batch)
+    assert done_b == len(pushed) - 6
+    assert worker_b.pending_count() == 6  # A's, still pending
+
+    time.sleep(0.15)
+    assert worker_b.reclaim(min_idle_ms=60_000) == []  # not idle long enough
+    reclaimed = worker_b.reclaim(min_idle_ms=100)
+    assert sorted(e for e, _ in reclaimed) == sorted(e for e, _ in got_a)
+    for _, w in reclaimed:
+        results_b.push(_process(w))  # the two A finished are absorbed by the de-duplication
+    worker_b.ack([e for e, _ in reclaimed])
+    assert worker_b.pending_count() == 0
+
+    outputs = [decode_window(f) for _, f in redis_client.xrange(results_b.key)]
+    counts = Counter(str(o.meta["worker_input"]) for o in outputs)
+    assert set(counts) == {w.window_id for w in pushed}
+    assert set(counts.values()) == {1}  # every window exactly once in the output
+    by_id = {w.window_id: w for w in pushed}
+    for o in outputs:
+        np.testing.assert_array_equal(o.data, by_id[o.window_id].data * 2)
+
+
+def test_restarted_consumer_reads_its_own_pending_first(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    producer = _queue(redis_client, redis_key_prefix, "ingest")
+    for k in range(6):
+        producer.push(_window("NC.AAA.00", k))
+    first = _queue(redis_client, redis_key_prefix, "gpu-a").read(count=3, block_ms=None)
+    restarted = _queue(redis_client, redis_key_prefix, "gpu-a")  # same consumer name after a restart
+    again = restarted.read(count=10, block_ms=None)
+    assert [e for e, _ in again] == [e for e, _ in first]
+    restarted.ack([e for e, _ in again])
+    rest = restarted.read(count=10, block_ms=None)
+    assert [w.start_ns for _, w in rest] == [_window("NC.AAA.00", k).start_ns for k in range(3, 6)]
+
+
+def test_poison_window_goes_to_dead_letter(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    producer = _queue(redis_client, redis_key_prefix, "ingest")
+    producer.push(_window("NC.AAA.00", 0))
+    redis_client.xadd(producer.key, {b"station": b"broken"})  # does not follow the schema
+    a = _queue(redis_client, redis_key_prefix, "a", max_deliveries=2)
+    b = _queue(redis_client, redis_key_prefix, "b", max_deliveries=2)
+    first = a.read(count=10, block_ms=None)
+    assert len(first) == 1  # the broken entry went to the dead-letter stream at once
+    # a window that crashes every worker that takes it: delivered 1 (a), 2 (b), 3 (a) -> dead
+    time.sleep(0.02)
+    assert len(b.reclaim(min_idle_ms=10)) == 1
+    time.sleep(0.02)
+    assert a.reclaim(min_idle_ms=10) == []
+    dead = redis_client.xrange(a.dead_key)
+    assert [f[b"reason"].startswith(r) for (_, f), r in zip(dead, (b"bad window", b"delivered 3"))] == [True, True]
+    assert a.pending_count() == 0
