@@ -1,0 +1,263 @@
+"""The ingest stage end to end on real miniSEED bytes: metrics after a scripted sequence, bad input
+counted and skipped while the station and the others keep flowing, gauges, poll and eviction."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from obspy import Stream, Trace, UTCDateTime
+
+from models.spec import DEFAULT_SPEC
+from streamer.config import BufferSettings, WindowSettings
+from streamer.ingest import Ingestor
+from streamer.metrics import Metrics
+from streamer.mseed import decode_payload
+from streamer.records import NS_PER_S, SampleBlock, Window
+
+T0 = UTCDateTime(2024, 1, 1, 0, 0, 3)
+T0_NS = 1_704_067_203 * NS_PER_S
+DAY_NS = 86_400 * NS_PER_S
+
+
+def records(station: str, duration_s: float, t0: UTCDateTime = T0, encoding: str = "STEIM2", comps: str = "ENZ", seed: int = 0, channel: str = "HH") -> list[bytes]:
+    """512-byte records of a 3-component station, interleaved by record end time."""
+    rng = np.random.default_rng(seed)
+    n = int(duration_s * 100)
+    out: list[tuple[int, str, bytes]] = []
+    for comp in comps:
+        x = np.round(np.cumsum(rng.normal(0, 20, n))).astype(np.int32 if encoding != "FLOAT32" else np.float32)
+        tr = Trace(x, header=dict(network="XX", station=station, location="00", channel=channel + comp, sampling_rate=100.0, starttime=t0))
+        buf = io.BytesIO()
+        Stream([tr]).write(buf, format="MSEED", reclen=512, encoding=encoding)
+        raw = buf.getvalue()
+        for i in range(0, len(raw), 512):
+            rec = raw[i : i + 512]
+            (block,) = decode_payload(rec, 0)
+            out.append((block.end_ns, comp, rec))
+    out.sort(key=lambda r: (r[0], r[1]))
+    return [r for _, _, r in out]
+
+
+class Clock:
+    def __init__(self, t_ns: int) -> None:
+        self.t_ns = t_ns
+
+    def __call__(self) -> int:
+        return self.t_ns
+
+
+def make(metrics: Metrics, now_ns: int = T0_NS + 100 * NS_PER_S, **buffer_kw: object) -> tuple[Ingestor, Clock]:
+    clock = Clock(now_ns)
+    ing = Ingestor(DEFAULT_SPEC, BufferSettings(**buffer_kw), WindowSettings(), metrics, now_ns=clock)  # type: ignore[arg-type]
+    return ing, clock
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    v = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def feed(ing: Ingestor, payloads: list[bytes], arrival_ns: int = T0_NS + 100 * NS_PER_S) -> list[Window]:
+    out: list[Window] = []
+    for p in payloads:
+        out += ing.add_payload(p, arrival_ns)
+    return out
+
+
+def test_clean_stream(metrics: Metrics) -> None:
+    recs = records("AAA", 62.0)
+    ing, _ = make(metrics)
+    windows = feed(ing, recs)
+    assert [w.start_ns for w in windows] == [T0_NS + k * NS_PER_S for k in (7, 17, 27)]
+    assert all(w.mask.all() for w in windows)
+    st = "XX.AAA.00"
+    assert value(metrics, "coldstream_records_received_total", station=st) == len(recs)
+    assert value(metrics, "coldstream_received_bytes_total", station=st) == 512 * len(recs)
+    assert value(metrics, "coldstream_windows_emitted_total", station=st) == 3
+    assert value(metrics, "coldstream_gaps_total", station=st) == 0
+    assert ing.stations() == [st]
+
+
+def test_scripted_sequence_metrics(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+    st = "XX.AAA.00"
+    recs = records("AAA", 62.0)
+    ing, clock = make(metrics)
+    caplog.set_level(logging.INFO, logger="streamer.ingest")
+    windows: list[Window] = []
+    z_recs = [r for r in recs if r[15:18] == b"HHZ"]
+    skip_z = z_recs[4]  # a missing Z record: one gap on Z
+    corrupt = bytearray(z_recs[6])
+    corrupt[64:512] = bytes(448)
+    for rec in recs:
+        if rec is skip_z:
+            continue
+        if rec is z_recs[6]:
+            windows += ing.add_payload(bytes(corrupt), clock.t_ns)  # decode error, channel known
+            windows += ing.add_payload(rec, clock.t_ns)  # the retransmission goes through
+            continue
+        windows += ing.add_payload(rec, clock.t_ns)
+        if rec is recs[10]:
+            windows += ing.add_payload(rec, clock.t_ns)  # duplicate
+            windows += ing.add_payload(b"\x00junk" * 100, clock.t_ns)  # unattributable garbage
+    # far future and far past blocks on a known station
+    fut = SampleBlock(f"{st}.HHZ", clock.t_ns + DAY_NS, 100.0, np.zeros(100, np.int32), clock.t_ns)
+    past = SampleBlock(f"{st}.HHZ", T0_NS - DAY_NS, 100.0, np.zeros(100, np.int32), clock.t_ns)
+    absurd = SampleBlock(f"{st}.HHZ", T0_NS, 1e6, np.zeros(100, np.int32), clock.t_ns)
+    nan = SampleBlock(f"{st}.HHZ", T0_NS + 62 * NS_PER_S, 100.0, np.array([1.0, np.nan, np.inf, 4.0]), clock.t_ns)
+    for b in (fut, past, absurd, absurd, nan):
+        assert ing.add_block(b) == []
+
+    assert value(metrics, "coldstream_decode_errors_total", station=st) == 1
+    assert value(metrics, "coldstream_decode_errors_total", station="unknown") == 1
+    assert value(metrics, "coldstream_records_received_total", station=st) == len(recs) + 1  # + corrupt - skipped + dup
+    assert value(metrics, "coldstream_overlaps_total", station=st) == 1
+    assert value(metrics, "coldstream_gaps_total", station=st) == 1
+    gap_s = value(metrics, "coldstream_gap_seconds_total", station=st)
+    assert 2.0 < gap_s < 8.0  # one 512-byte record of Z
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="future") == 1
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="expired") == 1
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="rate") == 2
+    assert value(metrics, "coldstream_nonfinite_samples_total", station=st) == 2
+    emitted = value(metrics, "coldstream_windows_emitted_total", station=st)
+    skipped = value(metrics, "coldstream_windows_skipped_total", station=st, reason="gap")
+    assert emitted == len(windows) and skipped >= 1 and emitted + skipped == 3
+    # logged once per station and kind
+    rate_lines = [r for r in caplog.records if "(rate)" in r.getMessage()]
+    assert len(rate_lines) == 1
+    assert any("undecodable" in r.getMessage() and st in r.getMessage() for r in caplog.records)
+    assert any("gap of" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_station_does_not_disturb_others(metrics: Metrics) -> None:
+    good = records("GOOD", 62.0, seed=1)
+    bad = records("BAD", 62.0, seed=2)
+    rng = np.random.default_rng(5)
+    alone, _ = make(Metrics())
+    reference = feed(alone, good)
+    ing, clock = make(metrics)
+    got: list[Window] = []
+    for i, rec in enumerate(good):
+        got += ing.add_payload(rec, clock.t_ns)
+        # a flood from BAD: duplicates, truncated and corrupt records, random bytes
+        for _ in range(20):
+            got += ing.add_payload(bad[i % 5], clock.t_ns)
+        got += ing.add_payload(bad[i % len(bad)][:200], clock.t_ns)
+        mangled = bytearray(bad[i % len(bad)])
+        mangled[100:300] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        got += ing.add_payload(bytes(mangled), clock.t_ns)
+        got += ing.add_payload(rng.integers(0, 256, 512, dtype=np.uint8).tobytes(), clock.t_ns)
+    good_windows = [w for w in got if w.station_id == "XX.GOOD.00"]
+    assert [w.window_id for w in good_windows] == [w.window_id for w in reference]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(good_windows, reference))
+    assert value(metrics, "coldstream_overlaps_total", station="XX.BAD.00") > 0
+    assert value(metrics, "coldstream_decode_errors_total", station="XX.BAD.00") >= len(good)
+    assert value(metrics, "coldstream_decode_errors_total", station="XX.GOOD.00") == 0
+
+
+def test_float_records_and_zero_filled_single_component(metrics: Metrics) -> None:
+    ing, _ = make(metrics)
+    windows = feed(ing, records("ZZZ", 45.0, encoding="FLOAT32", comps="Z"))
+    assert len(windows) == 1
+    assert windows[0].meta["zero_filled_components"] == ["E", "N"]
+    ing2, _ = make(Metrics(), single_component="skip")
+    assert feed(ing2, records("ZZZ", 45.0, comps="Z")) == []
+    assert ing2.metrics.registry.get_sample_value("coldstream_windows_skipped_total", {"station": "XX.ZZZ.00", "reason": "missing_component"}) == 1
+
+
+def test_resampled_stream_is_counted(metrics: Metrics) -> None:
+    ing, clock = make(metrics)
+    n = 45 * 200
+    windows: list[Window] = []
+    for k in range(0, n, 500):
+        for comp in "ENZ":
+            b = SampleBlock(f"XX.RS.00.HH{comp}", T0_NS + k * 5_000_000, 200.0, np.ones(500, np.float32), clock.t_ns)
+            windows += ing.add_block(b)
+    windows += ing.poll(clock.t_ns + 60 * NS_PER_S)
+    assert value(metrics, "coldstream_resampled_blocks_total", station="XX.RS.00") == 3 * 18
+    assert len(windows) == 1 and windows[0].mask.all()
+    np.testing.assert_allclose(windows[0].data, 1.0, atol=1e-3)
+
+
+def test_clock_jump_is_counted_and_the_station_restarts(metrics: Metrics) -> None:
+    ing, clock = make(metrics, now_ns=T0_NS + 3 * DAY_NS)
+    feed(ing, records("JMP", 40.0))
+    later = records("JMP", 45.0, t0=T0 + 2 * 86400)
+    windows = feed(ing, later)
+    assert value(metrics, "coldstream_clock_jumps_total", station="XX.JMP.00") == 1
+    assert windows and all(w.start_ns > T0_NS + DAY_NS for w in windows)
+
+
+def test_gauges(metrics: Metrics) -> None:
+    ing, clock = make(metrics)
+    feed(ing, records("GAU", 30.0))
+    ing.update_gauges(T0_NS + 40 * NS_PER_S)
+    st = "XX.GAU.00"
+    newest_sample = T0_NS + 30 * NS_PER_S - 10_000_000
+    assert value(metrics, "coldstream_last_data_timestamp_seconds", station=st) == pytest.approx(newest_sample / NS_PER_S)
+    assert value(metrics, "coldstream_data_latency_seconds", station=st) == pytest.approx(10.01)
+    assert value(metrics, "coldstream_buffer_fill_ratio", station=st) == pytest.approx(30.0 / 180.0)
+    # arrival was at T0 + 100 s: reporting at T0 + 130 s, not at T0 + 200 s
+    ing.update_gauges(T0_NS + 130 * NS_PER_S)
+    assert value(metrics, "coldstream_stations_reporting") == 1
+    ing.update_gauges(T0_NS + 200 * NS_PER_S)
+    assert value(metrics, "coldstream_stations_reporting") == 0
+
+
+def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> None:
+    recs = records("PLL", 45.0)
+    # E's record holding T0 + 35..40 s never comes: window [T0+7, T0+37) waits for the lag
+    t_hole = T0_NS + 36 * NS_PER_S
+    e_holes = [
+        r for r in recs
+        if r[15:18] == b"HHE" and any(b.start_ns <= t_hole < b.end_ns for b in decode_payload(r, 0))
+    ]
+    assert len(e_holes) == 1
+    ing, _ = make(metrics)
+    arrival = T0_NS + 100 * NS_PER_S
+    emitted = feed(ing, [r for r in recs if r not in e_holes], arrival)
+    before = len(emitted) + value(metrics, "coldstream_windows_skipped_total", station="XX.PLL.00", reason="gap")
+    assert ing.poll(arrival + NS_PER_S) == []  # not silent for a lag yet
+    flushed = ing.poll(arrival + 11 * NS_PER_S)
+    after = len(emitted) + len(flushed) + value(metrics, "coldstream_windows_skipped_total", station="XX.PLL.00", reason="gap")
+    assert after == before + 1
+    assert ing.stations() == ["XX.PLL.00"]
+    ing.poll(arrival + 361 * NS_PER_S)
+    assert ing.stations() == []
+
+
+def test_rejected_first_blocks_create_no_station(metrics: Metrics) -> None:
+    ing, clock = make(metrics)
+    for k in range(50):
+        ing.add_block(SampleBlock(f"XX.B{k}.00.HHZ", clock.t_ns + DAY_NS, 100.0, np.zeros(10, np.int32), clock.t_ns))
+        ing.add_block(SampleBlock(f"XX.C{k}.00.LOG", T0_NS, 100.0, np.zeros(10, np.int32), clock.t_ns))
+    assert ing.stations() == []
+    assert value(metrics, "coldstream_records_rejected_total", station="XX.B3.00", reason="future") == 1
+    assert value(metrics, "coldstream_records_rejected_total", station="XX.C3.00", reason="channel") == 1
+
+
+_TEMPLATE = records("FUZ", 12.0)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st.integers(0, len(_TEMPLATE) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 511), st.integers(0, 255)), min_size=1, max_size=12),
+    cut=st.integers(1, 512),
+)
+def test_mangled_records_never_raise(metrics: Metrics, which: int, edits: list[tuple[int, int]], cut: int) -> None:
+    ing, clock = make(metrics)
+    rec = bytearray(_TEMPLATE[which])
+    for pos, byte in edits:
+        rec[pos] = byte
+    ing.add_payload(bytes(rec), clock.t_ns)
+    ing.add_payload(bytes(rec[:cut]), clock.t_ns)
+    ing.poll(clock.t_ns + 20 * NS_PER_S)
+    ing.update_gauges()
+    # the station still takes good data afterwards
+    for r in _TEMPLATE:
+        ing.add_payload(r, clock.t_ns)
