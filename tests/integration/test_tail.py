@@ -1,0 +1,95 @@
+"""``coldstream tail`` against a real Redis fed by the real publisher."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamer.commands import tail
+from streamer.config import RedisSettings
+from streamer.metrics import Metrics
+from streamer.picks import Pick, make_pick_id
+from streamer.publish import OutputItem, RedisPublisher
+from streamer.stitch import Segment
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+T0 = 176_400_000_000  # 100 Hz sample index, 2025-11-24T16:00:00Z
+
+
+def _pick(station: str, phase: str, k: int) -> Pick:
+    t = (T0 + 100 * k) * 10_000_000
+    return Pick(make_pick_id(station, phase, t), station, phase, t, 0.91, "denoised", "unet", "1", "PhaseNet/original", "1", 3, t + 4_200_000_000)
+
+
+def _segment(station: str, end_ns: int) -> Segment:
+    n = 500
+    start = end_ns // 10_000_000 - n
+    return Segment(station, start, 100.0, np.zeros((3, n), np.float32), np.ones((3, n), bool))
+
+
+def _args(url: str, prefix: str, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    tail.add_arguments(parser)
+    return parser.parse_args(["--url", url, "--prefix", prefix, *extra])
+
+
+def _publish(url: str, prefix: str, items: list[OutputItem]) -> None:
+    pub = RedisPublisher(RedisSettings(url=url, stream_prefix=prefix), Metrics())
+    pub.publish(items)
+    assert pub.flush(5)
+    pub.close()
+
+
+def test_once_prints_stored_picks_and_latency(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
+    now = time.time_ns()
+    _publish(redis_url, redis_key_prefix, [
+        OutputItem.of_segment(_segment("NC.AAA.00", now - 2_000_000_000)),
+        OutputItem.of_segment(_segment("BK.BBB.", now - 600 * 1_000_000_000)),
+        *[OutputItem.of_pick(_pick("NC.AAA.00", ph, k)) for k, ph in enumerate("PSPS")],
+    ])
+    out = io.StringIO()
+    assert tail.run(_args(redis_url, redis_key_prefix, "--once", "--last", "3"), out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("pick 2025-11-24T16:00:01.000000Z  NC.AAA.00  S  p=0.91  denoised  steps=3  delay=4.2s")
+    assert [ln.split()[3] for ln in lines[:3]] == ["S", "P", "S"]
+    lat = lines[3].split()
+    assert lat[0] == "latency" and lat[1] == "BK.BBB." and lat[3] == "STALE" and lat[4] == "NC.AAA.00"
+    assert 1.5 < float(lat[5].rstrip("s")) < 30
+
+
+def test_follows_new_picks_live(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
+    _publish(redis_url, redis_key_prefix, [OutputItem.of_pick(_pick("NC.AAA.00", "P", 0))])  # old: not shown
+    out = io.StringIO()
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(tail.run(_args(redis_url, redis_key_prefix, "--count", "2", "--interval", "0.2"), out)))
+    t.start()
+    time.sleep(0.5)
+    _publish(redis_url, redis_key_prefix, [OutputItem.of_pick(_pick("NC.AAA.00", "S", 5)), OutputItem.of_pick(_pick("BK.BBB.", "P", 6))])
+    t.join(timeout=10)
+    assert rc == [0]
+    lines = out.getvalue().splitlines()
+    picks = [ln for ln in lines if ln.startswith("pick ")]
+    assert [(ln.split()[2], ln.split()[3]) for ln in picks] == [("NC.AAA.00", "S"), ("BK.BBB.", "P")]
+    assert sum(ln.startswith("latency") for ln in lines) >= 2  # at start and refreshed while waiting
+
+
+def test_piped_cli_output_is_plain_and_errors_are_clean(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
+    _publish(redis_url, redis_key_prefix, [OutputItem.of_pick(_pick("NC.AAA.00", "P", 1))])
+    cmd = [sys.executable, "-m", "streamer.cli", "tail", "--url", redis_url, "--prefix", redis_key_prefix, "--once", "--last", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith("pick 2025-11-24T16:00:01.000000Z  NC.AAA.00  P")
+    assert "\x1b[" not in res.stdout
+    bad = [sys.executable, "-m", "streamer.cli", "tail", "--url", "redis://:pw-secret@127.0.0.1:1/0", "--once"]
+    res = subprocess.run(bad, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert res.returncode == 1 and "pw-secret" not in res.stderr and "***@127.0.0.1:1" in res.stderr
