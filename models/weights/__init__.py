@@ -1,0 +1,1 @@
+"""Shipped denoiser weights (``*.pt`` + JSON sidecar), loaded through :mod:`importlib.resources`."""

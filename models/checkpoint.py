@@ -1,0 +1,124 @@
+"""Denoiser weights on disk: a ``.pt`` state dict plus a JSON sidecar with everything needed to rebuild it.
+
+Sidecar keys: ``format``, ``model_class``, ``model_args`` (constructor arguments), ``schedule`` (kind and
+``n_train_steps``), ``normalization``, ``spec``, ``training`` (data, split, seed, steps, losses), ``code_version``
+and ``sha256`` of the ``.pt`` file. Loading verifies the checksum and uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.errors import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
+from models.unet import UNet1D
+
+__all__ = ["FORMAT", "code_version", "file_sha256", "load_checkpoint", "save_checkpoint", "sidecar_path"]
+
+FORMAT = "coldstream-cdiffsd/1"
+NORMALIZATION = {
+    "kind": "noisy-window",
+    "center": "per-channel mean of the noisy window, restored on output",
+    "scale": "standard deviation of the centered noisy window over all three components",
+}
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """``git describe`` of the source tree when available, else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("coldstream")
+    except Exception:
+        return "unknown"
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: UNet1D,
+    *,
+    schedule_kind: str,
+    n_train_steps: int,
+    spec: dict[str, Any],
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``path`` (``.pt``, float32 state dict) and its JSON sidecar; return the sidecar dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, path)
+    meta = {
+        "format": FORMAT,
+        "model_class": "UNet1D",
+        "model_args": model.config,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "schedule": {"kind": schedule_kind, "n_train_steps": n_train_steps},
+        "normalization": NORMALIZATION,
+        "spec": spec,
+        "training": training or {},
+        "code_version": code_version(),
+        "sha256": file_sha256(path),
+    }
+    sidecar_path(path).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[UNet1D, dict[str, Any]]:
+    """Rebuild the model from ``path`` and its sidecar; verify the sha256 (the given one, else the sidecar's).
+
+    Raises :class:`WeightsNotFoundError`, :class:`ChecksumMismatchError` or :class:`ShapeMismatchError`.
+    """
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"denoiser weights not found: {path}")
+    if not side.is_file():
+        raise WeightsNotFoundError(f"denoiser weights sidecar not found: {side} (expected beside {path.name})")
+    meta = json.loads(side.read_text())
+    actual = file_sha256(path)
+    expected = sha256 or meta.get("sha256")
+    if expected and actual != expected:
+        raise ChecksumMismatchError(f"{path}: sha256 {actual} does not match the expected {expected}")
+    meta["sha256"] = actual
+    if meta.get("model_class") != "UNet1D":
+        raise ShapeMismatchError(f"{path}: unknown model class {meta.get('model_class')!r}")
+    args = dict(meta["model_args"])
+    for key in ("channel_mults", "bottleneck_dilations"):
+        if key in args:
+            args[key] = tuple(args[key])
+    model = UNet1D(**args)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
+    return model.eval(), meta

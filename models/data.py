@@ -1,0 +1,478 @@
+"""Training and evaluation data: labelled recordings, station splits, and noisy/clean window pairs.
+
+Sources (both give :class:`Recording` objects, 3 components in ``ModelSpec`` order, 100 Hz, counts):
+
+- a folder of ``.npz`` events in the PhaseNet NCEDC layout (``data`` (N, 3) ENZ, ``itp``/``its`` sample indices;
+  file names ``NET_STA_...npz``), see :func:`load_npz_folder`;
+- any SeisBench ``WaveformDataset`` on disk (STEAD, INSTANCE, a dataset written by
+  ``seisbench.data.WaveformDataWriter``), see :func:`load_seisbench_dataset`. Traces without a P pick (or with
+  ``trace_category == "noise"``) are used as noise only.
+
+Pairs (:class:`PairSampler`) couple an event with noise from *another* recording (pre-event segments are real
+noise), scaled to a random input SNR over a wide range, with random crop offsets (P anywhere in, before or after
+the window), a share of noise-only windows whose target is zero, polarity flips, random rotation of the
+horizontal components and a mild time stretch. The clean target is the recorded event with everything more
+than :data:`PRE_P_MUTE_S` before P muted: the recording's own pre-event noise is not signal, and a target that is
+silent before the onset teaches a sharp onset instead of a smeared one.
+
+Splits are by station (``NET.STA``), fixed by a seed and written to JSON, so no station is in two splits.
+
+Limitations: the NCEDC set is small (154 recordings, 108 stations); pre-event noise segments are shorter than a
+window (about 29.5 s), so noise windows are extended by reflection; SNR is measured on Z only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import DataError
+from models.spec import DEFAULT_SPEC, ModelSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvalSet",
+    "PairConfig",
+    "PairSampler",
+    "Recording",
+    "build_eval_set",
+    "load_recordings",
+    "load_npz_folder",
+    "load_seisbench_dataset",
+    "make_station_split",
+    "read_split",
+    "select",
+    "snr_db",
+    "write_split",
+]
+
+PRE_P_MUTE_S = 0.4
+"""Target is zero until this long before the labelled P, then ramps up to one at P - 0.1 s."""
+NOISE_GUARD_SAMPLES = 100
+"""Pre-event noise ends this many samples before the labelled P."""
+SNR_SIGNAL_S = 10.0
+"""Signal power for the SNR is measured on Z over this long after P (the evaluation protocol's definition)."""
+
+
+@dataclass
+class Recording:
+    """One labelled (or noise-only) 3-component recording.
+
+    ``data``: ``(3, n_samples)`` float32 counts in spec component order, mean removed; ``p_sample``/``s_sample``:
+    sample indices or ``None``; ``station``: ``NET.STA``; ``three_component``: False when E and N are all zero.
+    """
+
+    name: str
+    station: str
+    data: np.ndarray
+    p_sample: int | None
+    s_sample: int | None
+    three_component: bool = True
+
+    @property
+    def is_event(self) -> bool:
+        return self.p_sample is not None
+
+    def noise_segment(self, min_samples: int = 1000) -> np.ndarray | None:
+        """Pre-event noise ``(3, n)`` (the whole trace for noise-only recordings), or None if too short."""
+        end = self.data.shape[1] if self.p_sample is None else self.p_sample - NOISE_GUARD_SAMPLES
+        if end < min_samples:
+            return None
+        seg = self.data[:, :end]
+        return seg - seg.mean(axis=1, keepdims=True)
+
+
+def snr_db(signal_z: np.ndarray, p_sample: int, noise_z: np.ndarray, sampling_rate_hz: float = 100.0) -> float:
+    """10 log10 of Z power over ``SNR_SIGNAL_S`` after P divided by the noise's Z power (``-inf``..``inf``)."""
+    n = int(SNR_SIGNAL_S * sampling_rate_hz)
+    sig = signal_z[max(p_sample, 0) : p_sample + n]
+    p_sig = float(np.mean(sig.astype(np.float64) ** 2)) if sig.size else 0.0
+    p_noise = float(np.mean(noise_z.astype(np.float64) ** 2)) if noise_z.size else 0.0
+    if p_noise <= 0:
+        return math.inf
+    if p_sig <= 0:
+        return -math.inf
+    return 10.0 * math.log10(p_sig / p_noise)
+
+
+def event_snr_db(rec: Recording, sampling_rate_hz: float = 100.0) -> float:
+    """The recording's own Z SNR: after P against its pre-event noise."""
+    noise = rec.noise_segment()
+    if rec.p_sample is None or noise is None:
+        return -math.inf
+    return snr_db(rec.data[2], rec.p_sample, noise[2], sampling_rate_hz)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_npz_folder(folder: str | Path) -> list[Recording]:
+    """Load every ``*.npz`` below ``folder`` (PhaseNet NCEDC layout: ``data`` (N, 3) ENZ, ``itp``, ``its``)."""
+    folder = Path(folder)
+    files = sorted(folder.rglob("*.npz"))
+    if not files:
+        raise DataError(f"no .npz files under {folder}")
+    recs = []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            if "data" not in z:
+                raise DataError(f"{f}: no 'data' array")
+            data = np.asarray(z["data"], dtype=np.float64)
+            if data.ndim != 2 or 3 not in data.shape:
+                raise DataError(f"{f}: data shape {data.shape}, expected (N, 3)")
+            if data.shape[1] != 3:
+                data = data.T
+            data = data.T
+            p = int(z["itp"]) if "itp" in z else None
+            s = int(z["its"]) if "its" in z else None
+        parts = f.stem.split("_")
+        station = ".".join(parts[:2]) if len(parts) >= 2 else f.stem
+        data = (data - data.mean(axis=1, keepdims=True)).astype(np.float32)
+        three_c = bool(np.any(data[0] != 0) and np.any(data[1] != 0))
+        recs.append(Recording(f.stem, station, data, p, s, three_c))
+    log.info("loaded %d recordings from %s", len(recs), folder)
+    return recs
+
+
+def load_seisbench_dataset(path: str | Path, spec: ModelSpec = DEFAULT_SPEC) -> list[Recording]:
+    """Load a SeisBench ``WaveformDataset`` from disk, resampled to the spec rate and in spec component order."""
+    import seisbench.data as sbd
+
+    try:
+        ds = sbd.WaveformDataset(
+            Path(path), sampling_rate=spec.sampling_rate_hz, component_order=spec.component_order, cache=None
+        )
+    except Exception as exc:  # SeisBench raises several types for a malformed folder
+        raise DataError(f"cannot open SeisBench dataset at {path}: {exc}") from exc
+    meta = ds.metadata
+    recs = []
+    for i in range(len(ds)):
+        row = meta.iloc[i]
+        data = np.nan_to_num(np.asarray(ds.get_waveforms(i), dtype=np.float64))
+        if data.shape[0] != 3:
+            raise DataError(f"trace {i}: {data.shape[0]} components, expected 3")
+        p = _meta_sample(row, ("trace_p_arrival_sample", "trace_P_arrival_sample", "trace_P1_arrival_sample"))
+        s = _meta_sample(row, ("trace_s_arrival_sample", "trace_S_arrival_sample", "trace_S1_arrival_sample"))
+        if str(row.get("trace_category", "")).lower() == "noise":
+            p = s = None
+        station = f"{row.get('station_network_code', '')}.{row.get('station_code', '')}"
+        name = str(row.get("trace_name", f"trace{i}"))
+        data = (data - data.mean(axis=1, keepdims=True)).astype(np.float32)
+        three_c = bool(np.any(data[0] != 0) and np.any(data[1] != 0))
+        recs.append(Recording(name, station, data, p, s, three_c))
+    log.info("loaded %d recordings from SeisBench dataset %s", len(recs), path)
+    return recs
+
+
+def _meta_sample(row, keys: Sequence[str]) -> int | None:
+    for k in keys:
+        if k in row.index:
+            v = row[k]
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(v):
+                return int(round(v))
+    return None
+
+
+def load_recordings(source: str | Path, spec: ModelSpec = DEFAULT_SPEC) -> list[Recording]:
+    """A SeisBench dataset folder (has ``metadata.csv``) or a folder of ``.npz`` events."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"data source {source} does not exist")
+    if (source / "metadata.csv").exists() or any(source.glob("metadata*.csv")):
+        return load_seisbench_dataset(source, spec)
+    return load_npz_folder(source)
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def make_station_split(
+    stations: Iterable[str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+) -> dict[str, list[str]]:
+    """Assign each station to train/val/test by a seeded shuffle. No station is in two splits."""
+    uniq = sorted(set(stations))
+    rng = np.random.default_rng(seed)
+    order = [uniq[i] for i in rng.permutation(len(uniq))]
+    n_test = max(1, int(round(fractions[2] * len(order)))) if len(order) >= 3 else 0
+    n_val = max(1, int(round(fractions[1] * len(order)))) if len(order) >= 3 else 0
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def write_split(path: str | Path, split: dict[str, list[str]], seed: int, source: str) -> None:
+    """Write the split as JSON: ``{"seed", "source", "by": "station", "train": [...], "val": [...], "test": [...]}``."""
+    doc = {"seed": seed, "source": source, "by": "station", **split}
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    doc = json.loads(Path(path).read_text())
+    for key in ("train", "val", "test"):
+        if key not in doc:
+            raise DataError(f"split file {path} has no {key!r} list")
+    overlap = (set(doc["train"]) & set(doc["test"])) | (set(doc["train"]) & set(doc["val"]))
+    if overlap:
+        raise DataError(f"split file {path}: stations in two splits: {sorted(overlap)[:5]}")
+    return {k: list(doc[k]) for k in ("train", "val", "test")}
+
+
+def select(recs: Sequence[Recording], stations: Iterable[str]) -> list[Recording]:
+    keep = set(stations)
+    return [r for r in recs if r.station in keep]
+
+
+# ------------------------------------------------------------------------------------------------- pairs
+
+
+@dataclass
+class PairConfig:
+    """How training pairs are drawn. SNRs are Z-power ratios in dB (see :func:`snr_db`)."""
+
+    window_samples: int = 3000
+    sampling_rate_hz: float = 100.0
+    min_event_snr_db: float = 15.0
+    snr_low_db: tuple[float, float] = (-15.0, 5.0)
+    snr_high_db: tuple[float, float] = (5.0, 30.0)
+    low_snr_share: float = 0.6
+    noise_only_share: float = 0.15
+    p_position_range: tuple[int, int] = (-1500, 3300)
+    stretch_range: tuple[float, float] = (0.85, 1.15)
+    stretch_share: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class PairBatch:
+    """``y`` noisy and ``x0`` clean target, ``(batch, 3, window)`` float32 counts; ``p``/``s`` sample indices in
+    the window (-1 when absent or outside); ``snr_db`` input SNR (nan for noise-only)."""
+
+    y: np.ndarray
+    x0: np.ndarray
+    p: np.ndarray
+    s: np.ndarray
+    snr_db: np.ndarray
+    noise_only: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+def onset_mute(n: int, p_sample: int | None, sampling_rate_hz: float) -> np.ndarray:
+    """A ``(n,)`` gain: 0 until ``PRE_P_MUTE_S`` before P, a cosine ramp to 1 at P - 0.1 s, then 1."""
+    g = np.ones(n, np.float32)
+    if p_sample is None:
+        return g
+    a = p_sample - int(PRE_P_MUTE_S * sampling_rate_hz)
+    b = p_sample - int(0.1 * sampling_rate_hz)
+    idx = np.arange(n)
+    g[idx < a] = 0.0
+    ramp = (idx >= a) & (idx < b)
+    g[ramp] = 0.5 - 0.5 * np.cos(np.pi * (idx[ramp] - a) / max(b - a, 1))
+    return g
+
+
+def _extend(seg: np.ndarray, n: int) -> np.ndarray:
+    """Extend a ``(3, m)`` segment to at least ``n`` samples by alternating reflections (no jumps)."""
+    out = seg
+    while out.shape[1] < n:
+        out = np.concatenate([out, out[:, ::-1]], axis=1)
+    return out
+
+
+def _rotate_horizontals(x: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    e, n = x[0].copy(), x[1].copy()
+    x = x.copy()
+    x[0], x[1] = c * e - s * n, s * e + c * n
+    return x
+
+
+def _stretch(x: np.ndarray, factor: float) -> np.ndarray:
+    """Resample ``(3, m)`` by linear interpolation so that durations scale by ``factor``."""
+    m = x.shape[1]
+    new_m = int(m * factor)
+    src = np.arange(new_m) / factor
+    return np.stack([np.interp(src, np.arange(m), ch) for ch in x]).astype(np.float32)
+
+
+class PairSampler:
+    """Draws noisy/clean pairs from events and a noise pool, reproducibly under ``seed``."""
+
+    def __init__(self, recordings: Sequence[Recording], config: PairConfig | None = None, seed: int = 0) -> None:
+        self.cfg = config or PairConfig()
+        self.rng = np.random.default_rng(seed)
+        sr = self.cfg.sampling_rate_hz
+        self.events = [
+            r for r in recordings if r.is_event and event_snr_db(r, sr) >= self.cfg.min_event_snr_db
+        ]
+        self.noise: list[tuple[int, np.ndarray, bool]] = []
+        for i, r in enumerate(recordings):
+            seg = r.noise_segment()
+            if seg is not None and np.any(seg[2] != 0):
+                self.noise.append((i, seg, r.three_component))
+        self._names = [r.name for r in recordings]
+        if not self.events:
+            raise DataError(f"no events with Z SNR >= {self.cfg.min_event_snr_db} dB for training targets")
+        if len(self.noise) < 2:
+            raise DataError("need at least two recordings with pre-event noise")
+        log.info("pair sampler: %d target events, %d noise segments", len(self.events), len(self.noise))
+
+    def _noise_window(self, exclude: str | None, need_3c: bool) -> np.ndarray:
+        n = self.cfg.window_samples
+        for _ in range(50):
+            i, seg, three_c = self.noise[self.rng.integers(len(self.noise))]
+            if self._names[i] != exclude and (three_c or not need_3c):
+                break
+        ext = _extend(seg, 2 * n)
+        start = int(self.rng.integers(0, ext.shape[1] - n + 1))
+        w = ext[:, start : start + n].copy()
+        if self.rng.random() < 0.5:
+            w = w[:, ::-1].copy()
+        if three_c:
+            w = _rotate_horizontals(w, self.rng.uniform(0, 2 * np.pi))
+        w *= self.rng.choice([-1.0, 1.0])
+        return (w - w.mean(axis=1, keepdims=True)).astype(np.float32)
+
+    def _draw_snr(self) -> float:
+        lo, hi = self.cfg.snr_low_db if self.rng.random() < self.cfg.low_snr_share else self.cfg.snr_high_db
+        return float(self.rng.uniform(lo, hi))
+
+    def draw_one(self) -> tuple[np.ndarray, np.ndarray, int, int, float, bool]:
+        """One pair: ``(y, x0, p, s, snr_db, noise_only)`` with ``(3, window)`` arrays in counts."""
+        n, sr = self.cfg.window_samples, self.cfg.sampling_rate_hz
+        if self.rng.random() < self.cfg.noise_only_share:
+            y = self._noise_window(None, need_3c=False) * np.float32(10 ** self.rng.uniform(-2, 4))
+            return y, np.zeros_like(y), -1, -1, math.nan, True
+        ev = self.events[self.rng.integers(len(self.events))]
+        data, p, s = ev.data, int(ev.p_sample), ev.s_sample
+        if self.rng.random() < self.cfg.stretch_share:
+            f = float(self.rng.uniform(*self.cfg.stretch_range))
+            data = _stretch(data, f)
+            p = int(round(p * f))
+            s = int(round(s * f)) if s is not None else None
+        if ev.three_component:
+            data = _rotate_horizontals(data, self.rng.uniform(0, 2 * np.pi))
+        data = data * np.float32(self.rng.choice([-1.0, 1.0]))
+        p_in_window = int(self.rng.integers(*self.cfg.p_position_range))
+        start = int(np.clip(p - p_in_window, 0, data.shape[1] - n))
+        raw = data[:, start : start + n]
+        mute = onset_mute(data.shape[1], p, sr)[start : start + n]
+        x0 = raw * mute
+        noise = self._noise_window(ev.name, need_3c=ev.three_component)
+        if not ev.three_component:
+            noise[:2] = 0.0
+        snr = self._draw_snr()
+        p_sig = np.mean(data[2, p : p + int(SNR_SIGNAL_S * sr)].astype(np.float64) ** 2)
+        p_noise = np.mean(noise[2].astype(np.float64) ** 2)
+        k = math.sqrt(p_sig / (p_noise * 10 ** (snr / 10))) if p_noise > 0 else 0.0
+        y = raw + np.float32(k) * noise
+        pw, sw = p - start, (s - start) if s is not None else -1
+        pw = pw if 0 <= pw < n else -1
+        sw = sw if 0 <= sw < n else -1
+        return y.astype(np.float32), x0.astype(np.float32), pw, sw, snr, False
+
+    def draw(self, batch_size: int) -> PairBatch:
+        items = [self.draw_one() for _ in range(batch_size)]
+        return PairBatch(
+            y=np.stack([it[0] for it in items]),
+            x0=np.stack([it[1] for it in items]),
+            p=np.array([it[2] for it in items]),
+            s=np.array([it[3] for it in items]),
+            snr_db=np.array([it[4] for it in items]),
+            noise_only=np.array([it[5] for it in items]),
+        )
+
+
+# ----------------------------------------------------------------------------------------- evaluation set
+
+
+@dataclass
+class EvalSet:
+    """A fixed evaluation set. ``clean`` is the recorded event (unmuted: the honest reference); ``p``/``s`` are
+    sample indices (-1 if absent); ``snr_db`` the target input SNR (nan for noise-only); ``names`` the source
+    recordings ``event|noise``."""
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    p: np.ndarray
+    s: np.ndarray
+    snr_db: np.ndarray
+    noise_only: np.ndarray
+    names: list[str]
+
+
+def build_eval_set(
+    recordings: Sequence[Recording],
+    snr_levels_db: Sequence[float] = (-15, -10, -5, 0, 5, 10),
+    n_noise_only: int = 40,
+    seed: int = 12345,
+    window_samples: int = 3000,
+    sampling_rate_hz: float = 100.0,
+    min_event_snr_db: float = 15.0,
+    p_position_range: tuple[int, int] = (500, 2500),
+) -> EvalSet:
+    """Deterministic noisy/clean windows: every event x every SNR level, noise from another recording of the
+    same split, P placed at a seeded position; plus ``n_noise_only`` noise-only windows."""
+    rng = np.random.default_rng(seed)
+    n = window_samples
+    events = [r for r in recordings if r.is_event and event_snr_db(r, sampling_rate_hz) >= min_event_snr_db]
+    noise = [(r.name, r.noise_segment(), r.three_component) for r in recordings]
+    noise = [(nm, seg, c) for nm, seg, c in noise if seg is not None and np.any(seg[2] != 0)]
+    if not events or len(noise) < 2:
+        raise DataError("evaluation needs at least one clean event and two noise segments in the split")
+    out: dict[str, list] = {k: [] for k in ("noisy", "clean", "p", "s", "snr", "noise_only", "names")}
+    for ev in events:
+        for snr in snr_levels_db:
+            cands = [x for x in noise if x[0] != ev.name and (x[2] or not ev.three_component)] or noise
+            nm, seg, _ = cands[rng.integers(len(cands))]
+            ext = _extend(seg, 2 * n)
+            o = int(rng.integers(0, ext.shape[1] - n + 1))
+            nz = ext[:, o : o + n].astype(np.float32)
+            nz = nz - nz.mean(axis=1, keepdims=True)
+            if not ev.three_component:
+                nz[:2] = 0
+            p = int(ev.p_sample)
+            pw = int(rng.integers(*p_position_range))
+            start = int(np.clip(p - pw, 0, ev.data.shape[1] - n))
+            clean = ev.data[:, start : start + n]
+            p_sig = np.mean(ev.data[2, p : p + int(SNR_SIGNAL_S * sampling_rate_hz)].astype(np.float64) ** 2)
+            k = math.sqrt(p_sig / (np.mean(nz[2].astype(np.float64) ** 2) * 10 ** (snr / 10)))
+            out["noisy"].append(clean + np.float32(k) * nz)
+            out["clean"].append(clean)
+            out["p"].append(p - start)
+            s = ev.s_sample - start if ev.s_sample is not None else -1
+            out["s"].append(s if 0 <= s < n else -1)
+            out["snr"].append(float(snr))
+            out["noise_only"].append(False)
+            out["names"].append(f"{ev.name}|{nm}")
+    for _ in range(n_noise_only):
+        nm, seg, _ = noise[rng.integers(len(noise))]
+        ext = _extend(seg, 2 * n)
+        o = int(rng.integers(0, ext.shape[1] - n + 1))
+        nz = ext[:, o : o + n].astype(np.float32)
+        out["noisy"].append(nz - nz.mean(axis=1, keepdims=True))
+        out["clean"].append(np.zeros((3, n), np.float32))
+        out["p"].append(-1)
+        out["s"].append(-1)
+        out["snr"].append(math.nan)
+        out["noise_only"].append(True)
+        out["names"].append(f"-|{nm}")
+    return EvalSet(
+        noisy=np.stack(out["noisy"]).astype(np.float32),
+        clean=np.stack(out["clean"]).astype(np.float32),
+        p=np.array(out["p"]),
+        s=np.array(out["s"]),
+        snr_db=np.array(out["snr"]),
+        noise_only=np.array(out["noise_only"]),
+        names=out["names"],
+    )

@@ -1,0 +1,322 @@
+"""Training loop for the cold-diffusion denoiser.
+
+One step, in normalized units (both y and x0 divided by the noisy window's scale, see
+:func:`models.degradation.normalize_window`):
+
+1. draw a batch of pairs (:class:`models.data.PairSampler`) and a step t per window (t = T with probability
+   ``p_top`` because direct prediction is the common use; otherwise uniform in 1..T-1);
+2. x_t = D(x0, t); x0_hat = f(x_t, t);
+3. unfolded term (Yen et al. 2023, with the *same* operator): t' uniform in 1..t-1, x' = D(sg(x0_hat), t') -- the
+   state the sampler actually visits after its first step -- and x0_tilde = f(x', t');
+4. loss = L(x0_hat) + ``unfold_weight`` * L(x0_tilde), with L = onset-weighted L1 + ``stft_weight`` * multi-resolution
+   log-STFT + ``picker_weight`` * picker loss (frozen PhaseNet).
+
+AdamW with a cosine learning-rate decay over the run, gradient clipping, an exponential moving average of the
+weights (the EMA is what gets exported), mixed precision (bfloat16) on CUDA. Checkpoints (model, EMA, optimizer,
+step, sampler RNG) let a run resume. Bounded by steps and by wall-clock minutes; with ``max_steps`` binding, a
+run is reproducible under its seed (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.data import PairConfig, PairSampler, load_recordings, make_station_split, read_split, select, write_split
+from models.degradation import degrade, make_schedule, normalize_window
+from models.errors import DataError
+from models.losses import PickerLoss, multires_stft_loss, onset_weight, onset_weighted_l1
+from models.spec import DEFAULT_SPEC
+from models.unet import UNet1D
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    seed: int = 0
+    max_minutes: float = 45.0
+    max_steps: int = 1_000_000
+    batch_size: int = 16
+    lr: float = 1e-3
+    n_train_steps: int = 16
+    schedule: str = "linear"
+    p_top: float = 0.4
+    unfold_weight: float = 0.5
+    onset_extra_weight: float = 4.0
+    stft_weight: float = 0.15
+    picker_weight: float = 2.0
+    picker_cache: str | None = None
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2, 4, 8)
+    device: str = "auto"
+    threads: int = 2
+    split_file: str | None = None
+    checkpoint_every_minutes: float = 5.0
+    val_every_steps: int = 250
+    export_name: str = "coldstream-cdiffsd"
+    resume: bool = False
+    progress: bool = True
+    pairs: PairConfig = field(default_factory=PairConfig)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        recs = load_recordings(cfg.data, DEFAULT_SPEC)
+        split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
+        if split_path.exists():
+            self.split = read_split(split_path)
+        else:
+            self.split = make_station_split([r.station for r in recs], cfg.seed)
+            write_split(split_path, self.split, cfg.seed, str(cfg.data))
+        self.split_path = split_path
+        train_recs = select(recs, self.split["train"])
+        val_recs = select(recs, self.split["val"])
+        if not train_recs:
+            raise DataError("training split is empty")
+        self.sampler = PairSampler(train_recs, cfg.pairs, seed=cfg.seed)
+        self.val_batch = None
+        if val_recs:
+            try:
+                self.val_batch = PairSampler(val_recs, cfg.pairs, seed=cfg.seed + 1).draw(64)
+            except DataError as exc:
+                log.warning("no validation pairs: %s", exc)
+        self.gammas = make_schedule(cfg.schedule, cfg.n_train_steps).to(self.device)
+        self.model = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
+        self.ema = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        self.picker_loss = None
+        if cfg.picker_weight > 0:
+            from models.picker import Picker
+
+            picker = Picker(cache_root=cfg.picker_cache, device=str(self.device))
+            self.picker_loss = PickerLoss(picker.probabilities)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------- state
+    def _state_path(self) -> Path:
+        return self.out / "last.ckpt.pt"
+
+    def save_state(self) -> None:
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(),
+                "step": torch.tensor(self.step),
+                "elapsed_s": torch.tensor(self.elapsed_s),
+                "torch_rng": torch.get_rng_state(),
+            },
+            self._state_path(),
+        )
+        (self.out / "last.rng.json").write_text(json.dumps(self.sampler.rng.bit_generator.state))
+
+    def load_state(self) -> None:
+        state = torch.load(self._state_path(), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        self.elapsed_s = float(state["elapsed_s"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        rng_file = self.out / "last.rng.json"
+        if rng_file.exists():
+            self.sampler.rng.bit_generator.state = json.loads(rng_file.read_text())
+        log.info("resumed from step %d (%.1f min)", self.step, self.elapsed_s / 60)
+
+    # -------------------------------------------------------------------------------------- loss
+    def _loss(self, pred: torch.Tensor, x0: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        parts = {"l1": onset_weighted_l1(pred, x0, w)}
+        if cfg.stft_weight > 0:
+            parts["stft"] = multires_stft_loss(pred, x0)
+        if self.picker_loss is not None:
+            parts["pick"] = self.picker_loss(pred, x0)
+        total = parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.picker_weight * parts.get("pick", 0.0)
+        parts["total"] = total
+        return parts
+
+    def _batch(self, batch) -> tuple[torch.Tensor, ...]:
+        y = torch.from_numpy(batch.y).to(self.device)
+        x0 = torch.from_numpy(batch.x0).to(self.device)
+        yn, mean, scale = normalize_window(y)
+        x0n = (x0 - x0.mean(dim=-1, keepdim=True)) / scale
+        p = torch.from_numpy(batch.p).to(self.device)
+        s = torch.from_numpy(batch.s).to(self.device)
+        w = onset_weight(p, s, y.shape[-1], self.cfg.onset_extra_weight)
+        return yn, x0n, w
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        T = cfg.n_train_steps
+        yn, x0n, w = self._batch(self.sampler.draw(cfg.batch_size))
+        b = yn.shape[0]
+        top = torch.rand(b, device=self.device) < cfg.p_top
+        t = torch.where(top, torch.full((b,), T, device=self.device), torch.randint(1, T, (b,), device=self.device))
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        with amp:
+            xt = degrade(x0n, yn, self.gammas[t])
+            pred = self.model(xt, t.float() / T).float()
+        parts = self._loss(pred, x0n, w)
+        loss = parts["total"]
+        if cfg.unfold_weight > 0 and T > 1:
+            t2 = (torch.rand(b, device=self.device) * (t - 1).clamp(min=1).float()).long() + 1
+            t2 = torch.minimum(t2, (t - 1).clamp(min=1))
+            with amp:
+                x2 = degrade(pred.detach(), yn, self.gammas[t2])
+                pred2 = self.model(x2, t2.float() / T).float()
+            parts2 = self._loss(pred2, x0n, w)
+            loss = loss + cfg.unfold_weight * parts2["total"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + self.step) / (10 + self.step))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                be.copy_(bm)
+        return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in parts.items()} | {
+            "loss": float(loss.detach())
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.val_batch is None:
+            return {}
+        yn, x0n, w = self._batch(self.val_batch)
+        T = self.cfg.n_train_steps
+        pred = self.ema(yn, torch.ones(yn.shape[0], device=self.device))
+        l1 = onset_weighted_l1(pred, x0n, w)
+        err = ((pred - x0n) ** 2).sum(dim=(1, 2))
+        ref = ((yn - x0n) ** 2).sum(dim=(1, 2))
+        gain = 10 * torch.log10(ref.clamp(min=1e-12) / err.clamp(min=1e-12))
+        del T
+        return {"val_l1": float(l1), "val_snr_gain_db": float(gain.mean())}
+
+    def export(self, name: str) -> Path:
+        cfg = self.cfg
+        path = self.out / f"{name}.pt"
+        training = {
+            "data": Path(cfg.data).name,
+            "split": {k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed},
+            "split_stations_test": self.split["test"],
+            "steps": self.step,
+            "minutes": round(self.elapsed_s / 60, 1),
+            "device": str(self.device),
+            "config": _jsonable(asdict(cfg)) | {"data": Path(cfg.data).name, "out": None, "picker_cache": None},
+            "weights": "exponential moving average (decay 0.999)",
+        }
+        save_checkpoint(
+            path,
+            self.ema,
+            schedule_kind=cfg.schedule,
+            n_train_steps=cfg.n_train_steps,
+            spec=asdict(DEFAULT_SPEC),
+            training=training,
+        )
+        return path
+
+    # --------------------------------------------------------------------------------------- run
+    def run(self) -> Path:
+        cfg = self.cfg
+        if cfg.resume and self._state_path().exists():
+            self.load_state()
+        budget_s = cfg.max_minutes * 60
+        t_start = time.perf_counter() - self.elapsed_s
+        last_ckpt = time.perf_counter()
+        bar = _progress(cfg.progress, cfg.max_steps, self.step)
+        log_file = open(self.out / "train_log.jsonl", "a")
+        try:
+            while self.step < cfg.max_steps and self.elapsed_s < budget_s:
+                progress = max(self.step / cfg.max_steps, self.elapsed_s / budget_s)
+                lr = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+                warm = min(1.0, (self.step + 1) / 100)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr * warm
+                parts = self.train_step()
+                self.step += 1
+                self.elapsed_s = time.perf_counter() - t_start
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.1e}")
+                if self.step % 25 == 0:
+                    rec = {"step": self.step, "min": round(self.elapsed_s / 60, 2), "lr": lr} | parts
+                    if self.step % cfg.val_every_steps == 0:
+                        rec |= self.validate()
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                if time.perf_counter() - last_ckpt > cfg.checkpoint_every_minutes * 60:
+                    self.save_state()
+                    self.export(cfg.export_name)
+                    last_ckpt = time.perf_counter()
+        finally:
+            log_file.close()
+            if bar is not None:
+                bar.close()
+        self.save_state()
+        path = self.export(cfg.export_name)
+        log.info("training stopped at step %d after %.1f min; weights %s", self.step, self.elapsed_s / 60, path)
+        return path
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=None if total >= 1_000_000 else total, initial=initial, desc="train", unit="step")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train under ``cfg``; returns the path of the exported ``.pt`` (JSON sidecar beside it)."""
+    return _Trainer(cfg).run()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
+from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint, sidecar_path
+from models.denoiser import SHIPPED_WEIGHTS, Denoiser
+from models.spec import DEFAULT_SPEC
+
+from denoiser_fixtures import make_tiny_unet
+
+
+def _save(tmp_path, seed=0):
+    model = make_tiny_unet(seed)
+    path = tmp_path / "tiny.pt"
+    meta = save_checkpoint(
+        path, model, schedule_kind="linear", n_train_steps=8, spec=DEFAULT_SPEC.__dict__, training={"data": "none"}
+    )
+    return model, path, meta
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, rng):
+    model, path, meta = _save(tmp_path)
+    assert meta["sha256"] == file_sha256(path)
+    side = json.loads(sidecar_path(path).read_text())
+    for key in ("model_args", "schedule", "normalization", "training", "code_version", "sha256"):
+        assert key in side
+    loaded, _ = load_checkpoint(path)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 3000)).astype(np.float32))
+    t = torch.full((2,), 1.0)
+    with torch.inference_mode():
+        assert torch.equal(model(x, t), loaded(x, t))
+    den_a = Denoiser(model, n_train_steps=8)
+    den_b = Denoiser.load(path, device="cpu")
+    xa = rng.standard_normal((2, 3, 3000)).astype(np.float32) * 1000
+    np.testing.assert_array_equal(den_a.denoise_windows(xa, steps=3).x0, den_b.denoise_windows(xa, steps=3).x0)
+    assert den_b.version == meta["sha256"][:12] and den_b.n_train_steps == 8 and den_b.name == "tiny"
+
+
+def test_missing_file_checksum_and_shape_errors(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        Denoiser.load(tmp_path / "absent.pt")
+    _, path, meta = _save(tmp_path)
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        Denoiser.load(path, sha256="0" * 64)
+    side = json.loads(sidecar_path(path).read_text())
+    side["model_args"]["base_channels"] = 8
+    side["sha256"] = meta["sha256"]
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ShapeMismatchError, match="do not fit"):
+        Denoiser.load(path)
+
+
+def test_shipped_weights_load_with_verified_checksum():
+    den = Denoiser.load(device="cpu")
+    assert den.name == SHIPPED_WEIGHTS.removesuffix(".pt")
+    assert len(den.version) == 12 and den.meta["sha256"].startswith(den.version)
+    assert den.spec == DEFAULT_SPEC
+    with pytest.raises(ChecksumMismatchError):
+        Denoiser.load(device="cpu", sha256="f" * 64)
+    out = den.denoise_windows(np.zeros((1, 3, DEFAULT_SPEC.window_samples), np.float32))
+    assert np.all(out.x0 == 0)
