@@ -853,9 +853,10 @@ class _Session:
                     self.sent += 1
                     srv.packets_sent += 1
                     if srv.fail_after_packets is not None and self.sent >= srv.fail_after_packets:
-                        await self.writer.drain()
+                        # A clean close (FIN after the buffered packets), as a server restart gives.
                         log.info("replay: closing %s after %d packets (fault hook)", self.peer, self.sent)
-                        self.abort()
+                        self.closed = True
+                        self.writer.close()
                         return
                     if self.sent % 64 == 0:
                         await self.writer.drain()

@@ -1,0 +1,712 @@
+"""SeedLink acquisition: one asyncio client per server, acknowledged resume state, atomic state file.
+
+Three pieces:
+
+- ``StateStore``: the JSON state file (per server, per station ``NET_STA``: the acknowledged sequence
+  number and the end time of that packet), written atomically (temp file in the same directory,
+  fsync, ``os.replace``, fsync of the directory).
+- ``StateTracker``: in-memory bookkeeping of packets handed downstream and of how far downstream
+  has acknowledged them. ``acknowledge(station_key, safe_ns)`` is the only way the saved state
+  advances: it moves the acknowledged sequence over the longest prefix (in arrival order) of
+  delivered packets whose data end at or before ``safe_ns``. A packet that is delivered but not
+  yet acknowledged is therefore asked for again after a restart (a duplicate, absorbed by
+  idempotent output IDs downstream), never skipped (a gap).
+- ``SeedLinkSource``: the connection to one server. It uses ``seedlink_client.AsyncSeedLink`` for
+  framing and the v3/v4 handshake (one fresh client object per connection attempt, so the stream
+  list, and with it the ``DATA <seq> <time>`` resume point, comes from our own state, never from
+  the library's), and owns reconnection (capped exponential backoff with jitter), the data
+  timeout, sequence-gap detection and the metrics.
+
+Limitations: sequence-gap detection is only meaningful for stations requested without SELECT
+filters (a v3 server numbers all of a station's packets, so filtered streams skip numbers); it
+is disabled for filtered stations. The time fallback of a resume has one-second resolution on
+the v3 wire (rounded down: duplicates, not gaps) and assumes a station's channels are not skewed
+by more than one record. Pending (delivered, unacknowledged) packets are kept in memory, about
+100 bytes each, until acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.config import SeedLinkServer, SeedLinkSettings
+from streamer.metrics import Metrics
+from streamer.records import NS_PER_S, PacketRef
+
+log = logging.getLogger(__name__)
+
+SEQ_MODULUS = 1 << 24  # v3 sequence numbers are 24-bit and wrap
+STATE_FORMAT = "coldstream-seedlink-state"
+STATE_VERSION = 1
+
+PacketCallback = Callable[[bytes, PacketRef, int], None]
+
+
+class SeedLinkStateError(Exception):
+    """The state file cannot be read or written."""
+
+
+# ---------------------------------------------------------------------------------------------
+# time helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def ns_to_iso(t_ns: int) -> str:
+    """``2026-11-25T12:00:05.120000Z`` (microsecond resolution, UTC)."""
+    sec, rem = divmod(int(t_ns), NS_PER_S)
+    d = dt.datetime.fromtimestamp(sec, tz=dt.timezone.utc) + dt.timedelta(microseconds=rem // 1000)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def iso_to_ns(text: str) -> int:
+    """Inverse of ``ns_to_iso`` (accepts any ISO 8601 UTC time)."""
+    d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    delta = d - epoch
+    return (delta.days * 86400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# packet headers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PacketHeader:
+    """What the client needs from a miniSEED record header.
+
+    ``start_ns`` is the first sample's time, ``end_ns`` the time just after the last sample
+    (start + n / rate); both int ns since the epoch. Records without samples have end == start.
+    """
+
+    station_key: str  # "NET_STA"
+    seed_id: str  # "NET.STA.LOC.CHA"
+    start_ns: int
+    end_ns: int
+
+
+def header_from_record(record: Any) -> PacketHeader:
+    """Build a ``PacketHeader`` from a parsed ``pymseed.MS3Record``."""
+    from pymseed import sourceid2nslc
+
+    net, sta, loc, cha = sourceid2nslc(record.sourceid)
+    start_ns = int(record.starttime)
+    n = int(record.samplecnt)
+    rate = float(record.samprate)
+    end_ns = start_ns + round(n * NS_PER_S / rate) if n > 0 and rate > 0 else start_ns
+    return PacketHeader(f"{net}_{sta}", f"{net}.{sta}.{loc}.{cha}", start_ns, end_ns)
+
+
+def parse_packet_header(payload: bytes) -> PacketHeader:
+    """Parse the header of one miniSEED (2 or 3) record; raises ``ValueError`` if it is not one."""
+    from pymseed import MiniSEEDError, MS3Record
+
+    try:
+        record = MS3Record.parse(payload)
+    except (MiniSEEDError, ValueError, BufferError) as exc:
+        raise ValueError(f"not a miniSEED record: {exc}") from exc
+    return header_from_record(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# state file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StationState:
+    """A resume point: SeedLink sequence number ``seq`` and the end time of that packet."""
+
+    seq: int
+    end_ns: int
+
+
+ServerStates = dict[str, dict[str, StationState]]  # server "host:port" -> station "NET_STA" -> state
+
+
+class StateStore:
+    """The SeedLink state file: JSON, written atomically.
+
+    Format (``docs/seedlink.md``)::
+
+        {"format": "coldstream-seedlink-state", "version": 1, "saved_at": "...Z",
+         "servers": {"host:port": {"NET_STA": {"seq": 1234, "end": "2026-...Z", "end_ns": 17...}}}}
+
+    ``seq`` is the last acknowledged sequence number (decimal), ``end``/``end_ns`` the end time of
+    that packet (the ISO string is for people; ``end_ns`` is what is read back).
+    """
+
+    def __init__(self, path: Path | str, metrics: Metrics | None = None) -> None:
+        self.path = Path(path)
+        self.metrics = metrics
+
+    def load(self) -> ServerStates:
+        """The saved states; empty when the file does not exist.
+
+        A corrupt or unreadable file is logged as an error, counted, moved aside to
+        ``<name>.corrupt-<unix time>`` for inspection, and an empty state is returned: the
+        client then starts from real time rather than crashing.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            log.info("no SeedLink state file at %s: starting without resume points", self.path)
+            return {}
+        except OSError as exc:
+            self._corrupt(f"cannot read: {exc}", move=False)
+            return {}
+        try:
+            return self._parse(json.loads(raw.decode("utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+            self._corrupt(str(exc), move=True)
+            return {}
+
+    @staticmethod
+    def _parse(data: Any) -> ServerStates:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError("not a coldstream SeedLink state file")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        out: ServerStates = {}
+        for server, stations in data["servers"].items():
+            per: dict[str, StationState] = {}
+            for key, entry in stations.items():
+                seq = entry["seq"]
+                end_ns = entry["end_ns"]
+                if not isinstance(seq, int) or not isinstance(end_ns, int) or seq < 0:
+                    raise ValueError(f"bad entry for {server} {key}: {entry!r}")
+                per[str(key)] = StationState(seq, end_ns)
+            out[str(server)] = per
+        return out
+
+    def _corrupt(self, why: str, move: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.state_file_errors.inc()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        if move:
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = self.path
+        log.error(
+            "SeedLink state file %s is unusable (%s); kept as %s; starting from real time without resume points",
+            self.path, why, aside,
+        )
+
+    def save(self, states: ServerStates) -> None:
+        """Write ``states`` atomically: a crash at any point leaves the old file or the new one.
+
+        Raises ``SeedLinkStateError`` when the file cannot be written (the old file stays).
+        """
+        data = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "saved_at": ns_to_iso(time.time_ns()),
+            "servers": {
+                server: {
+                    key: {"seq": st.seq, "end": ns_to_iso(st.end_ns), "end_ns": st.end_ns}
+                    for key, st in sorted(stations.items())
+                }
+                for server, stations in sorted(states.items())
+            },
+        }
+        text = json.dumps(data, indent=1) + "\n"
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        tmp_name: str | None = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.path)
+            tmp_name = None
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise SeedLinkStateError(f"cannot write SeedLink state file {self.path}: {exc}") from exc
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# acknowledgement bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+
+class StateTracker:
+    """Delivered and acknowledged SeedLink positions, per server and station.
+
+    ``record()`` is called by the source for every packet it hands downstream; ``acknowledge()``
+    by the service once every output that needs data before ``safe_ns`` has been published.
+    Thread-safe (acknowledgements may come from a publisher thread).
+    """
+
+    def __init__(
+        self,
+        store: StateStore | None = None,
+        save_interval_s: float = 5.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.save_interval_s = save_interval_s
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._acked: ServerStates = {}
+        self._delivered: ServerStates = {}
+        self._pending: dict[tuple[str, str], deque[StationState]] = {}
+        self._dirty = False
+        self._last_save_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SeedLinkSettings, metrics: Metrics | None = None) -> StateTracker:
+        """A tracker on ``settings.state_file``, already loaded."""
+        tracker = cls(StateStore(settings.state_file, metrics), settings.state_save_interval_s, metrics)
+        tracker.load()
+        return tracker
+
+    def load(self) -> None:
+        """Read the acknowledged positions from the store (replacing what is in memory)."""
+        loaded = self.store.load() if self.store is not None else {}
+        with self._lock:
+            self._acked = {server: dict(st) for server, st in loaded.items()}
+            self._delivered = {}
+            self._pending.clear()
+            self._dirty = False
+        n = sum(len(v) for v in loaded.values())
+        if n:
+            log.info("SeedLink state: %d station resume points loaded from %s", n, self.store.path if self.store else "-")
+
+    def record(self, ref: PacketRef, start_ns: int, end_ns: int) -> None:
+        """A packet was handed downstream (not yet acknowledged)."""
+        st = StationState(ref.sequence, end_ns)
+        with self._lock:
+            self._delivered.setdefault(ref.server, {})[ref.station_key] = st
+            self._pending.setdefault((ref.server, ref.station_key), deque()).append(st)
+
+    def acknowledge(self, station_key: str, safe_ns: int, server: str | None = None) -> int:
+        """Advance the acknowledged position of ``station_key`` (on ``server``, or on every server).
+
+        Moves over the longest run, in arrival order, of delivered packets whose data end at or
+        before ``safe_ns``; stops at the first that ends later, even if packets after it (other
+        channels) end earlier, so a restart never skips data that was not yet published.
+        Returns the number of packets acknowledged.
+        """
+        done = 0
+        with self._lock:
+            for (srv, key), pending in self._pending.items():
+                if key != station_key or (server is not None and srv != server):
+                    continue
+                last: StationState | None = None
+                while pending and pending[0].end_ns <= safe_ns:
+                    last = pending.popleft()
+                    done += 1
+                if last is not None:
+                    self._acked.setdefault(srv, {})[key] = last
+                    self._dirty = True
+        return done
+
+    def acknowledge_all(self, safe_ns: int) -> int:
+        """``acknowledge`` for every station seen (e.g. on a drain where everything was published)."""
+        with self._lock:
+            keys = {key for (_srv, key) in self._pending}
+        return sum(self.acknowledge(key, safe_ns) for key in keys)
+
+    def acked(self, server: str, station_key: str) -> StationState | None:
+        with self._lock:
+            return self._acked.get(server, {}).get(station_key)
+
+    def acked_states(self) -> ServerStates:
+        with self._lock:
+            return {srv: dict(st) for srv, st in self._acked.items()}
+
+    def pending_count(self, server: str | None = None, station_key: str | None = None) -> int:
+        """Delivered packets not yet acknowledged."""
+        with self._lock:
+            return sum(
+                len(p)
+                for (srv, key), p in self._pending.items()
+                if (server is None or srv == server) and (station_key is None or key == station_key)
+            )
+
+    def resume_points(self, server: str) -> dict[str, StationState]:
+        """Where to ask ``server`` to continue, per station.
+
+        Within one process a reconnect continues after the last *delivered* packet (those data
+        are already in the pipeline); after a restart only the *acknowledged* position exists.
+        """
+        with self._lock:
+            out = dict(self._acked.get(server, {}))
+            out.update(self._delivered.get(server, {}))
+            return out
+
+    def last_delivered(self, server: str, station_key: str) -> StationState | None:
+        with self._lock:
+            return self._delivered.get(server, {}).get(station_key)
+
+    def save(self, now_s: float | None = None) -> bool:
+        """Write the acknowledged positions now; False (logged) when the write failed."""
+        if self.store is None:
+            return False
+        with self._lock:
+            snapshot = {srv: dict(st) for srv, st in self._acked.items()}
+            self._dirty = False
+        try:
+            self.store.save(snapshot)
+        except SeedLinkStateError as exc:
+            log.error("%s", exc)
+            with self._lock:
+                self._dirty = True
+            return False
+        self._last_save_s = time.monotonic() if now_s is None else now_s
+        if self.metrics is not None:
+            self.metrics.state_saves.inc()
+            self.metrics.state_save_timestamp.set(time.time())
+        return True
+
+    def save_if_due(self, now_s: float | None = None) -> bool:
+        """Save when something was acknowledged and ``save_interval_s`` has passed since the last
+        save (``now_s`` is a monotonic time in seconds). Returns True if a save happened."""
+        now = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            dirty = self._dirty
+        if not dirty:
+            return False
+        if self._last_save_s is not None and now - self._last_save_s < self.save_interval_s:
+            return False
+        return self.save(now)
+
+
+# ---------------------------------------------------------------------------------------------
+# stream selection
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One configured selection: station pattern ``NET_STA`` (``?``/``*``) and v3 selectors."""
+
+    station_pattern: str
+    selectors: tuple[str, ...] = ()
+
+    @property
+    def is_wildcard(self) -> bool:
+        return any(c in self.station_pattern for c in "*?")
+
+    def matches(self, station_key: str) -> bool:
+        return _wildcard_regex(self.station_pattern).fullmatch(station_key) is not None
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+
+
+def parse_stream_spec(spec: str) -> StreamRequest:
+    """``"NC_*"``, ``"BK_CMB:HH? EH?"`` or ``"NC_* :HH?"`` -> ``StreamRequest``."""
+    station, _, selectors = spec.partition(":")
+    station = station.strip()
+    if not re.fullmatch(r"[A-Za-z0-9*?]+_[A-Za-z0-9*?]+", station):
+        raise ValueError(f"stream {spec!r}: station must look like NET_STA (wildcards ? and *)")
+    return StreamRequest(station.upper(), tuple(selectors.split()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the connection to one server
+# ---------------------------------------------------------------------------------------------
+
+
+class _SessionEnd(Exception):
+    """A connection ended; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class SeedLinkSource:
+    """Streams one SeedLink server into ``on_packet(payload, ref, arrival_ns)``.
+
+    ``on_packet`` is called in the event loop for every data packet, in arrival order; it must
+    not block. Reconnects forever with capped exponential backoff; ``run()`` returns only when
+    ``stop`` is set and never raises for network or protocol errors.
+    """
+
+    def __init__(
+        self,
+        server: SeedLinkServer,
+        settings: SeedLinkSettings,
+        on_packet: PacketCallback,
+        tracker: StateTracker,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.server = server
+        self.settings = settings
+        self.on_packet = on_packet
+        self.tracker = tracker
+        self.metrics = metrics
+        self.name = f"{server.host}:{server.port}"
+        self.requests = [parse_stream_spec(s) for s in server.streams]
+        self._rng = rng or random.Random()
+        self.connected = False
+        self.connections = 0  # successful handshakes, for tests and logs
+        self.packets = 0
+        self._last_seq: dict[str, int] = {}
+        self.metrics.seedlink_connected.labels(server=self.name).set(0)
+
+    # -- public ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, stream, reconnect until ``stop`` is set."""
+        try:
+            await self._run(stop)
+        finally:
+            self._set_connected(False)
+            log.info("SeedLink %s stopped (%d packets, %d connections)", self.name, self.packets, self.connections)
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            delivered_before = self.packets
+            was_connected = self.connections
+            try:
+                await self._run_until(stop, self._session())
+                return  # stop was set
+            except _SessionEnd as end:
+                reason, detail = end.reason, end.detail
+            except Exception as exc:  # a bug must not end acquisition silently
+                log.exception("SeedLink %s: unexpected error", self.name)
+                reason, detail = "protocol_error", repr(exc)
+            self._set_connected(False)
+            if stop.is_set():
+                return
+            self.metrics.seedlink_reconnects.labels(server=self.name, reason=reason).inc()
+            if self.packets > delivered_before:
+                attempt = 0  # the connection was useful: start the backoff again
+            delay = self.backoff_s(attempt)
+            attempt += 1
+            what = "disconnected" if self.connections > was_connected else "connection failed"
+            log.warning("SeedLink %s %s (%s: %s); reconnecting in %.1f s", self.name, what, reason, detail, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay before reconnect attempt ``attempt`` (0-based): min * 2**attempt, capped at max,
+        with +-20 % jitter so many clients do not reconnect in step."""
+        lo, hi = self.settings.reconnect_min_s, self.settings.reconnect_max_s
+        base = min(hi, lo * (2.0 ** min(attempt, 30)))
+        return max(0.0, min(hi, base * self._rng.uniform(0.8, 1.2)))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _run_until(self, stop: asyncio.Event, coro: Any) -> None:
+        """Run ``coro`` until it ends or ``stop`` is set (then cancel it and return)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _SessionEnd, Exception):
+                    await task
+        if task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    def _set_connected(self, value: bool) -> None:
+        if value != self.connected:
+            self.connected = value
+        self.metrics.seedlink_connected.labels(server=self.name).set(1 if value else 0)
+
+    def _build_client(self) -> Any:
+        from seedlink_client import AsyncSeedLink
+
+        client = AsyncSeedLink(
+            self.server.host,
+            self.server.port,
+            timeout=self.settings.connect_timeout_s,
+            tls=self.server.tls,
+            # We enforce the data timeout ourselves; keep the library's out of the way.
+            idle_timeout=max(self.settings.data_timeout_s * 10, 3600.0),
+            clientname="coldstream",
+        )
+        resume = self.tracker.resume_points(self.name)
+        resumed: list[str] = []
+        for key, st in sorted(resume.items()):
+            req = self._request_for(key)
+            if req is None:
+                continue  # no longer configured
+            # The library asks for seqnum + 1; pass seq so the wire carries (seq + 1) mod 2**24.
+            seqnum = st.seq % SEQ_MODULUS
+            client.add_stream(
+                key,
+                list(req.selectors) or None,
+                seqnum=seqnum if seqnum < SEQ_MODULUS - 1 else -1,
+                timestamp=ns_to_iso(st.end_ns),
+            )
+            resumed.append(f"{key}@{st.seq:X}")
+        for req in self.requests:
+            if req.is_wildcard or req.station_pattern not in resume:
+                client.add_stream(req.station_pattern, list(req.selectors) or None)
+        if resumed:
+            log.info("SeedLink %s: resuming %d stations from saved sequence numbers (%s%s)",
+                     self.name, len(resumed), ", ".join(resumed[:5]), ", ..." if len(resumed) > 5 else "")
+        return client
+
+    def _request_for(self, station_key: str) -> StreamRequest | None:
+        exact = [r for r in self.requests if not r.is_wildcard and r.station_pattern == station_key]
+        if exact:
+            return exact[0]
+        for r in self.requests:
+            if r.matches(station_key):
+                return r
+        return None
+
+    async def _session(self) -> None:
+        from seedlink_client import SeedLinkError
+
+        client = self._build_client()
+        try:
+            try:
+                await client.connect()
+                await client.negotiate()
+            except asyncio.CancelledError:
+                raise
+            except (SeedLinkError, OSError, TimeoutError) as exc:
+                text = str(exc)
+                if "connect" in text.lower() or isinstance(exc, OSError | TimeoutError) and not client.is_connected:
+                    raise _SessionEnd("refused", text) from None
+                raise _SessionEnd("protocol_error", text) from None
+            self.connections += 1
+            self._set_connected(True)
+            log.info("SeedLink %s connected (%s, protocol v%s, %d stream requests)",
+                     self.name, client.server_id, client.protocol.value if client.protocol else "?",
+                     len(client.streams))
+            await self._stream(client)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _stream(self, client: Any) -> None:
+        from seedlink_client import SeedLinkError
+
+        timeout_s = self.settings.data_timeout_s
+        packets = client.collect(reconnect=False)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        pkt = await packets.__anext__()
+                except StopAsyncIteration:
+                    raise _SessionEnd("eof", "server ended the stream") from None
+                except TimeoutError:
+                    raise _SessionEnd("data_timeout", f"no packet for {timeout_s:g} s") from None
+                except SeedLinkError as exc:
+                    text = str(exc)
+                    if "closed" in text or "recv failed" in text:
+                        raise _SessionEnd("eof", text) from None
+                    raise _SessionEnd("protocol_error", text) from None
+                self._deliver(pkt, time.time_ns())
+                # Let other tasks run between packets of a large backlog.
+                if self.packets % 64 == 0:
+                    await asyncio.sleep(0)
+        finally:
+            with contextlib.suppress(Exception):
+                await packets.aclose()
+
+    def _deliver(self, pkt: Any, arrival_ns: int) -> None:
+        if pkt.seqnum is None or pkt.payload_format not in ("2", "3"):
+            return
+        try:
+            header = header_from_record(pkt.record())
+            key = header.station_key
+            start_ns, end_ns = header.start_ns, header.end_ns
+        except Exception:  # undecodable payload: hand it on (ingest counts it), ack with anything
+            key = pkt.station_id
+            start_ns = end_ns = 0
+        seq = int(pkt.seqnum)
+        self._check_sequence(key, seq)
+        ref = PacketRef(server=self.name, station_key=key, sequence=seq)
+        self.tracker.record(ref, start_ns, end_ns)
+        self.packets += 1
+        try:
+            self.on_packet(pkt.payload, ref, arrival_ns)
+        except Exception:
+            log.exception("SeedLink %s: packet handler failed for %s seq %X", self.name, key, seq)
+
+    def _check_sequence(self, key: str, seq: int) -> None:
+        prev = self._last_seq.get(key)
+        if prev is None:
+            last = self.tracker.last_delivered(self.name, key) or self.tracker.acked(self.name, key)
+            prev = last.seq if last is not None else None
+        self._last_seq[key] = seq
+        if prev is None:
+            return
+        req = self._request_for(key)
+        if req is not None and req.selectors:
+            return  # filtered streams skip sequence numbers by design
+        step = (seq - prev) % SEQ_MODULUS
+        if step == 1:
+            return
+        if step == 0:
+            log.debug("SeedLink %s: %s sequence %X repeated", self.name, key, seq)
+        elif step < SEQ_MODULUS // 2:
+            self.metrics.sequence_gaps.labels(station=self.metrics.station(key)).inc()
+            log.warning("SeedLink %s: %s sequence gap %X -> %X (%d packets missing)", self.name, key, prev, seq, step - 1)
+        else:
+            log.warning("SeedLink %s: %s sequence went back %X -> %X (server restarted or re-sent)", self.name, key, prev, seq)
+
+
+def build_sources(
+    settings: SeedLinkSettings,
+    on_packet: PacketCallback,
+    tracker: StateTracker,
+    metrics: Metrics,
+) -> list[SeedLinkSource]:
+    """One ``SeedLinkSource`` per configured server, sharing one tracker (one state file)."""
+    return [SeedLinkSource(server, settings, on_packet, tracker, metrics) for server in settings.servers]
+
+
+async def save_state_periodically(tracker: StateTracker, stop: asyncio.Event, tick_s: float = 0.5) -> None:
+    """Call ``tracker.save_if_due()`` until ``stop`` is set (no final save: the caller decides)."""
+    while not stop.is_set():
+        tracker.save_if_due()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=tick_s)
