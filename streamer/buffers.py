@@ -292,6 +292,11 @@ class StationBuffer:
     def channels(self) -> list[ChannelBuffer]:
         return [ch for group in self.groups.values() for ch in group.values()]
 
+    def newest_sample_ns(self) -> int | None:
+        """Time of the newest sample of any channel (``None`` when empty)."""
+        times = [time_of(ch.head - 1, ch.rate) for ch in self.channels() if ch.head is not None]
+        return max(times) if times else None
+
     def fill_ratio(self) -> float:
         """Mean fill of the active group's channels (0 when empty)."""
         code = self._active

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_STATION = "unknown"
 REPORTING_WINDOW_S = 60.0  # "stations reporting": data arrived within this many seconds
-GAP_LOG_INTERVAL_S = 60.0  # at most one gap line per station per interval
+GAP_LOG_INTERVAL_S = 60.0
+MAX_RELEASED_STATIONS = 100_000  # at most one gap line per station per interval
 
 
 class Ingestor:
@@ -56,6 +57,7 @@ class Ingestor:
         self._logged: set[tuple[str, str]] = set()
         self._gap_logged_ns: dict[str, int] = {}
         self._gaps_unlogged: dict[str, int] = {}
+        self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class Ingestor:
             return []
         if is_new:  # stations exist only once they have buffered data (bogus codes cost nothing)
             self._stations[station_id] = station
+            self._released.pop(station_id, None)
         return self._emit(self.windower.collect(station))
 
     def poll(self, now_ns: int | None = None) -> list[Window]:
@@ -122,6 +125,9 @@ class Ingestor:
             if silent_ns >= evict_ns:
                 del self._stations[station_id]
                 self.windower.forget(station_id)
+                newest = station.newest_sample_ns()
+                if newest is not None and len(self._released) < MAX_RELEASED_STATIONS:
+                    self._released[station_id] = newest
                 log.info("%s: no data for %.0f s, buffers released", station_id, silent_ns / NS_PER_S)
         return out
 
@@ -135,26 +141,28 @@ class Ingestor:
         return self._stations.get(station_id)
 
     def update_gauges(self, now_ns: int | None = None) -> None:
-        """Refresh data latency, newest sample time, buffer fill and stations reporting."""
+        """Refresh data latency, newest sample time, buffer fill and stations reporting.
+
+        Stations released by ``poll`` keep their latency growing (their newest sample time is
+        remembered), so a dead station stays visible to alerts.
+        """
         now = self.now_ns() if now_ns is None else now_ns
         m = self.metrics
         reporting = 0
         for station_id, station in self._stations.items():
-            if station.newest_end_ns is None:
+            newest_ns = station.newest_sample_ns()
+            if newest_ns is None:
                 continue
             label = m.station(station_id)
-            code = station.active_group(self.windower.lag_ns(station))
-            newest_ns = station.newest_end_ns
-            if code is not None:
-                chans = list(station.groups[code].values())
-                if chans:
-                    newest_sample_ns = max((c.head_ns or 0) - round(NS_PER_S / c.rate_hz) for c in chans)
-                    newest_ns = max(0, newest_sample_ns)
             m.data_latency.labels(label).set((now - newest_ns) / NS_PER_S)
             m.last_data_timestamp.labels(label).set(newest_ns / NS_PER_S)
             m.buffer_fill.labels(label).set(station.fill_ratio())
             if station.last_arrival_ns is not None and now - station.last_arrival_ns <= REPORTING_WINDOW_S * NS_PER_S:
                 reporting += 1
+        for station_id, newest_ns in self._released.items():
+            label = m.station(station_id)
+            m.data_latency.labels(label).set((now - newest_ns) / NS_PER_S)
+            m.buffer_fill.labels(label).set(0.0)
         m.stations_reporting.set(reporting)
 
     # -- internals -------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> 
         if r[15:18] == b"HHE" and any(b.start_ns <= t_hole < b.end_ns for b in decode_payload(r, 0))
     ]
     assert len(e_holes) == 1
-    ing, _ = make(metrics)
+    ing, clock = make(metrics)
     arrival = T0_NS + 100 * NS_PER_S
     emitted = feed(ing, [r for r in recs if r not in e_holes], arrival)
     before = len(emitted) + value(metrics, "coldstream_windows_skipped_total", station="XX.PLL.00", reason="gap")
@@ -228,6 +228,14 @@ def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> 
     assert ing.stations() == ["XX.PLL.00"]
     ing.poll(arrival + 361 * NS_PER_S)
     assert ing.stations() == []
+    # a released station's latency keeps growing, so alerts still see it
+    ing.update_gauges(T0_NS + 1000 * NS_PER_S)
+    assert value(metrics, "coldstream_data_latency_seconds", station="XX.PLL.00") == pytest.approx(1000 - 45 + 0.01)
+    assert value(metrics, "coldstream_buffer_fill_ratio", station="XX.PLL.00") == 0.0
+    # and it comes back with fresh buffers when data returns
+    clock.t_ns = T0_NS + 1000 * NS_PER_S
+    assert feed(ing, records("PLL", 45.0, t0=T0 + 900), T0_NS + 1000 * NS_PER_S)
+    assert ing.stations() == ["XX.PLL.00"]
 
 
 def test_rejected_first_blocks_create_no_station(metrics: Metrics) -> None:
