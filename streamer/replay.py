@@ -6,7 +6,9 @@ time is reached on a replay clock running at ``speed`` times real time (anchored
 record's end is "now"; ``speed=0`` or ``inf`` releases everything at once). Released records stay
 in a per-station ring, so clients can resume with ``DATA n``, ask for a begin time with
 ``DATA n begin`` / ``TIME begin [end]`` (a begin before the server started gives everything from
-that time on), or dial up with ``FETCH``.
+that time on), or dial up with ``FETCH``. A client that gives no sequence number or time gets
+the whole ring from its oldest packet (``live_start=True``: only packets released from then on, as
+from a live server), so what a client receives does not depend on when it connected.
 
 Commands: HELLO, CAT, CAPABILITIES, STATION, SELECT, DATA, FETCH, TIME, END, BYE, INFO (ID,
 CAPABILITIES, STATIONS, STREAMS; XML in miniSEED log records framed ``SLINFO *``/``SLINFO  ``).
@@ -370,6 +372,7 @@ class ReplayServer:
         first_sequence: int = 0,
         organization: str = "coldstream replay",
         records: list[ReplayRecord] | None = None,
+        live_start: bool = False,
     ) -> None:
         if speed < 0 or math.isnan(speed):
             raise ReplayError("speed must be >= 0 (0 or inf: as fast as possible)")
@@ -382,6 +385,10 @@ class ReplayServer:
         self.loop_forever = loop_forever
         self.ring_packets = ring_packets
         self.organization = organization
+        # A client without a sequence number or time starts at the oldest packet in the ring (the
+        # replay does not depend on when it connected), or with live_start at the next packet,
+        # as a live server does.
+        self.live_start = live_start
         all_records = records if records is not None else load_records(sources)
         if not all_records:
             raise ReplayError("nothing to serve")
@@ -810,7 +817,8 @@ class _Session:
                 return oldest
         if entry.begin_ns is not None:
             return arch.first_index_ending_after(entry.begin_ns, oldest, srv.loop_forever)
-        return arch.released  # real time: only what comes next
+        # No start given: a live server sends only what comes next; a replay hands out its ring.
+        return arch.released if srv.live_start else oldest
 
     async def _begin_streaming(self) -> None:
         self.streaming = True

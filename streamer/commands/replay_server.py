@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ring-packets", type=int, default=None,
         help="released packets kept per station for resume (default: all)",
     )
+    parser.add_argument(
+        "--live-start", action="store_true",
+        help="clients that give no sequence number or time get only new packets (default: the whole ring)",
+    )
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = ReplayServer(
             args.sources, host=args.host, port=args.port, speed=args.speed,
-            loop_forever=args.loop, ring_packets=args.ring_packets,
+            loop_forever=args.loop, ring_packets=args.ring_packets, live_start=args.live_start,
         )
     except ReplayError as exc:
         print(f"coldstream replay-server: {exc}", file=sys.stderr)

@@ -260,6 +260,25 @@ def test_data_with_unavailable_sequence_and_no_time_gives_oldest(archive: Path) 
         c.close()
 
 
+def test_data_without_sequence_gets_the_ring_or_with_live_start_only_new_packets(archive: Path) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("STATION BBB XX\rDATA\rEND")
+        assert [c.line(), c.line()] == ["OK", "OK"]
+        assert c.packet()[0] == "SL000000"  # the whole archive, however late the client came
+        c.close()
+    with ReplayServerThread([archive], speed=50.0, live_start=True) as srv:
+        time.sleep(0.5)  # about 25 s of data released before the client asks
+        assert srv.server is not None
+        released = srv.server.stations["XX_BBB"].released
+        c = RawClient(srv.port)
+        c.send("STATION BBB XX\rDATA\rEND")
+        assert [c.line(), c.line()] == ["OK", "OK"]
+        first = int(c.packet()[0][2:], 16)
+        assert first >= released > 0  # only what comes next
+        c.close()
+
+
 def test_unknown_station_and_bad_arguments_are_errors(server: ReplayServerThread) -> None:
     c = RawClient(server.port)
     c.send("STATION NOPE XX")

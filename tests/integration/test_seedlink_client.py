@@ -338,6 +338,24 @@ def test_time_fallback_when_the_server_no_longer_has_the_sequence(archive, tmp_p
     assert sum(s.value for s in metrics.sequence_gaps.collect()[0].samples) >= 1
 
 
+def test_first_start_without_state_gets_the_replay_from_its_start(archive, tmp_path: Path, metrics: Metrics) -> None:
+    directory, truth = archive
+    total = len(all_records(directory))
+    with ReplayServerThread([directory], speed=0) as srv:
+        settings = settings_for([srv.port], tmp_path / "no-such-dir" / "sl.state")
+        tracker = StateTracker.from_settings(settings, metrics)
+        got: list[Got] = []
+        source = make_source(settings, tracker, metrics, got)
+        asyncio.run(stream_until(source, lambda: len(got) >= total))
+        assert srv.server is not None
+        # No resume point: plain DATA (wildcard and exact requests), no sequence numbers.
+        assert [c for c in srv.server.command_log if c.startswith(("STATION", "DATA"))] == [
+            "STATION CCC YY", "DATA", "STATION * XX", "DATA",
+        ]
+    assert assert_exactly_once(got, directory, truth) == 0
+    assert metrics.state_file_errors._value.get() == 0
+
+
 def test_two_servers_share_one_state_file(tmp_path: Path, registry) -> None:
     d1, d2 = tmp_path / "a", tmp_path / "b"
     write_archive(d1, stations=("XX_AAA",), duration_s=30, seed=1)
