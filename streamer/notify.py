@@ -271,6 +271,15 @@ class HealthMonitor:
             self._last_seen[stage] = now
             self._idle[stage] = True
 
+    def reset(self) -> None:
+        """Start every stage fresh now, e.g. when the service becomes ready, so that a long model
+        load does not count against ``stall_s``."""
+        now = self._clock()
+        with self._lock:
+            for s in self.stages:
+                self._last_seen[s] = now
+                self._idle[s] = False
+
     def age_s(self, stage: str, now: float | None = None) -> float:
         """Seconds since ``stage`` last reported progress or idleness."""
         self._check(stage)

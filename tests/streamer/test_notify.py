@@ -227,6 +227,17 @@ def test_idle_is_a_heartbeat_not_a_permanent_pass() -> None:
     assert not mon.is_idle("worker")
 
 
+def test_reset_gives_every_stage_a_fresh_grace_period() -> None:
+    clock = FakeClock()
+    mon = HealthMonitor(["ingest", "worker"], stall_s=60, clock=clock)
+    clock.t += 90  # e.g. a slow model load before READY
+    assert mon.healthy() == (False, ["ingest", "worker"])
+    mon.reset()
+    assert mon.healthy() == (True, [])
+    clock.t += 61
+    assert mon.healthy() == (False, ["ingest", "worker"])
+
+
 def test_health_monitor_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         HealthMonitor([], stall_s=1)
