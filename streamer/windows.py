@@ -12,11 +12,13 @@ twice. Windows are ``spec.window_samples`` long, components in ``spec.component_
 
 When a window is decided (in grid order; a window waits while the one before it waits):
 
-- *complete*: every component the station has holds valid data at every sample of the window:
+- *complete*: every component the station has holds valid data at every sample of the window
+  (for a resampled channel: also as far beyond both ends as the anti-alias filter reaches):
   decided at once;
 - *late*: the station's newest sample is at least ``lag`` past the window end, with
-  ``lag = max(stride_s, longest block seen on the station)``: decided with whatever arrived (an
-  out-of-order record has until then to fill a hole);
+  ``lag = max(stride_s, 2 x the longest block seen on the station)``: decided with whatever
+  arrived (an out-of-order record, or another component's record of the same interval, has
+  until then to fill a hole);
 - *flush* (``flush=True``, the caller saw no data from the station for ``lag`` of wall-clock
   time): windows ending at or before the station's newest sample are decided.
 
@@ -119,7 +121,7 @@ class Windower:
     def lag_ns(self, station: StationBuffer) -> int:
         """How far past a window's end the station's data must be before the window is decided
         without being complete."""
-        return max(self.stride_ns, station.max_block_ns)
+        return max(self.stride_ns, 2 * station.max_block_ns)
 
     def next_start_ns(self, station_id: str) -> int | None:
         sched = self._schedules.get(station_id)
@@ -173,10 +175,17 @@ class Windower:
             if chan.rate == self.rate:
                 lo, hi = start, start + self.window_samples
             else:
-                lo, hi = index_of(start_ns, chan.rate), index_of(end_ns, chan.rate)
+                # the anti-alias filter reaches this far beyond the window on both sides
+                reach = self._filter_reach(chan)
+                lo, hi = index_of(start_ns, chan.rate) - reach, index_of(end_ns, chan.rate) + reach
             if not chan.all_valid(lo, hi):
                 return False
         return True
+
+    def _filter_reach(self, chan: ChannelBuffer) -> int:
+        """Native samples on each side of an output sample that the resampling filter uses."""
+        ratio = self.rate / chan.rate
+        return math.ceil(_RESAMPLE_HALF_LEN * max(ratio.numerator, ratio.denominator) / ratio.numerator) + 1
 
     def _cut(self, station: StationBuffer, code: str, start: int, start_ns: int) -> tuple[Window | None, str]:
         n = self.window_samples
@@ -229,7 +238,7 @@ class Windower:
         model rate, bool mask)."""
         ratio = self.rate / chan.rate
         up, down = ratio.numerator, ratio.denominator
-        half_native = math.ceil(_RESAMPLE_HALF_LEN * max(up, down) / up) + 1
+        half_native = self._filter_reach(chan)
         # a margin that is a multiple of ``down`` keeps the window's first sample on an output
         # sample of the polyphase filter (no fractional offset to snap)
         margin = down * math.ceil((half_native + 1) / down)

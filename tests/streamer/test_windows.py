@@ -261,6 +261,23 @@ def test_resampled_low_frequency_sine_is_preserved(rate: float) -> None:
         assert err < 0.01 * amp, err
 
 
+def test_resampled_window_waits_for_the_filter_margin() -> None:
+    # 10 s blocks on the 10 s grid: a block ends exactly where a window ends
+    t0 = T0_NS - 3 * NS_PER_S
+    streams = [blocks_for(c, t0 - NS_PER_S, 61.0, sizes=[200] + [2000] * 6, rate=200.0) for c in "ENZ"]
+    bs = BufferSettings()
+    sb = StationBuffer("XX.STA.00", DEFAULT_SPEC, bs)
+    win = Windower(DEFAULT_SPEC, WindowSettings(), bs)
+    by_end: dict[int, list[Window]] = {}
+    for b in interleave(*streams):
+        sb.insert(b, NOW)
+        by_end.setdefault(b.end_ns, []).extend(win.collect(sb).windows)
+    # window [0, 30) is complete at its end only with the filter's reach: it comes with [30, 40)
+    assert by_end[t0 + 30 * NS_PER_S] == []
+    (w,) = by_end[t0 + 40 * NS_PER_S]
+    assert w.start_ns == t0 and w.mask.all()
+
+
 def test_resampling_masks_the_neighbourhood_of_a_gap() -> None:
     streams = [blocks_for(c, T0_NS, 30.0, rate=200.0) + blocks_for(c, T0_NS + 30_500_000_000, 40.0, rate=200.0) for c in "ENZ"]
     emitted, _ = run(interleave(*streams))
