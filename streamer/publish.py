@@ -8,7 +8,7 @@ the contract for consumers):
 ``{prefix}:denoised:{NET.STA.LOC}`` one stream per station, denoised segments, ID from data time
 ``{prefix}:latest``                 hash: station -> end time (ns) of its newest published segment
 ``{prefix}:windows``                scale-out: windows for the workers (consumer group)
-``{prefix}:windowseen:{window_id}`` de-duplication marker of a pushed window (string, TTL)
+``{prefix}:windowsseen:{window_id}`` de-duplication marker of a pushed window (string, TTL)
 ``{prefix}:windows:dead``           windows delivered too often (poison), for inspection
 
 Idempotency: a segment's entry ID is ``<start_ns // 10^6>-<start_ns mod 10^6>``, so a replay writes the
@@ -167,7 +167,7 @@ def unpack_mask(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 def _channels_text(channels: Sequence[str], component_order: str) -> str:
     if channels and len(channels) == len(component_order):
-        return ",".join(channels)
+        return ",".join(ch or comp for ch, comp in zip(channels, component_order))
     return ",".join(component_order)
 
 
