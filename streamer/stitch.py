@@ -55,6 +55,7 @@ from streamer.records import NS_PER_S, Window
 
 StitchMode = Literal["overlap_add", "centre_crop"]
 TaperName = Literal["hann", "boxcar"]
+MaskRows = Literal["per_channel", "any"]
 
 _NO_STEPS = np.iinfo(np.int32).max
 _KEY_MAX = np.iinfo(np.int64).max
@@ -217,6 +218,7 @@ class Stitcher:
         sampling_rate_hz: float = 100.0,
         channel_names: tuple[str, ...] = (),
         component_order: str = "ENZ",
+        mask_rows: MaskRows = "per_channel",
     ) -> None:
         if window_samples <= 0 or not 0 < stride_samples <= window_samples:
             raise StitchError(f"need 0 < stride_samples ({stride_samples}) <= window_samples ({window_samples})")
@@ -233,6 +235,9 @@ class Stitcher:
         self.sampling_rate_hz = sampling_rate_hz
         self.channel_names = channel_names
         self.component_order = component_order
+        if mask_rows not in ("per_channel", "any"):
+            raise StitchError(f"unknown mask_rows {mask_rows!r}")
+        self.mask_rows: MaskRows = mask_rows
         self.taper = make_taper(window_samples, taper)
         # centre_crop priority within a window: 2*|2i - (N-1)| (+1 before the centre, so ties
         # between two windows go to the earlier one, independent of arrival order)
@@ -307,11 +312,19 @@ class Stitcher:
 
     def add_window(self, window: Window, output: np.ndarray | None = None, *, steps: int = 0) -> list[Segment]:
         """Add the model ``output`` ``(C, N)`` for ``window`` (default: the window's own data), weighted
-        by the window's mask; ``window.channels`` become the segments' channel names."""
+        by the window's mask (row by row, or with ``mask_rows="any"`` a sample counts where any
+        component was real data: use that for PhaseNet probabilities, which a single missing component
+        does not invalidate); ``window.channels`` become the segments' channel names."""
         if window.channels and not self.channel_names:
             self.channel_names = tuple(window.channels)
         start = sample_index(window.start_ns, self.sampling_rate_hz)
-        mask = window.mask if window.mask.shape == (self.channels, self.window_samples) else None
+        mask: np.ndarray | None = np.asarray(window.mask, dtype=bool)
+        if mask is not None and self.mask_rows == "any":
+            # outputs computed from all components together (picker probabilities): a sample is
+            # usable where any component had real data
+            mask = np.broadcast_to(mask.any(axis=0), (self.channels, mask.shape[-1]))
+        if mask is not None and mask.shape != (self.channels, self.window_samples):
+            mask = None
         return self.add(
             start,
             window.data if output is None else output,

@@ -221,3 +221,20 @@ def test_taper_is_strictly_positive_and_bad_arguments_fail() -> None:
         Stitcher(100, 200)
     with pytest.raises(StitchError):
         Stitcher(N, S).add(T0, np.zeros((3, N + 1), np.float32))
+
+
+def test_probability_stitcher_counts_a_sample_where_any_component_is_real() -> None:
+    x = _signal(N)
+    mask = np.ones_like(x, dtype=bool)
+    mask[0, :] = False  # a station without an E component (zero-filled)
+    mask[:, 50:60] = False  # a gap on all components
+    w = Window("NC.ABC.00", sample_time_ns(T0, 100.0), 100.0, x, mask, newest_arrival_ns=0)
+    probs = np.full((3, N), 0.5, np.float32)
+    per_channel = Stitcher(N, S)
+    any_row = Stitcher(N, S, taper="boxcar", mask_rows="any")
+    wave = _concat(per_channel.add_window(w) + per_channel.flush())
+    p = any_row.add_window(w, probs) + any_row.flush()
+    assert (wave[0] == 0).all()  # the missing component stays masked in waveforms
+    pm = np.concatenate([s.mask for s in p], axis=1)
+    assert pm[:, :50].all() and not pm[:, 50:60].any() and pm[:, 60:].all()
+    assert (_concat(p)[:, pm[0]] == 0.5).all()
