@@ -556,12 +556,15 @@ class SeedLinkSource:
         self.metrics.seedlink_connected.labels(server=self.name).set(1 if value else 0)
 
     def _build_client(self) -> Any:
-        from seedlink_client import AsyncSeedLink
+        from seedlink_client import AsyncSeedLink, Protocol
 
         client = AsyncSeedLink(
             self.server.host,
             self.server.port,
             timeout=self.settings.connect_timeout_s,
+            # v3 on purpose: the resume and gap rules here are written and tested for its 24-bit
+            # per-station sequence numbers (every v4 server also speaks v3).
+            protocol=Protocol.V3,
             tls=self.server.tls,
             # We enforce the data timeout ourselves; keep the library's out of the way.
             idle_timeout=max(self.settings.data_timeout_s * 10, 3600.0),
