@@ -238,3 +238,60 @@ def test_probability_stitcher_counts_a_sample_where_any_component_is_real() -> N
     pm = np.concatenate([s.mask for s in p], axis=1)
     assert pm[:, :50].all() and not pm[:, 50:60].any() and pm[:, 60:].all()
     assert (_concat(p)[:, pm[0]] == 0.5).all()
+
+
+def _real_denoiser():  # type: ignore[no-untyped-def]
+    """The shipped denoiser when its weights are in the tree, else a seeded random-init U-Net in the
+    same Denoiser wrapper (the same normalisation, sampler and output path)."""
+    torch = pytest.importorskip("torch")
+    from models.denoiser import Denoiser
+    from models.errors import WeightsNotFoundError
+    from models.unet import UNet1D
+
+    try:
+        return Denoiser.load(device="cpu")
+    except WeightsNotFoundError:
+        torch.manual_seed(0)
+        net = UNet1D(base_channels=4, channel_mults=(1, 2), bottleneck_dilations=(1,), time_dim=8).eval()
+        return Denoiser(net, n_train_steps=8, device="cpu")
+
+
+def test_real_model_shows_no_step_at_window_joins() -> None:
+    den = _real_denoiser()
+    n = den.spec.window_samples
+    stride = n // 3
+    rate = den.spec.sampling_rate_hz
+    total = n + 8 * stride
+    rng = np.random.default_rng(11)
+    t = np.arange(total) / rate
+    x = rng.normal(0, 50, (3, total))
+    onset = int(0.45 * total)  # an event in the middle of the run, spanning several joins
+    env = np.where(t >= t[onset], np.exp(-(t - t[onset]) / 8.0), 0.0)
+    x += 2000 * env * np.sin(2 * np.pi * 3.0 * t + np.arange(3)[:, None])
+    x = x.astype(np.float32)
+    starts = list(range(0, total - n + 1, stride))
+    windows = np.stack([x[:, s:s + n] for s in starts])
+    y = den.denoise_windows(windows, steps=2).x0
+    out: dict[str, np.ndarray] = {}
+    for mode in MODES:
+        stitcher = Stitcher(n, stride, mode)
+        segs: list[Segment] = []
+        for s, w in zip(starts, y):
+            segs += stitcher.add(T0 + s, w)
+        out[mode] = _concat(segs + stitcher.flush())
+    ratio = {}
+    for mode, trace in out.items():
+        assert trace.shape == x.shape and np.isfinite(trace).all()
+        if mode == "overlap_add":  # where a window's weight starts or ends
+            joins = np.array([s for s in starts[1:]] + [s + n for s in starts[:-1]])
+        else:  # where the output switches from one window to the next
+            joins = np.array([s + Stitcher(n, stride, mode).hold_samples for s in starts[:-1]])
+        joins = joins[(joins > 1) & (joins < total - 1)]
+        d = np.abs(np.diff(trace, axis=1)).max(axis=0)  # step into sample j+1, worst component
+        at_joins = d[joins - 1]
+        elsewhere = np.delete(d, np.concatenate([joins - 1, joins - 2, joins]))
+        ratio[mode] = float(at_joins.max() / np.percentile(elsewhere, 99))
+    # a join is no rougher than the trace itself (windows of a real model disagree at their edges;
+    # the taper blends them; centre crop switches where both windows are far from their edges)
+    assert ratio["overlap_add"] < 1.5, ratio
+    assert ratio["centre_crop"] < 3.0, ratio
