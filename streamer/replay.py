@@ -572,7 +572,11 @@ class ReplayServer:
                     continue
                 body.append(f" <station {attrs}>")
                 streams: dict[tuple[str, str], list[int]] = {}
-                for i in range(oldest, arch.released):
+                # Each channel occurs within any n consecutive packets: look at the first n and
+                # the last n available ones only (a looping replay's ring can be long).
+                first = range(oldest, min(arch.released, oldest + arch.n))
+                last = range(max(first.stop, arch.released - arch.n), arch.released)
+                for i in (*first, *last):
                     rec = arch.record(i)
                     span = streams.setdefault((rec.location, rec.channel), [arch.start_ns(i), arch.end_ns(i)])
                     span[0] = min(span[0], arch.start_ns(i))

@@ -467,6 +467,29 @@ def test_loop_continues_numbering_with_shifted_times(archive: Path) -> None:
     assert arch.sequence(arch.n) == arch.n
 
 
+def test_looping_replay_streams_on_with_consecutive_numbers(tmp_path: Path) -> None:
+    from pymseed import MS3Record
+    from seedlink_client import SeedLink
+
+    write_archive(tmp_path, stations=("ZZ_LOP",), channels=("HHZ",), duration_s=20, seed=5)
+    with ReplayServerThread([tmp_path], speed=100.0, loop_forever=True) as srv:
+        assert srv.server is not None
+        arch = srv.server.stations["ZZ_LOP"]
+        sl = SeedLink("127.0.0.1", srv.port, timeout=10)
+        sl.add_stream("ZZ_LOP", seqnum=-1)  # DATA 0
+        sl.connect()
+        got = []
+        for pkt in sl.collect():
+            got.append(pkt)
+            if len(got) == 2 * arch.n + 2:
+                break
+        sl.close()
+    assert [p.seqnum for p in got] == list(range(2 * arch.n + 2))
+    starts = [MS3Record.parse(p.payload).starttime for p in got]
+    assert starts[arch.n] - starts[0] == srv.server.period_ns == 20 * 10**9
+    assert starts == sorted(starts)
+
+
 def test_bad_inputs_fail_fast(tmp_path: Path) -> None:
     with pytest.raises(ReplayError):
         load_records([tmp_path / "missing"])
