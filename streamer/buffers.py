@@ -38,6 +38,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
@@ -66,6 +67,7 @@ INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}
 _MAX_BLOCK_ENTRIES = 4096
 
 
+@lru_cache(maxsize=4096)
 def exact_rate(rate_hz: float) -> Fraction | None:
     """The sampling rate as an exact fraction (``None`` when absurd: not finite, ``<= 0`` or
     above ``MAX_RATE_HZ``). Rates within 1 ppm of an integer are taken as that integer
@@ -76,6 +78,21 @@ def exact_rate(rate_hz: float) -> Fraction | None:
     if nearest > 0 and abs(rate_hz - nearest) <= 1e-6 * rate_hz:
         return Fraction(nearest)
     return Fraction(rate_hz).limit_denominator(10_000)
+
+
+@lru_cache(maxsize=4096)
+def _rate_check(rate_hz: float, model_rate: Fraction, resample: bool) -> tuple[Fraction | None, bool]:
+    """``(exact rate or None when rejected, needs resampling)`` for a block rate (cached: a
+    network has a handful of rates)."""
+    rate = exact_rate(rate_hz)
+    if rate is None or rate * 10 < model_rate:
+        return None, False
+    if rate == model_rate:
+        return model_rate, False
+    ratio = model_rate / rate
+    if not resample or ratio.numerator * ratio.denominator > 10_000:
+        return None, False  # resampling off, or no practical polyphase ratio
+    return rate, True
 
 
 def index_of(t_ns: int, rate: Fraction) -> int:
@@ -334,19 +351,10 @@ class StationBuffer:
         if len(cha) != 3 or cha[1] not in INSTRUMENT_RANK or cha[2] not in COMPONENT_ALIASES:
             out.rejected = "channel"
             return out
-        rate = exact_rate(block.sampling_rate_hz)
-        if rate is None or rate * 10 < self.model_rate:
+        rate, out.resampled = _rate_check(float(block.sampling_rate_hz), self.model_rate, s.resample)
+        if rate is None:
             out.rejected = "rate"
             return out
-        if rate != self.model_rate:
-            if not s.resample:
-                out.rejected = "rate"
-                return out
-            ratio = self.model_rate / rate
-            if ratio.numerator * ratio.denominator > 10_000:
-                out.rejected = "rate"  # no practical polyphase ratio
-                return out
-            out.resampled = True
         n = int(block.samples.shape[0])
         start_ns = block.start_ns
         end_ns = start_ns + (n * rate.denominator * NS_PER_S) // rate.numerator
@@ -381,7 +389,7 @@ class StationBuffer:
             out.rejected = "channel"  # e.g. both HHE and HH1: the first one seen keeps the slot
             return out
         chan = group.get(slot)
-        if chan is not None and chan.rate != rate:
+        if chan is not None and chan.rate is not rate and chan.rate != rate:
             chan = None
             out.channel_reset = True
         if chan is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
@@ -31,6 +33,13 @@ UNKNOWN_STATION = "unknown"
 REPORTING_WINDOW_S = 60.0  # "stations reporting": data arrived within this many seconds
 GAP_LOG_INTERVAL_S = 60.0
 MAX_RELEASED_STATIONS = 100_000  # at most one gap line per station per interval
+
+
+@dataclass(frozen=True)
+class _StationCounters:
+    records_received: Any
+    bytes_received: Any
+    windows_emitted: Any
 
 
 class Ingestor:
@@ -57,6 +66,7 @@ class Ingestor:
         self._logged: set[tuple[str, str]] = set()
         self._gap_logged_ns: dict[str, int] = {}
         self._gaps_unlogged: dict[str, int] = {}
+        self._station_counters: dict[str, _StationCounters] = {}
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
 
     # -- input -----------------------------------------------------------------------------------
@@ -77,12 +87,12 @@ class Ingestor:
             m.records_received.labels(label).inc()
             self._log_once(station, "decode", logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
         if blocks:
-            m.bytes_received.labels(m.station(blocks[0].station_id)).inc(len(payload))
+            self._counters(blocks[0].station_id).bytes_received.inc(len(payload))
         elif error is not None:
             m.bytes_received.labels(m.station(self._error_station(error, packet))).inc(len(payload))
         windows: list[Window] = []
         for block in blocks:
-            m.records_received.labels(m.station(block.station_id)).inc()
+            self._counters(block.station_id).records_received.inc()
             windows.extend(self.add_block(block))
         return windows
 
@@ -170,7 +180,7 @@ class Ingestor:
     def _emit(self, batch: WindowBatch) -> list[Window]:
         m = self.metrics
         for w in batch.windows:
-            m.windows_emitted.labels(m.station(w.station_id)).inc()
+            self._counters(w.station_id).windows_emitted.inc()
         for s in batch.skipped:
             m.windows_skipped.labels(m.station(s.station_id), s.reason).inc()
         return batch.windows
@@ -221,6 +231,19 @@ class Ingestor:
             return
         self._logged.add(key)
         log.log(level, msg, *args)
+
+    def _counters(self, station_id: str) -> _StationCounters:
+        """The per-station children of the hot counters (``labels()`` costs microseconds)."""
+        c = self._station_counters.get(station_id)
+        if c is None:
+            m = self.metrics
+            label = m.station(station_id)
+            c = _StationCounters(
+                m.records_received.labels(label), m.bytes_received.labels(label), m.windows_emitted.labels(label)
+            )
+            if len(self._station_counters) < MAX_RELEASED_STATIONS:
+                self._station_counters[station_id] = c
+        return c
 
     @staticmethod
     def _error_station(error: DecodeError, packet: PacketRef | None) -> str:

@@ -47,10 +47,20 @@ class DecodeError(IngestError):
         self.blocks = blocks if blocks is not None else []
 
 
+_SEED_IDS: dict[str, str] = {}
+_SEED_ID_CACHE_MAX = 200_000
+
+
 def seed_id_of(sourceid: str) -> str:
     """``NET.STA.LOC.CHA`` for an FDSN source id (``FDSN:NET_STA_LOC_B_S_SS``)."""
+    cached = _SEED_IDS.get(sourceid)
+    if cached is not None:
+        return cached
     net, sta, loc, cha = sourceid2nslc(sourceid)
-    return f"{net}.{sta}.{loc}.{cha.replace('_', '')}"
+    seed_id = f"{net}.{sta}.{loc}.{cha.replace('_', '')}"
+    if len(_SEED_IDS) < _SEED_ID_CACHE_MAX:  # bounded: bogus ids from corrupt headers cannot grow it
+        _SEED_IDS[sourceid] = seed_id
+    return seed_id
 
 
 def _header_seed_id(record: bytes | memoryview) -> str | None:
@@ -75,11 +85,13 @@ def _header_seed_id(record: bytes | memoryview) -> str | None:
 
 
 def _block_from_record(msr: MS3Record, arrival_ns: int, packet: PacketRef | None) -> SampleBlock | None:
-    if msr.samplecnt <= 0 or msr.sampletype in (None, "t"):
+    declared = msr.samplecnt
+    if declared <= 0 or msr.sampletype in (None, "t"):
         return None  # log/text or header-only record: nothing to buffer
     seed_id = seed_id_of(msr.sourceid)
-    if msr.numsamples != msr.samplecnt:
-        raise DecodeError(f"decoded {msr.numsamples} of {msr.samplecnt} samples", seed_id)
+    decoded = msr.numsamples
+    if decoded != declared:
+        raise DecodeError(f"decoded {decoded} of {declared} samples", seed_id)
     samples = np.array(msr.np_datasamples, copy=True)
     return SampleBlock(
         seed_id=seed_id,

@@ -172,7 +172,7 @@ class Windower:
 
     def _complete(self, station: StationBuffer, code: str, start: int, start_ns: int, end_ns: int) -> bool:
         for chan in station.groups[code].values():
-            if chan.rate == self.rate:
+            if chan.rate is self.rate or chan.rate == self.rate:
                 lo, hi = start, start + self.window_samples
             else:
                 # the anti-alias filter reaches this far beyond the window on both sides
@@ -197,7 +197,7 @@ class Windower:
         newest_arrival: int | None = None
         with_data: list[int] = []
         for slot, chan in group.items():
-            if chan.rate == self.rate:
+            if chan.rate is self.rate or chan.rate == self.rate:
                 d, m = chan.read(start, n)
                 lo, hi = start, start + n
             else:
