@@ -35,7 +35,8 @@ window restarts the run cleanly (its head reconstructs from it alone). With ``ma
 caller feeds windows in order and any jump in window index means the windows in between were skipped.
 With ``max_out_of_order=K`` a window may arrive up to ``K`` strides late (scale-out workers finish out
 of order); the stitcher then holds output until the missing windows arrive, ``K`` newer windows have
-arrived, or :meth:`Stitcher.skip` says a window will never come. Windows older than what was already
+arrived, or :meth:`Stitcher.skip` says a window will never come. This holds for the first window of
+a run too (up to ``K`` earlier windows may still come), so output starts ``K`` strides later. Windows older than what was already
 emitted are dropped and counted in ``late_windows``; a repeated window is ignored (``duplicate_windows``).
 A window whose start is off the grid phase (the grid changed) flushes everything and starts a new run.
 
@@ -298,8 +299,9 @@ class Stitcher:
             self._offset = start_sample % self.stride_samples
         k = (start_sample - self._offset) // self.stride_samples
         if self._k_done is None:
-            self._k_done = k - 1
-            self._final_end = start_sample
+            # the first window of a run may itself have overtaken up to K earlier ones
+            self._k_done = k - 1 - self.max_out_of_order
+            self._final_end = self._start_of(self._k_done + 1)
         if k <= self._k_done:
             self.late_windows += 1  # its index was given up (or stitched) already
             return out

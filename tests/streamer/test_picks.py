@@ -144,3 +144,35 @@ def test_raw_source_carries_no_denoiser_and_time_iso_is_utc() -> None:
     assert format_time_iso(1_764_000_000_123_456_789) == "2025-11-24T16:00:00.123456Z"
     with pytest.raises(ValueError):
         PickDetector(RATE, 0.0, 0.3)
+
+
+def test_real_phasenet_on_a_labelled_event_picks_once_at_the_label(shared_dir, seisbench_cache) -> None:  # type: ignore[no-untyped-def]
+    """PhaseNet windows on the absolute grid, stacked and picked as the service does: one P and one
+    S pick near the analyst labels, identical whatever order the windows finish in."""
+    from models.picker import Picker
+
+    z = np.load(shared_dir / "data" / "phasenet-ncedc" / "waveform_train" / "BG_ACR_2012082505145960.npz")
+    x = z["data"].T.astype(np.float32)  # (3, 9001) ENZ counts
+    itp, its = int(z["itp"]), int(z["its"])
+    picker = Picker("phasenet", "original", cache_root=seisbench_cache)
+    n, stride = 3000, 1000
+    starts = list(range(0, x.shape[1] - n + 1, stride))
+    probs = picker.predict(np.stack([x[:, s:s + n] for s in starts]))
+    prov = Provenance("", "", picker.name, picker.version)
+    runs = []
+    for order in (starts, starts[::-1]):
+        stitcher = Stitcher(n, stride, taper="boxcar", mask_rows="any", max_out_of_order=len(starts), station_id="BG.ACR.")
+        det = PickDetector(RATE, 0.3, 0.3)
+        picks: list[Pick] = []
+        for s in order:
+            for seg in stitcher.add(T0 + s, probs[starts.index(s)]):
+                picks += det.process(seg, source="raw", provenance=prov, now_ns=1)
+        for seg in stitcher.flush():
+            picks += det.process(seg, source="raw", provenance=prov, now_ns=1)
+        runs.append(picks + det.flush(provenance=prov, now_ns=1))
+    assert _summary(runs[0]) == _summary(runs[1])
+    by_phase = {p.phase: p for p in runs[0]}
+    assert sorted(p.phase for p in runs[0]) == ["P", "S"]
+    assert abs(by_phase["P"].time_ns - sample_time_ns(T0 + itp, RATE)) <= 20 * 10_000_000  # 0.2 s
+    assert abs(by_phase["S"].time_ns - sample_time_ns(T0 + its, RATE)) <= 50 * 10_000_000  # 0.5 s
+    assert by_phase["P"].picker == "PhaseNet/original" and by_phase["P"].probability > 0.5

@@ -136,7 +136,11 @@ def test_late_and_duplicate_windows_are_dropped_and_counted() -> None:
 def test_skip_releases_held_output_without_waiting() -> None:
     x = _signal(2000)
     stitcher = Stitcher(N, S, "overlap_add", max_out_of_order=5)
-    assert stitcher.add(T0, x[:, :N])  # first S samples final at once
+    assert stitcher.add(T0, x[:, :N]) == []  # up to 5 earlier windows may still come
+    released: list[Segment] = []
+    for k in range(5, 0, -1):
+        released += stitcher.skip(T0 - k * S)  # the ingest says they never will
+    assert [(seg.start_sample, seg.end_sample) for seg in released] == [(T0, T0 + S)]
     assert stitcher.add(T0 + 2 * S, x[:, 2 * S:2 * S + N]) == []  # waits for window 1
     segs = stitcher.skip(T0 + S)
     assert segs and segs[-1].end_sample == T0 + 3 * S
@@ -295,3 +299,14 @@ def test_real_model_shows_no_step_at_window_joins() -> None:
     # the taper blends them; centre crop switches where both windows are far from their edges)
     assert ratio["overlap_add"] < 1.5, ratio
     assert ratio["centre_crop"] < 3.0, ratio
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_first_windows_may_arrive_out_of_order_too(mode: str) -> None:
+    x = _signal(2000, seed=9)
+    starts = list(range(0, 2000 - N + 1, S))
+    order = [starts[2], starts[0], starts[1], *starts[3:]]
+    ref = _run(Stitcher(N, S, mode), x, starts)
+    got = _run(Stitcher(N, S, mode, max_out_of_order=2), x, order)
+    np.testing.assert_array_equal(_concat(got), _concat(ref))
+    assert got[0].start_sample == T0
