@@ -287,7 +287,8 @@ class StateTracker:
         self._lock = threading.Lock()
         self._acked: ServerStates = {}
         self._delivered: ServerStates = {}
-        self._pending: dict[tuple[str, str], deque[StationState]] = {}
+        # station key -> server -> delivered, unacknowledged packets in arrival order
+        self._pending: dict[str, dict[str, deque[StationState]]] = {}
         self._dirty = False
         self._last_save_s: float | None = None
 
@@ -315,7 +316,7 @@ class StateTracker:
         st = StationState(ref.sequence, end_ns)
         with self._lock:
             self._delivered.setdefault(ref.server, {})[ref.station_key] = st
-            self._pending.setdefault((ref.server, ref.station_key), deque()).append(st)
+            self._pending.setdefault(ref.station_key, {}).setdefault(ref.server, deque()).append(st)
 
     def acknowledge(self, station_key: str, safe_ns: int, server: str | None = None) -> int:
         """Advance the acknowledged position of ``station_key`` (on ``server``, or on every server).
@@ -327,22 +328,22 @@ class StateTracker:
         """
         done = 0
         with self._lock:
-            for (srv, key), pending in self._pending.items():
-                if key != station_key or (server is not None and srv != server):
+            for srv, pending in self._pending.get(station_key, {}).items():
+                if server is not None and srv != server:
                     continue
                 last: StationState | None = None
                 while pending and pending[0].end_ns <= safe_ns:
                     last = pending.popleft()
                     done += 1
                 if last is not None:
-                    self._acked.setdefault(srv, {})[key] = last
+                    self._acked.setdefault(srv, {})[station_key] = last
                     self._dirty = True
         return done
 
     def acknowledge_all(self, safe_ns: int) -> int:
         """``acknowledge`` for every station seen (e.g. on a drain where everything was published)."""
         with self._lock:
-            keys = {key for (_srv, key) in self._pending}
+            keys = list(self._pending)
         return sum(self.acknowledge(key, safe_ns) for key in keys)
 
     def acked(self, server: str, station_key: str) -> StationState | None:
@@ -358,7 +359,8 @@ class StateTracker:
         with self._lock:
             return sum(
                 len(p)
-                for (srv, key), p in self._pending.items()
+                for key, per_server in self._pending.items()
+                for srv, p in per_server.items()
                 if (server is None or srv == server) and (station_key is None or key == station_key)
             )
 
