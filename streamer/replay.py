@@ -636,6 +636,7 @@ class _Session:
         self.entries: list[_Entry] = []
         self.current: _Entry | None = None
         self.uni_selectors: list[str] = []
+        self.multistation = False  # a STATION command was seen (even a rejected one)
         self.extreply = False
         self.streaming = False
         self.sender: asyncio.Task[None] | None = None
@@ -743,6 +744,7 @@ class _Session:
         if not 1 <= len(args) <= 2:
             self._error("STATION needs station [network]")
             return
+        self.multistation = True
         sta = args[0].upper()
         net = args[1].upper() if len(args) == 2 else "*"
         entry = _Entry(net=net, sta=sta)
@@ -755,6 +757,9 @@ class _Session:
         self._ok()
 
     def _select(self, args: list[str]) -> None:
+        if self.current is None and self.multistation:
+            self._error("SELECT after a rejected STATION")
+            return
         target = self.current.selectors if self.current is not None else self.uni_selectors
         if not args:
             target.clear()
@@ -769,7 +774,7 @@ class _Session:
     def _start_request(self, cmd: str, args: list[str]) -> bool:
         entry = self.current
         if entry is None:
-            if self.entries:
+            if self.multistation:
                 self._error(f"{cmd} after a rejected STATION")
                 return False
             entry = _Entry(net="*", sta="*", selectors=self.uni_selectors)

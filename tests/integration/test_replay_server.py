@@ -296,6 +296,16 @@ def test_unknown_station_and_bad_arguments_are_errors(server: ReplayServerThread
     c.close()
 
 
+def test_commands_for_a_rejected_station_do_not_start_streaming(server: ReplayServerThread) -> None:
+    # ObsPy sends SELECT and DATA for a station even after its STATION was rejected.
+    c = RawClient(server.port)
+    c.send("STATION NOPE XX\rSELECT HHZ\rDATA\rSTATION AAA XX\rSELECT HHZ\rDATA 0\rEND")
+    assert [c.line() for _ in range(6)] == ["ERROR", "ERROR", "ERROR", "OK", "OK", "OK"]
+    head, payload = c.packet()
+    assert payload[8:13] == b"AAA  " and payload[15:18] == b"HHZ"
+    c.close()
+
+
 def test_info_levels_parse(server: ReplayServerThread) -> None:
     from seedlink_client import SeedLink
 
