@@ -212,6 +212,19 @@ def test_data_timeout_reconnects_a_stalled_connection(archive, tmp_path: Path, m
     assert assert_exactly_once(got, directory, truth) == 0
 
 
+def test_rejected_stations_are_a_protocol_error_retried_with_backoff(archive, tmp_path: Path, metrics: Metrics) -> None:
+    directory, _truth = archive
+    with ReplayServerThread([directory], speed=0) as srv:
+        settings = settings_for([srv.port], tmp_path / "sl.state")
+        settings = settings.model_copy(update={"servers": [SeedLinkServer(host="127.0.0.1", port=srv.port, streams=["QQ_NONE"])]})
+        tracker = StateTracker.from_settings(settings, metrics)
+        got: list[Got] = []
+        source = make_source(settings, tracker, metrics, got)
+        asyncio.run(stream_until(source, lambda: reconnects(metrics, "protocol_error", srv.port) >= 2, timeout_s=10))
+    assert got == []
+    assert source.connections == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # kill and restart: resume from the acknowledged state
 # ---------------------------------------------------------------------------------------------
