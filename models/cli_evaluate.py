@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation mixtures")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument(
+        "--protocol", action="store_true", help="also score 60-s multi-station cases through the offline stream path"
+    )
+    parser.add_argument("--protocol-steps", type=int, nargs="+", default=[1, 4], help="steps for --protocol")
+    parser.add_argument("--protocol-noise-cases", type=int, default=20, help="noise-only cases for --protocol")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -37,7 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from models.data import build_eval_set, load_recordings, read_split, select
     from models.denoiser import Denoiser
     from models.errors import ModelsError
-    from models.evaluate import EvalConfig, evaluate, markdown_table, write_report
+    from models.evaluate import (
+        EvalConfig,
+        build_protocol_cases,
+        evaluate,
+        evaluate_protocol,
+        markdown_table,
+        protocol_markdown,
+        write_report,
+    )
     from models.picker import Picker
 
     torch.set_num_threads(args.threads)
@@ -55,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         )
         result = evaluate(es, den, picker, cfg)
         paths = write_report(result, es, args.out)
+        if args.protocol:
+            cases = build_protocol_cases(recs, seed=args.seed + 1, n_noise_only=args.protocol_noise_cases)
+            proto = evaluate_protocol(cases, den, picker, args.protocol_steps, args.p_threshold, args.s_threshold)
+            (paths["json"].parent / "protocol.json").write_text(json.dumps(proto, indent=1) + "\n")
+            with open(paths["markdown"], "a") as f:
+                f.write("\n## Stream protocol\n\n" + protocol_markdown(proto))
     except ModelsError as exc:
         log.error("evaluation failed: %s", exc)
         return 2

@@ -249,6 +249,10 @@ class PairConfig:
     p_position_range: tuple[int, int] = (-1500, 3300)
     stretch_range: tuple[float, float] = (0.85, 1.15)
     stretch_share: float = 0.5
+    microseism_share: float = 0.5
+    microseism_db: tuple[float, float] = (-5.0, 20.0)
+    high_freq_share: float = 0.15
+    high_freq_db: tuple[float, float] = (-10.0, 5.0)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -287,6 +291,22 @@ def _extend(seg: np.ndarray, n: int) -> np.ndarray:
     while out.shape[1] < n:
         out = np.concatenate([out, out[:, ::-1]], axis=1)
     return out
+
+
+def colored_noise(
+    n: int, band_hz: tuple[float, float], rng: np.random.Generator, sampling_rate_hz: float = 100.0
+) -> np.ndarray:
+    """``(3, n)`` Gaussian noise band-limited to ``band_hz`` (cosine-tapered edges), unit power per component."""
+    f = np.fft.rfftfreq(n, 1.0 / sampling_rate_hz)
+    lo, hi = band_hz
+    amp = ((f >= lo) & (f <= hi)).astype(np.float64)
+    for edge, sign in ((lo, -1), (hi, 1)):
+        width = 0.3 * edge
+        ramp = (sign * (f - edge) > 0) & (sign * (f - edge) < width)
+        amp[ramp] = 0.5 + 0.5 * np.cos(np.pi * sign * (f[ramp] - edge) / width)
+    spec = amp * (rng.standard_normal((3, f.size)) + 1j * rng.standard_normal((3, f.size)))
+    x = np.fft.irfft(spec, n=n, axis=1)
+    return (x / (x.std(axis=1, keepdims=True) + 1e-20)).astype(np.float32)
 
 
 def _rotate_horizontals(x: np.ndarray, angle: float) -> np.ndarray:
@@ -341,7 +361,21 @@ class PairSampler:
         if three_c:
             w = _rotate_horizontals(w, self.rng.uniform(0, 2 * np.pi))
         w *= self.rng.choice([-1.0, 1.0])
-        return (w - w.mean(axis=1, keepdims=True)).astype(np.float32)
+        w = (w - w.mean(axis=1, keepdims=True)).astype(np.float32)
+        # Most training noise is from short-period stations; broadband stations add strong microseismic
+        # (0.05-1.5 Hz) and some cultural (> 15 Hz) noise, so both are mixed in synthetically.
+        power = float(np.mean(w.astype(np.float64) ** 2)) or 1.0
+        if self.rng.random() < self.cfg.microseism_share:
+            band = (self.rng.uniform(0.05, 0.3), self.rng.uniform(0.5, 1.5))
+            gain = 10 ** (self.rng.uniform(*self.cfg.microseism_db) / 20) * math.sqrt(power)
+            w = w + np.float32(gain) * colored_noise(n, band, self.rng, self.cfg.sampling_rate_hz)
+        if self.rng.random() < self.cfg.high_freq_share:
+            band = (self.rng.uniform(15.0, 25.0), self.rng.uniform(30.0, 45.0))
+            gain = 10 ** (self.rng.uniform(*self.cfg.high_freq_db) / 20) * math.sqrt(power)
+            w = w + np.float32(gain) * colored_noise(n, band, self.rng, self.cfg.sampling_rate_hz)
+        if not three_c:
+            w[:2] = 0.0
+        return w
 
     def _draw_snr(self) -> float:
         lo, hi = self.cfg.snr_low_db if self.rng.random() < self.cfg.low_snr_share else self.cfg.snr_high_db

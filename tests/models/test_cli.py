@@ -66,7 +66,8 @@ def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, p
     code = run_cli(cli_evaluate, [
         "--data", str(ncedc_dir), "--split-file", str(split_file), "--out", str(out), "--weights", str(tiny_weights),
         "--steps", "1", "2", "--picker-cache", str(picker_cache), "--snr-levels", "-5", "5", "--noise-windows", "2",
-        "--max-events", "2", "--no-progress", "--device", "cpu",
+        "--max-events", "4", "--no-progress", "--device", "cpu", "--protocol", "--protocol-steps", "1",
+        "--protocol-noise-cases", "2",
     ])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -74,5 +75,8 @@ def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, p
     assert "P_recall_below_5db" in metrics["methods"]["denoised_1"]["picks"]["0.5s"]
     assert "noise_only" in metrics["methods"]["noisy"]
     assert (out / "report.md").read_text().startswith("# Denoiser evaluation")
+    proto = json.loads((out / "protocol.json").read_text())
+    assert {"noisy", "bandpass", "denoised_1"} <= set(proto["methods"]) and proto["n_noise_cases"] == 2
+    assert "Stream protocol" in (out / "report.md").read_text()
     for fig in ("examples.png", "metrics_vs_snr.png", "quality_vs_steps.png"):
         assert (out / fig).stat().st_size > 1000
