@@ -25,6 +25,12 @@ pytestmark = pytest.mark.integration
 T0 = 176_400_000_000  # 100 Hz sample index, 2025-11-24T16:00:00Z
 
 
+@pytest.fixture(autouse=True)
+def _no_test_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tail reads its settings from the environment; the test-data location is not a setting
+    monkeypatch.delenv("COLDSTREAM_SHARED_DIR", raising=False)
+
+
 def _pick(station: str, phase: str, k: int) -> Pick:
     t = (T0 + 100 * k) * 10_000_000
     return Pick(make_pick_id(station, phase, t), station, phase, t, 0.91, "denoised", "unet", "1", "PhaseNet/original", "1", 3, t + 4_200_000_000)
