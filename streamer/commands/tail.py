@@ -2,7 +2,8 @@
 
 One line per pick (``XREAD BLOCK`` on ``{prefix}:picks``) and, every ``--interval`` seconds, one line
 with each station's latency: now minus the end time of its newest denoised segment (the
-``{prefix}:latest`` hash the publisher keeps beside the per-station ``{prefix}:denoised:*`` streams).
+``{prefix}:latest`` hash the publisher keeps beside the per-station ``{prefix}:denoised:*`` streams,
+falling back to the newest entry of a station's stream).
 Colours only on a terminal; piped output is plain lines, one per event.
 
 Examples::
@@ -97,6 +98,22 @@ def format_latency_line(latest: dict[Any, Any], now_ns: int, stale_after_s: floa
     return "latency " + "  ".join(plain_parts), "[bold]latency[/] " + "  ".join(markup_parts)
 
 
+def newest_segment_ends(client: redis.Redis, keys: StreamKeys) -> dict[Any, Any]:
+    """Station -> end time (ns) of its newest denoised segment: the ``latest`` hash, or, where a station
+    is missing from it (e.g. written by another producer), the last entry of its denoised stream."""
+    ends: dict[Any, Any] = dict(client.hgetall(keys.latest))
+    known = {k.decode() if isinstance(k, bytes) else str(k) for k in ends}
+    prefix_len = len(keys.denoised(""))
+    for key in client.scan_iter(match=keys.denoised_pattern, count=1000, _type="stream"):
+        station = (key.decode() if isinstance(key, bytes) else str(key))[prefix_len:]
+        if station in known:
+            continue
+        last: Any = client.xrevrange(key, count=1)
+        if last and b"end_ns" in last[0][1]:
+            ends[station] = last[0][1][b"end_ns"]
+    return ends
+
+
 def _redis_settings(args: argparse.Namespace) -> RedisSettings:
     settings = load_settings(args.config, args.overrides).redis
     update: dict[str, Any] = {}
@@ -138,7 +155,7 @@ def _follow(client: redis.Redis, keys: StreamKeys, printer: _Printer, args: argp
         printed += 1
 
     def latency() -> None:
-        printer.line(*format_latency_line(client.hgetall(keys.latest), time.time_ns(), args.stale_after))
+        printer.line(*format_latency_line(newest_segment_ends(client, keys), time.time_ns(), args.stale_after))
 
     newest: Any = client.xrevrange(keys.picks, count=max(1, args.last))
     last_id = newest[0][0] if newest else b"0-0"

@@ -99,3 +99,19 @@ def test_piped_cli_output_is_plain_and_errors_are_clean(redis_url: str, redis_cl
     bad = [sys.executable, "-m", "streamer.cli", "tail", "--url", "redis://:pw-secret@127.0.0.1:1/0", "--once"]
     res = subprocess.run(bad, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert res.returncode == 1 and "pw-secret" not in res.stderr and "***@127.0.0.1:1" in res.stderr
+
+
+def test_latency_falls_back_to_the_denoised_streams(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
+    import redis as redis_lib
+
+    from streamer.publish import StreamKeys
+
+    now = time.time_ns()
+    _publish(redis_url, redis_key_prefix, [OutputItem.of_segment(_segment("NC.AAA.00", now - 3_000_000_000))])
+    client = redis_lib.Redis.from_url(redis_url)
+    client.delete(StreamKeys(redis_key_prefix).latest)  # e.g. a producer that does not keep the hash
+    client.close()
+    out = io.StringIO()
+    assert tail.run(_args(redis_url, redis_key_prefix, "--once"), out) == 0
+    lat = out.getvalue().split()
+    assert lat[:2] == ["latency", "NC.AAA.00"] and 2.5 < float(lat[2].rstrip("s")) < 30
