@@ -107,8 +107,8 @@ class Ingestor:
         try:
             result = station.insert(block, now)
         except (ValueError, TypeError, OverflowError, IndexError) as exc:
-            # a block that passes decoding but breaks the buffer (absurd header values): count it
-            # and go on; the station's state is left as it was before this block
+            # a block that passes decoding but that the buffer cannot place (absurd header
+            # values): count it and go on with the next one
             result = StationInsert(rejected="invalid")
             self._log_once(station_id, "invalid", logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
         self._count_insert(block, result, now)

@@ -238,6 +238,25 @@ def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> 
     assert ing.stations() == ["XX.PLL.00"]
 
 
+@pytest.mark.parametrize(("rate_hz", "reason"), [(50_000.0, "rate"), (0.5, "rate"), (100.0, None)])
+def test_rate_from_real_records(metrics: Metrics, rate_hz: float, reason: str | None) -> None:
+    from pymseed import DataEncoding, MS3Record
+
+    msr = MS3Record()
+    msr.sourceid = "FDSN:XX_RATE_00_H_H_Z"
+    msr.samprate = rate_hz
+    msr.starttime = T0_NS
+    msr.formatversion = 2
+    msr.reclen = 512
+    msr.encoding = DataEncoding.STEIM2
+    (rec, *_) = list(msr.generate(np.arange(100, dtype=np.int32), "i"))
+    ing, clock = make(metrics)
+    ing.add_payload(rec, clock.t_ns)
+    got = value(metrics, "coldstream_records_rejected_total", station="XX.RATE.00", reason="rate")
+    assert got == (1 if reason else 0)
+    assert ing.stations() == ([] if reason else ["XX.RATE.00"])
+
+
 def test_rejected_first_blocks_create_no_station(metrics: Metrics) -> None:
     ing, clock = make(metrics)
     for k in range(50):
