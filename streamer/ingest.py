@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 UNKNOWN_STATION = "unknown"
 REPORTING_WINDOW_S = 60.0  # "stations reporting": data arrived within this many seconds
 GAP_LOG_INTERVAL_S = 60.0
+SILENCE_LOG_S = 30.0  # a station without data this long is logged once as silent (gap opened)
 MAX_RELEASED_STATIONS = 100_000  # at most one gap line per station per interval
 
 
@@ -67,6 +68,7 @@ class Ingestor:
         self._gap_logged_ns: dict[str, int] = {}
         self._gaps_unlogged: dict[str, int] = {}
         self._station_counters: dict[str, _StationCounters] = {}
+        self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
 
     # -- input -----------------------------------------------------------------------------------
@@ -117,6 +119,9 @@ class Ingestor:
         if is_new:  # stations exist only once they have buffered data (bogus codes cost nothing)
             self._stations[station_id] = station
             self._released.pop(station_id, None)
+        if station_id in self._silent:
+            self._silent.discard(station_id)
+            log.info("%s: gap closed: data flowing again", station_id)
         return self._emit(self.windower.collect(station))
 
     def poll(self, now_ns: int | None = None) -> list[Window]:
@@ -132,6 +137,9 @@ class Ingestor:
             silent_ns = now - last
             if silent_ns >= self.windower.lag_ns(station):
                 out.extend(self._emit(self.windower.collect(station, flush=True)))
+            if silent_ns >= SILENCE_LOG_S * NS_PER_S and station_id not in self._silent:
+                self._silent.add(station_id)
+                log.info("%s: gap opened: no data for %.0f s", station_id, silent_ns / NS_PER_S)
             if silent_ns >= evict_ns:
                 del self._stations[station_id]
                 self.windower.forget(station_id)

@@ -208,7 +208,8 @@ def test_gauges(metrics: Metrics) -> None:
     assert value(metrics, "coldstream_stations_reporting") == 0
 
 
-def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> None:
+def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamer.ingest")
     recs = records("PLL", 45.0)
     # E's record holding T0 + 35..40 s never comes: window [T0+7, T0+37) waits for the lag
     t_hole = T0_NS + 36 * NS_PER_S
@@ -226,6 +227,9 @@ def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> 
     after = len(emitted) + len(flushed) + value(metrics, "coldstream_windows_skipped_total", station="XX.PLL.00", reason="gap")
     assert after == before + 1
     assert ing.stations() == ["XX.PLL.00"]
+    ing.poll(arrival + 31 * NS_PER_S)
+    ing.poll(arrival + 32 * NS_PER_S)
+    assert sum("gap opened" in r.getMessage() for r in caplog.records) == 1
     ing.poll(arrival + 361 * NS_PER_S)
     assert ing.stations() == []
     # a released station's latency keeps growing, so alerts still see it
@@ -236,6 +240,7 @@ def test_poll_flushes_a_silent_station_and_evicts_it_later(metrics: Metrics) -> 
     clock.t_ns = T0_NS + 1000 * NS_PER_S
     assert feed(ing, records("PLL", 45.0, t0=T0 + 900), T0_NS + 1000 * NS_PER_S)
     assert ing.stations() == ["XX.PLL.00"]
+    assert sum("gap closed" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(("rate_hz", "reason"), [(50_000.0, "rate"), (0.5, "rate"), (100.0, None)])
