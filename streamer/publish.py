@@ -5,6 +5,7 @@ the contract for consumers):
 
 ``{prefix}:picks``                  one stream, every pick (auto IDs), flat string fields
 ``{prefix}:pickseen:{pick_id}``     de-duplication marker of a published pick (string, TTL)
+``{prefix}:picktime:{station}|{phase}|{source}:{bucket}`` time of a published pick (string, TTL)
 ``{prefix}:denoised:{NET.STA.LOC}`` one stream per station, denoised segments, ID from data time
 ``{prefix}:latest``                 hash: station -> end time (ns) of its newest published segment
 ``{prefix}:windows``                scale-out: windows for the workers (consumer group)
@@ -13,8 +14,9 @@ the contract for consumers):
 
 Idempotency: a segment's entry ID is ``<start_ns // 10^6>-<start_ns mod 10^6>``, so a replay writes the
 same ID and Redis refuses it ("equal or smaller than the target stream top item"): counted as a
-duplicate, not an error. Picks are guarded by a ``pickseen`` key checked and set in the same Lua script
-as the XADD. Every XADD trims with ``MAXLEN ~ RedisSettings.maxlen``.
+duplicate, not an error. Picks are guarded by their ``pickseen`` key and by the time of any pick of the
+same station, phase and source within ``pick_tolerance_s`` (``picktime`` keys, buckets of that width),
+checked and set in the same Lua script as the XADD. Every XADD trims with ``MAXLEN ~ RedisSettings.maxlen``.
 
 Failure handling: :class:`RedisPublisher` keeps outputs in a bounded in-order backlog while Redis is
 unreachable, retries with capped exponential backoff, and calls ``on_acked`` (in order) only once Redis
@@ -80,6 +82,9 @@ class StreamKeys:
 
     def pickseen(self, pick_id: str) -> str:
         return f"{self.prefix}:pickseen:{pick_id}"
+
+    def picktime(self, station_id: str, phase: str, source: str, bucket: int) -> str:
+        return f"{self.prefix}:picktime:{station_id}|{phase}|{source}:{bucket}"
 
     def denoised(self, station_id: str) -> str:
         return f"{self.prefix}:denoised:{station_id}"
@@ -346,6 +351,23 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return id
 """
 
+# KEYS: stream, seen key, time-bucket keys b-1, b, b+1. ARGV: maxlen, ttl seconds, time_ns, tolerance_ns,
+# field, value, ... A pick is a duplicate if its pick_id was published, or a pick of the same station,
+# phase and source lies within the tolerance (a replay with slightly different stacking context).
+_PICK_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local t = tonumber(ARGV[3])
+local tol = tonumber(ARGV[4])
+for i = 3, 5 do
+  local other = redis.call('GET', KEYS[i])
+  if other and math.abs(tonumber(other) - t) < tol then return 0 end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[2])
+return id
+"""
+
 # Server replies that mean "try again later" rather than "this item is bad".
 _TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
 
@@ -412,6 +434,7 @@ class RedisPublisher:
         client: redis.Redis | None = None,
         batch_max_items: int = 256,
         pick_dedupe_ttl_s: float = 86_400.0,
+        pick_tolerance_s: float = 1.0,
         retry_min_s: float = 0.1,
     ) -> None:
         self.settings = settings
@@ -421,9 +444,10 @@ class RedisPublisher:
         self.client = client if client is not None else connect(settings)
         self.batch_max_items = batch_max_items
         self.pick_dedupe_ttl_s = max(1, int(pick_dedupe_ttl_s))
+        self.pick_tolerance_ns = max(1, round(pick_tolerance_s * NS_PER_S))
         self.retry_min_s = retry_min_s
         self._segment_script = self.client.register_script(_SEGMENT_LUA)
-        self._pick_script = self.client.register_script(_DEDUPE_XADD_LUA)
+        self._pick_script = self.client.register_script(_PICK_LUA)
         self._backlog: deque[tuple[int, OutputItem]] = deque()
         self._seq = 0
         self._cond = threading.Condition()
@@ -582,10 +606,17 @@ class RedisPublisher:
                     keys=[self.keys.denoised(seg.station_id), self.keys.latest], args=args, client=pipe
                 )
             elif item.kind == "pick" and item.pick is not None:
-                fields_p = encode_pick(item.pick)
+                pick = item.pick
+                bucket = pick.time_ns // self.pick_tolerance_ns
+                buckets = [
+                    self.keys.picktime(pick.station_id, pick.phase, pick.source, b) for b in (bucket - 1, bucket, bucket + 1)
+                ]
                 self._pick_script(
-                    keys=[self.keys.picks, self.keys.pickseen(item.pick.pick_id)],
-                    args=[maxlen, str(self.pick_dedupe_ttl_s), *_flat(dict(fields_p))],
+                    keys=[self.keys.picks, self.keys.pickseen(pick.pick_id), *buckets],
+                    args=[
+                        maxlen, str(self.pick_dedupe_ttl_s), str(pick.time_ns), str(self.pick_tolerance_ns),
+                        *_flat(dict(encode_pick(pick))),
+                    ],
                     client=pipe,
                 )
             else:

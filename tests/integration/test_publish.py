@@ -276,3 +276,33 @@ def test_marker_items_pass_through_in_order(redis_url: str, redis_key_prefix: st
     assert pub.flush(5)
     assert acked == ["a", "state-1", "b"]
     pub.close()
+
+
+def test_replayed_pick_shifted_within_tolerance_is_a_duplicate(
+    redis_url: str, redis_client: redis.Redis, redis_key_prefix: str, metrics: Metrics
+) -> None:
+    """After a restart the stack around the resume point holds fewer windows, so the same arrival may
+    peak a few samples away (a different pick_id): still the same pick."""
+    pub = RedisPublisher(_settings(redis_url, redis_key_prefix), metrics, pick_tolerance_s=1.0)
+    base = _pick(3)
+
+    def moved(dt_ns: int, source: str = "denoised", phase: str = "P") -> Pick:
+        t = base.time_ns + dt_ns
+        return Pick(make_pick_id(STATION, phase, t, source), STATION, phase, t, 0.8, source, "", "", "PhaseNet", "1", 0, 5)
+
+    pub.publish([OutputItem.of_pick(base)])
+    assert pub.flush(5)
+    pub.publish([OutputItem.of_pick(p) for p in (
+        moved(30_000_000),  # same arrival, 30 ms later: duplicate
+        moved(-990_000_000),  # 0.99 s earlier, other time bucket: duplicate
+        moved(1_500_000_000),  # 1.5 s later: a new pick
+        moved(0, source="raw"),  # the raw-data picker at the same time: its own pick
+        moved(10_000_000, phase="S"),  # another phase: its own pick
+    )])
+    assert pub.flush(5)
+    stored = [decode_pick(f) for _, f in redis_client.xrange(StreamKeys(redis_key_prefix).picks)]
+    assert [(p.time_ns - base.time_ns, p.source, p.phase) for p in stored] == [
+        (0, "denoised", "P"), (1_500_000_000, "denoised", "P"), (0, "raw", "P"), (10_000_000, "denoised", "S"),
+    ]
+    assert _value(metrics, "coldstream_redis_duplicates_total", kind="pick") == 2
+    pub.close()
