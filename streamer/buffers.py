@@ -356,6 +356,8 @@ class StationBuffer:
             out.rejected = "rate"
             return out
         n = int(block.samples.shape[0])
+        if n == 0:
+            return out  # nothing to buffer (not an error)
         start_ns = block.start_ns
         end_ns = start_ns + (n * rate.denominator * NS_PER_S) // rate.numerator
         if end_ns > now_ns + round(s.max_future_s * NS_PER_S):

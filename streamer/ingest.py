@@ -101,6 +101,8 @@ class Ingestor:
     def add_block(self, block: SampleBlock) -> list[Window]:
         """Buffer one decoded block; returns the windows that became ready."""
         station_id = block.station_id
+        if len(block.samples) == 0:
+            return []
         station = self._stations.get(station_id)
         is_new = station is None
         if station is None:

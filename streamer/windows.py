@@ -16,9 +16,10 @@ When a window is decided (in grid order; a window waits while the one before it 
   (for a resampled channel: also as far beyond both ends as the anti-alias filter reaches):
   decided at once;
 - *late*: the station's newest sample is at least ``lag`` past the window end, with
-  ``lag = max(stride_s, 2 x the longest block seen on the station)``: decided with whatever
-  arrived (an out-of-order record, or another component's record of the same interval, has
-  until then to fill a hole);
+  ``lag = max(stride_s, 2 x the longest block seen on the station)``, capped at
+  ``horizon_s - window`` so the window is still in the ring: decided with whatever arrived (an
+  out-of-order record, or another component's record of the same interval, has until then to
+  fill a hole);
 - *flush* (``flush=True``, the caller saw no data from the station for ``lag`` of wall-clock
   time): windows ending at or before the station's newest sample are decided.
 
@@ -51,7 +52,7 @@ from scipy.signal import resample_poly
 
 from models.spec import ModelSpec
 from streamer.buffers import ChannelBuffer, StationBuffer, exact_rate, index_of, time_of
-from streamer.config import BufferSettings, WindowSettings
+from streamer.config import BufferSettings, ConfigError, WindowSettings
 from streamer.records import NS_PER_S, Window
 
 __all__ = ["Skipped", "WindowBatch", "Windower", "longest_run"]
@@ -113,6 +114,12 @@ class Windower:
         self.stride_ns = time_of(self.stride_samples, rate)
         self.window_ns = time_of(self.window_samples, rate)
         self.max_gap_samples = math.floor(buffer_settings.max_zero_fill_gap_s * spec.sampling_rate_hz + 1e-9)
+        self.horizon_ns = round(buffer_settings.horizon_s * NS_PER_S)
+        if self.horizon_ns < self.window_ns + self.stride_ns:
+            raise ConfigError(
+                f"buffers.horizon_s ({buffer_settings.horizon_s:g}) must be at least the window "
+                f"({spec.window_s:g} s) plus windows.stride_s ({window_settings.stride_s:g})"
+            )
         self._schedules: dict[str, _Schedule] = {}
 
     def forget(self, station_id: str) -> None:
@@ -121,7 +128,8 @@ class Windower:
     def lag_ns(self, station: StationBuffer) -> int:
         """How far past a window's end the station's data must be before the window is decided
         without being complete."""
-        return max(self.stride_ns, 2 * station.max_block_ns)
+        # capped so that a window is still retained in the ring when it is decided
+        return min(max(self.stride_ns, 2 * station.max_block_ns), self.horizon_ns - self.window_ns)
 
     def next_start_ns(self, station_id: str) -> int | None:
         sched = self._schedules.get(station_id)
@@ -146,7 +154,7 @@ class Windower:
         if code is None:
             return out
         newest = station.newest_end_ns
-        horizon_ns = round(self.buffer_settings.horizon_s * NS_PER_S)
+        horizon_ns = self.horizon_ns
         start = sched.next_start
         while True:
             start_ns = time_of(start, self.rate)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from models.spec import DEFAULT_SPEC
 from streamer.buffers import StationBuffer
-from streamer.config import BufferSettings, WindowSettings
+from streamer.config import BufferSettings, ConfigError, WindowSettings
 from streamer.records import NS_PER_S, SampleBlock, Window
 from streamer.windows import Skipped, Windower, longest_run
 
@@ -310,6 +310,19 @@ def test_clock_jump_restarts_the_schedule() -> None:
     starts = [w.start_ns for w in emitted]
     assert any(s < later for s in starts) and any(s > later for s in starts)
     assert len(starts) == len(set(starts))
+
+
+def test_horizon_shorter_than_window_plus_stride_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match="horizon_s"):
+        Windower(DEFAULT_SPEC, WindowSettings(stride_s=10), BufferSettings(horizon_s=35))
+    Windower(DEFAULT_SPEC, WindowSettings(stride_s=10), BufferSettings(horizon_s=40))
+
+
+def test_lag_is_capped_by_the_horizon() -> None:
+    bs = BufferSettings(horizon_s=60)
+    sb = StationBuffer("XX.STA.00", DEFAULT_SPEC, bs)
+    sb.insert(SampleBlock("XX.STA.00.HHZ", T0_NS, 100.0, np.zeros(10_000, np.float32), T0_NS), NOW)  # a 100 s block
+    assert Windower(DEFAULT_SPEC, WindowSettings(), bs).lag_ns(sb) == 30 * NS_PER_S
 
 
 @given(st.lists(st.booleans(), max_size=60))
