@@ -27,7 +27,7 @@ from streamer.publish import (
     mask_url,
     segment_entry_id,
 )
-from streamer.stitch import Segment
+from streamer.stitch import Segment, Stitcher
 from tests.conftest import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -306,3 +306,75 @@ def test_replayed_pick_shifted_within_tolerance_is_a_duplicate(
     ]
     assert _value(metrics, "coldstream_redis_duplicates_total", kind="pick") == 2
     pub.close()
+
+
+class _Pipeline:
+    """The output side as the service runs it for one station: denoised and probability stitchers,
+    the pick detector, and the publisher. The "model" is deterministic per window, as a real one is."""
+
+    N, S = 3000, 1000
+
+    def __init__(self, pub: RedisPublisher, wave: np.ndarray, probs: np.ndarray) -> None:
+        from streamer.picks import PickDetector
+
+        self.pub, self.wave, self.probs = pub, wave, probs
+        self.den = Stitcher(self.N, self.S, station_id=STATION, channel_names=("HHE", "HHN", "HHZ"))
+        self.prob = Stitcher(self.N, self.S, taper="boxcar", mask_rows="any", station_id=STATION)
+        self.det = PickDetector(RATE, 0.3, 0.3)
+
+    def window(self, k: int) -> None:
+        s = k * self.S
+        gain = np.float32(0.9 + 0.02 * (k % 5))  # overlapping windows disagree a little
+        items = [OutputItem.of_segment(seg, "unet", "1") for seg in self.den.add(T0 + s, gain * self.wave[:, s:s + self.N], steps=3)]
+        for seg in self.prob.add(T0 + s, self.probs[:, s:s + self.N] * gain, steps=3):
+            items += [OutputItem.of_pick(p) for p in self.det.process(seg, now_ns=7)]
+        self.pub.publish(items)
+
+    def safe_sample(self) -> int:
+        """Where a restart must resume: every output before it is final and was queued."""
+        assert self.den.final_end_sample is not None and self.prob.final_end_sample is not None
+        return min(self.den.final_end_sample, self.prob.final_end_sample - self.det.latency_samples)
+
+
+def test_crash_and_replay_from_the_safe_point_gives_the_same_redis_content(
+    redis_url: str, redis_client: redis.Redis, redis_key_prefix: str
+) -> None:
+    total = 40_000
+    rng = np.random.default_rng(2)
+    wave = rng.normal(0, 100, (3, total)).astype(np.float32)
+    i = np.arange(total)
+    p = sum(0.9 * np.exp(-0.5 * ((i - c) / 15) ** 2) for c in (8_450, 21_030, 21_905, 33_333))
+    s = sum(0.7 * np.exp(-0.5 * ((i - c) / 30) ** 2) for c in (8_900, 21_500))
+    probs = np.stack([p, s, 1 - p - s]).astype(np.float32)
+    n_windows = (total - _Pipeline.N) // _Pipeline.S + 1
+
+    clean_metrics, crash_metrics = Metrics(), Metrics()
+    clean = _Pipeline(RedisPublisher(_settings(redis_url, redis_key_prefix + "a"), clean_metrics), wave, probs)
+    for k in range(n_windows):
+        clean.window(k)
+    assert clean.pub.flush(10)
+
+    crashed = _Pipeline(RedisPublisher(_settings(redis_url, redis_key_prefix + "b"), crash_metrics), wave, probs)
+    for crash_after in (21, 22):  # two crashes: one right after a pick was found, one later
+        start = 0 if crash_after == 21 else resume_k
+        for k in range(start, crash_after):
+            crashed.window(k)
+        assert crashed.pub.flush(10)
+        safe = crashed.safe_sample() - T0
+        # restart with empty state, resuming with the first window that touches the safe point
+        resume_k = max(0, -(-(safe - _Pipeline.N + 1) // _Pipeline.S))
+        crashed = _Pipeline(crashed.pub, wave, probs)
+    for k in range(resume_k, n_windows):
+        crashed.window(k)
+    assert crashed.pub.flush(10)
+
+    a, b = StreamKeys(redis_key_prefix + "a"), StreamKeys(redis_key_prefix + "b")
+    seg_a, seg_b = redis_client.xrange(a.denoised(STATION)), redis_client.xrange(b.denoised(STATION))
+    assert [e[0] for e in seg_b] == [e[0] for e in seg_a]
+    assert [e[1][b"data"] for e in seg_b] == [e[1][b"data"] for e in seg_a]  # bit-identical waveforms
+    picks_a = [(f[b"pick_id"], f[b"phase"], f[b"time_ns"]) for _, f in redis_client.xrange(a.picks)]
+    picks_b = [(f[b"pick_id"], f[b"phase"], f[b"time_ns"]) for _, f in redis_client.xrange(b.picks)]
+    assert picks_b == picks_a and len(picks_a) == 6
+    assert _value(crash_metrics, "coldstream_redis_duplicates_total", kind="segment") > 0
+    clean.pub.close()
+    crashed.pub.close()
