@@ -293,3 +293,19 @@ def test_mangled_records_never_raise(metrics: Metrics, which: int, edits: list[t
     # the station still takes good data afterwards
     for r in _TEMPLATE:
         ing.add_payload(r, clock.t_ns)
+
+
+def test_benchmark_script_runs_small() -> None:
+    """``bench/ingest.py`` stays runnable: a small network gives the expected record/window counts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "ingest.py"
+    spec = importlib.util.spec_from_file_location("bench_ingest", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.run_bench(n_stations=5, duration_s=60.0, stride_s=10.0)
+    assert res["records"] > 5 * 3 * 6000 / 700
+    assert 5 * 3 <= res["windows"] <= 5 * 4  # 60 s of data: 3 or 4 grid windows per station
+    assert 0 < res["core_percent"] < 100
