@@ -6,16 +6,22 @@ with each station's latency: now minus the end time of its newest denoised segme
 falling back to the newest entry of a station's stream).
 Colours only on a terminal; piped output is plain lines, one per event.
 
+Limitations: a reader of the picks stream only (no consumer group: it never acknowledges or steals
+entries); the latency line needs the segments' ``end_ns`` field (schema 1); with many stations the
+line gets long: narrow it with ``--station``.
+
 Examples::
 
     coldstream tail --config /etc/coldstream/coldstream.toml
     coldstream tail --url redis://noc-redis:6379/0 --last 20
     coldstream tail --once --last 5          # print the 5 newest picks and the latency line, exit
+    coldstream tail --station 'NC.*' --station BK.CMB.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 import time
 from pathlib import Path
@@ -41,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=None, metavar="N", help="exit after printing N picks")
     parser.add_argument("--once", action="store_true", help="print what is stored (see --last) and the latency line, then exit")
     parser.add_argument("--interval", type=float, default=5.0, metavar="SECONDS", help="latency line period (default 5)")
+    parser.add_argument("--station", dest="stations", action="append", default=[], metavar="PATTERN",
+                        help="only these stations (NET.STA.LOC, shell wildcards; repeatable)")
     parser.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
                         help="mark stations whose latency exceeds this (default 120)")
 
@@ -146,8 +154,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _follow(client: redis.Redis, keys: StreamKeys, printer: _Printer, args: argparse.Namespace) -> int:
     printed = 0
 
+    def wanted(station: Any) -> bool:
+        if not args.stations:
+            return True
+        name = station.decode() if isinstance(station, bytes) else str(station)
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in args.stations)
+
     def show(fields: dict[Any, Any]) -> None:
         nonlocal printed
+        if not wanted(fields.get(b"station", b"")):
+            return
         try:
             printer.line(*format_pick_line(fields))
         except DecodeError as exc:
@@ -155,7 +171,8 @@ def _follow(client: redis.Redis, keys: StreamKeys, printer: _Printer, args: argp
         printed += 1
 
     def latency() -> None:
-        printer.line(*format_latency_line(newest_segment_ends(client, keys), time.time_ns(), args.stale_after))
+        ends = {k: v for k, v in newest_segment_ends(client, keys).items() if wanted(k)}
+        printer.line(*format_latency_line(ends, time.time_ns(), args.stale_after))
 
     newest: Any = client.xrevrange(keys.picks, count=max(1, args.last))
     last_id = newest[0][0] if newest else b"0-0"

@@ -71,6 +71,10 @@ def test_once_prints_stored_picks_and_latency(redis_url: str, redis_client: obje
     lat = lines[3].split()
     assert lat[0] == "latency" and lat[1] == "BK.BBB." and lat[3] == "STALE" and lat[4] == "NC.AAA.00"
     assert 1.5 < float(lat[5].rstrip("s")) < 30
+    only = io.StringIO()
+    assert tail.run(_args(redis_url, redis_key_prefix, "--once", "--last", "3", "--station", "BK.*"), only) == 0
+    (only_line,) = only.getvalue().splitlines()  # no NC picks, no NC latency
+    assert only_line.startswith("latency BK.BBB. ") and only_line.endswith("s STALE")
 
 
 def test_follows_new_picks_live(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
