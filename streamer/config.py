@@ -85,6 +85,8 @@ class WorkerSettings(_Section):
     torch_threads: int | None = Field(None, ge=1)
     mixed_precision: bool = True
     shed_age_strides: float = Field(3.0, ge=0, description="queued windows older than this many strides are shed; 0 = never")
+    reclaim_idle_s: float = Field(60.0, gt=0, description="scale-out: take over windows pending this long on another worker")
+    scaleout_max_out_of_order: int = Field(6, ge=0, description="scale-out: strides a late worker result may lag behind")
 
     @model_validator(mode="after")
     def _steps_order(self) -> "WorkerSettings":

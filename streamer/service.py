@@ -245,14 +245,14 @@ class OutputStage:
                 log.exception("output stage failed on a %s event", kind)
 
     # --- processing (also callable directly, single-threaded) ------------------------------------
-    def handle(self, result: BatchResult) -> None:
+    def handle(self, result: BatchResult, token_extra: dict[str, Any] | None = None) -> None:
         """Stitch one batch, detect picks, queue the outputs and then an acknowledgement marker."""
         self._model = (result.model, result.model_version)
         self._provenance = Provenance(
             result.model,
             result.model_version,
-            str(getattr(self.picker, "name", "")),
-            str(getattr(self.picker, "version", "")),
+            str(result.extra.get("picker", getattr(self.picker, "name", ""))),
+            str(result.extra.get("picker_version", getattr(self.picker, "version", ""))),
         )
         items: list[OutputItem] = []
         touched: set[str] = set()
@@ -264,14 +264,18 @@ class OutputStage:
             st.latency_s = max(0.0, (time.time_ns() - w.newest_arrival_ns) / NS_PER_S)
             touched.add(w.station_id)
             items.extend(self._segments(st.denoised.add_window(w, result.denoised[i], steps=result.steps)))
-            if st.probs is not None and result.probs is not None:
+            if result.probs is not None:
+                st.probs = st.probs or self._stitcher(w, 3, "overlap_add")
                 segs = st.probs.add_window(w, result.probs[i], steps=result.steps)
                 items.extend(self._picks(segs, "denoised"))
-            if st.raw_probs is not None and result.raw_probs is not None:
+            if result.raw_probs is not None:
+                st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add")
                 segs = st.raw_probs.add_window(w, result.raw_probs[i], steps=0)
                 items.extend(self._picks(segs, "raw"))
         safe = {sid: self._covered_ns(sid) for sid in touched}
-        items.append(OutputItem.marker({"safe": {k: v for k, v in safe.items() if v is not None}}))
+        token: dict[str, Any] = {"safe": {k: v for k, v in safe.items() if v is not None}}
+        token.update(token_extra or {})
+        items.append(OutputItem.marker(token))
         self.publish(items)
         self.batches += 1
         if self.on_batch is not None:
@@ -280,13 +284,7 @@ class OutputStage:
     def _station(self, w: Window) -> _Station:
         st = self.stations.get(w.station_id)
         if st is None:
-            st = _Station(
-                self._stitcher(w, 3, self.settings.stitch.mode),
-                self._stitcher(w, 3, "overlap_add") if self.picker is not None else None,
-                self._stitcher(w, 3, "overlap_add")
-                if self.picker is not None and self.settings.picker.raw_comparison
-                else None,
-            )
+            st = _Station(self._stitcher(w, 3, self.settings.stitch.mode), None, None)
             self.stations[w.station_id] = st
         return st
 
@@ -425,9 +423,13 @@ class Service:
         environ: dict[str, str] | None = None,
         on_pick: Callable[[Any], None] | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
+        role: str = "all",
     ) -> None:
         from streamer.notify import HealthMonitor, Notifier
 
+        if role not in ("all", "ingest"):
+            raise ValueError(f"unknown service role {role!r}")
+        self.role = role
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.denoiser = denoiser
@@ -452,10 +454,22 @@ class Service:
         self._stop: asyncio.Event | None = None
         self._cancel: asyncio.Event | None = None
         self._signals = 0
+        # scale-out ingest role
+        self._push_queue: queue.Queue[Window] = queue.Queue()
+        self._scaleout_stop = threading.Event()
+        self._scaleout_threads: list[threading.Thread] = []
+        self.window_queue: Any = None
+        self.result_queue: Any = None
+        self.collector: ResultCollector | None = None
+        self.windows_pushed = 0
 
     # --- start-up ------------------------------------------------------------------------------------
     def load_models(self) -> None:
-        """Load the denoiser (and picker) and run the warm-up inference; fails fast."""
+        """Load the denoiser (and picker) and run the warm-up inference; fails fast. The ingest role
+        of scale-out runs no model: it only builds the output stage."""
+        if self.role == "ingest":
+            self._build_output(max_out_of_order=self.settings.worker.scaleout_max_out_of_order)
+            return
         t0 = time.perf_counter()
         self.notifier.extend_timeout(300)
         self.notifier.status("loading models")
@@ -486,20 +500,24 @@ class Service:
 
         return getattr(self.denoiser, "spec", None) or DEFAULT_SPEC
 
-    def _build_worker(self) -> None:
-        assert self.denoiser is not None
-        s = self.settings
+    def _build_output(self, max_out_of_order: int = 0) -> None:
         spec = self._spec()
         self.output = OutputStage(
-            s,
+            self.settings,
             self.metrics,
             self._publish,
             window_samples=spec.window_samples,
             sampling_rate_hz=spec.sampling_rate_hz,
             picker=self.picker,
+            max_out_of_order=max_out_of_order,
             on_pick=self.on_pick,
             on_batch=self.on_batch,
         )
+
+    def _build_worker(self) -> None:
+        assert self.denoiser is not None
+        s = self.settings
+        self._build_output()
         self.worker = Worker.from_settings(
             self.denoiser,
             self.metrics,
@@ -532,6 +550,8 @@ class Service:
             flushed = bool(item.token.get("flushed", False))
             for sid, until in item.token.get("safe", {}).items():
                 self.acks.published_through(sid, until, flushed)
+            if item.token.get("results") and self.result_queue is not None:
+                self.result_queue.ack(item.token["results"])
             if self.tracker is not None:
                 for key, safe in self.acks.safe_by_key(item.token.get("safe", {})).items():
                     self.tracker.acknowledge(key, safe)
@@ -539,16 +559,23 @@ class Service:
     # --- packets -------------------------------------------------------------------------------------
     def on_packet(self, payload: bytes, ref: PacketRef, arrival_ns: int) -> None:
         """Event loop: one SeedLink payload in; windows that became ready go to the worker."""
-        assert self.ingestor is not None and self.worker is not None
+        assert self.ingestor is not None
         windows = self.ingestor.add_payload(payload, arrival_ns, ref)
         self.health.progress("ingest")
         self._submit(windows)
 
     def _submit(self, windows: list[Window]) -> None:
-        if windows:
-            assert self.worker is not None
-            self.acks.add(windows)
-            self.worker.submit(windows)
+        if not windows:
+            return
+        self.acks.add(windows)
+        if self.role == "ingest":
+            if self.collector is not None:
+                self.collector.expect(windows)
+            for w in windows:
+                self._push_queue.put(w)
+            return
+        assert self.worker is not None
+        self.worker.submit(windows)
 
     # --- running -------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -564,15 +591,19 @@ class Service:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.request_stop)
-        if self.worker is None:
+        if self.output is None:
             await asyncio.to_thread(self.load_models)
         s = self.settings
         self.tracker = StateTracker.from_settings(s.seedlink, self.metrics)
         self.publisher = RedisPublisher(s.redis, self.metrics, self._on_acked)
         self.publisher.start()
-        assert self.output is not None and self.worker is not None
-        self.output.start()
-        self.worker.start()
+        assert self.output is not None
+        if self.role == "ingest":
+            self._start_scaleout_ingest()
+        else:
+            assert self.worker is not None
+            self.output.start()
+            self.worker.start()
         self.ingestor = Ingestor(self._spec(), s.buffers, s.windows, self.metrics)
         if s.metrics.enabled:
             self.metrics_server = serve_metrics(self.metrics, s.metrics.bind_address, s.metrics.port)
@@ -623,11 +654,13 @@ class Service:
             self._poll_once()
 
     def _poll_once(self) -> None:
-        assert self.ingestor is not None and self.worker is not None and self.publisher is not None
+        assert self.ingestor is not None and self.publisher is not None
         self._submit(self.ingestor.poll())
         self.ingestor.update_gauges()
-        if self.worker.idle:
+        if self.worker is not None and self.worker.idle:
             self.health.idle("worker")
+        elif self.role == "ingest" and self._push_queue.empty():
+            self.health.idle("worker")  # the workers are other processes; our side is the push
         if self.publisher.backlog_size == 0 or not self.publisher.connected:
             self.health.idle("publisher")
 
@@ -665,8 +698,11 @@ class Service:
 
     def _drain(self, deadline: float) -> bool:
         """Worker thread drains, output flushes, publisher writes, state is acknowledged. True if done."""
-        assert self.worker is not None and self.output is not None and self.publisher is not None
+        assert self.output is not None and self.publisher is not None
         left = lambda: max(deadline - time.monotonic(), 0.0)  # noqa: E731
+        if self.role == "ingest":
+            return self._drain_scaleout_ingest(left)
+        assert self.worker is not None
         if not self.worker.stop(drain=True, timeout_s=left()):
             return False
         if not self.output.flush_all(timeout_s=left()):
@@ -675,7 +711,52 @@ class Service:
         log.info("drained: %d batches, publisher %s", self.worker.batches_done, "flushed" if ok else "NOT flushed")
         return ok
 
+    # --- scale-out ingest role ------------------------------------------------------------------------
+    def _start_scaleout_ingest(self) -> None:
+        from streamer.publish import WindowQueue, connect
+
+        r = self.settings.redis
+        client = connect(r)
+        name = f"ingest-{os.getpid()}"
+        self.window_queue = WindowQueue(client, r.stream_prefix, "workers", name, stream=WINDOWS_STREAM, maxlen=r.maxlen)
+        self.window_queue.ensure_group()
+        self.result_queue = WindowQueue(client, r.stream_prefix, "collector", name, stream=RESULTS_STREAM, maxlen=r.maxlen)
+        self.result_queue.ensure_group()
+        assert self.output is not None
+        give_up_s = 2 * self.settings.worker.reclaim_idle_s
+        self.collector = ResultCollector(self.output, self.result_queue, self.metrics, give_up_s=give_up_s)
+        for target, tname in ((self._push_loop, "coldstream-push"), (self.collector.run, "coldstream-collect")):
+            t = threading.Thread(target=target, args=(self._scaleout_stop,), name=tname, daemon=True)
+            t.start()
+            self._scaleout_threads.append(t)
+
+    def _push_loop(self, stop: threading.Event) -> None:
+        while not (stop.is_set() and self._push_queue.empty()):
+            try:
+                w = self._push_queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    self.window_queue.push(w)
+                    self.windows_pushed += 1
+                    self.health.progress("worker")
+                    break
+                except Exception as exc:  # Redis down: keep the window, retry
+                    log.warning("window push failed (%s); retrying", exc)
+                    time.sleep(1.0)
+
+    def _drain_scaleout_ingest(self, left: Callable[[], float]) -> bool:
+        assert self.output is not None and self.publisher is not None
+        self._scaleout_stop.set()
+        for t in self._scaleout_threads:
+            t.join(left())
+        if any(t.is_alive() for t in self._scaleout_threads):
+            return False
+        return self.publisher.flush(timeout_s=left())
+
     def _close(self, flush_s: float) -> None:
+        self._scaleout_stop.set()
         if self.output is not None:
             self.output.stop(timeout_s=2.0)
         if self.publisher is not None:
@@ -687,6 +768,234 @@ class Service:
         self.metrics.ready.set(0)
         self.notifier.close()
         log.info("coldstream stopped (exit status %d)", self.exit_code)
+
+
+# ------------------------------------------------------------------------------------------ scale-out
+RESULT_ROWS = ("denoised", "probs", "raw_probs")
+WINDOWS_STREAM = "windows"
+RESULTS_STREAM = "results"
+
+
+def encode_result(window: Window, result: BatchResult, i: int) -> Window:
+    """Worker output for ``result.windows[i]`` as a Window for the results stream.
+
+    ``data`` stacks the denoised window and, when present, the P/S/noise probabilities (denoised and
+    raw): ``(3 * k, N)`` float32; ``meta["rows"]`` names the blocks; the mask repeats the input's.
+    """
+    blocks = [("denoised", result.denoised[i])]
+    if result.probs is not None:
+        blocks.append(("probs", result.probs[i]))
+    if result.raw_probs is not None:
+        blocks.append(("raw_probs", result.raw_probs[i]))
+    meta = dict(window.meta)
+    meta.update(
+        rows=[name for name, _ in blocks],
+        steps=result.steps,
+        steps_chosen=result.steps_chosen,
+        model=result.model,
+        model_version=result.model_version,
+        **{k: str(v) for k, v in result.extra.items()},
+    )
+    return Window(
+        window.station_id,
+        window.start_ns,
+        window.sampling_rate_hz,
+        np.concatenate([b for _, b in blocks]).astype(np.float32),
+        np.tile(window.mask, (len(blocks), 1)),
+        window.newest_arrival_ns,
+        window.channels,
+        meta,
+    )
+
+
+def decode_result(result_window: Window) -> BatchResult:
+    """Inverse of :func:`encode_result`: a one-window :class:`BatchResult`."""
+    meta = dict(result_window.meta)
+    rows = list(meta.get("rows", ["denoised"]))  # type: ignore[call-overload]
+    blocks = {name: result_window.data[3 * k : 3 * k + 3][None] for k, name in enumerate(rows)}
+    window = Window(
+        result_window.station_id,
+        result_window.start_ns,
+        result_window.sampling_rate_hz,
+        blocks["denoised"][0],
+        result_window.mask[:3],
+        result_window.newest_arrival_ns,
+        result_window.channels,
+        meta,
+    )
+    steps = int(meta.get("steps", 0))  # type: ignore[call-overload]
+    return BatchResult(
+        [window],
+        blocks["denoised"],
+        blocks.get("probs"),
+        blocks.get("raw_probs"),
+        steps,
+        int(meta.get("steps_chosen", steps)),  # type: ignore[call-overload]
+        None,
+        0.0,
+        0.0,
+        model=str(meta.get("model", "")),
+        model_version=str(meta.get("model_version", "")),
+        extra={k: str(meta[k]) for k in ("picker", "picker_version") if k in meta},
+    )
+
+
+class ScaleOutWorker:
+    """``coldstream worker``: windows from the Redis consumer group -> denoise + pick -> results stream.
+
+    Each loop: every ``reclaim_interval_s`` take over windows another consumer left pending for
+    ``reclaim_idle_s`` (XAUTOCLAIM: a crashed worker's windows), else read new ones; process them as
+    one batch; push one result per window (deduplicated by ``window_id``, so a window processed twice
+    after a crash yields one result); then acknowledge the input entries. A crash between the push
+    and the acknowledgement only repeats work, never loses or duplicates output.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        denoiser: DenoiserLike,
+        picker: PickerLike | None,
+        client: Any,
+        consumer: str,
+        *,
+        reclaim_idle_s: float | None = None,
+        reclaim_interval_s: float = 1.0,
+    ) -> None:
+        from streamer.publish import WindowQueue
+
+        r = settings.redis
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer
+        self.windows = WindowQueue(client, r.stream_prefix, "workers", consumer, stream=WINDOWS_STREAM, maxlen=r.maxlen)
+        self.results = WindowQueue(client, r.stream_prefix, "collector", consumer, stream=RESULTS_STREAM, maxlen=r.maxlen)
+        self.worker = Worker.from_settings(
+            denoiser, metrics, lambda _r: None, settings.worker, settings.windows.stride_s,
+            picker=picker, raw_picker=settings.picker.raw_comparison,
+        )
+        self.reclaim_idle_ms = int(1000 * (settings.worker.reclaim_idle_s if reclaim_idle_s is None else reclaim_idle_s))
+        self.reclaim_interval_s = reclaim_interval_s
+        self._last_reclaim = 0.0
+        self.processed = 0
+        self.reclaimed = 0
+
+    def run_once(self, block_ms: int = 500) -> int:
+        """One read-process-push-ack round; returns the number of windows processed."""
+        entries: list[tuple[str, Window]] = []
+        now = time.monotonic()
+        if now - self._last_reclaim >= self.reclaim_interval_s:
+            self._last_reclaim = now
+            entries = self.windows.reclaim(self.reclaim_idle_ms, count=self.worker.batch_size)
+            self.reclaimed += len(entries)
+        if not entries:
+            entries = self.windows.read(count=self.worker.batch_size, block_ms=block_ms)
+        if not entries:
+            return 0
+        batch = [w for _, w in entries]
+        result = self.worker.process_batch(batch)
+        result.extra["worker"] = self.consumer
+        for i, w in enumerate(batch):
+            self.results.push(encode_result(w, result, i))
+        self.windows.ack([eid for eid, _ in entries])
+        self.processed += len(entries)
+        return len(entries)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("scale-out worker %s started", self.consumer)
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # Redis down or a bad batch: log, back off, keep going
+                log.exception("scale-out worker %s: round failed; retrying", self.consumer)
+                stop.wait(1.0)
+        log.info("scale-out worker %s stopped after %d windows (%d reclaimed)", self.consumer, self.processed, self.reclaimed)
+
+
+class ResultCollector:
+    """``coldstream ingest`` side of scale-out: results stream -> stitchers + picks -> publisher.
+
+    Results of one station arrive out of order (several workers; a crashed worker's windows come back
+    only after ``reclaim_idle_s``). The collector knows which windows were pushed (:meth:`expect`) and
+    hands each station's results to the output stage in window order, holding later ones until the
+    earlier arrive; a window whose result has not come ``give_up_s`` after a later one did is given up
+    (the stitcher then sees a hole, as for a skipped window) and counted in
+    ``coldstream_windows_shed_total{reason="lost"}``. Results of windows it was not told about (pushed
+    before a restart) pass straight through. A result entry is acknowledged only after Redis accepted
+    the outputs that needed it (marker token).
+    """
+
+    def __init__(self, output: OutputStage, results: Any, metrics: Metrics | None = None, give_up_s: float = 120.0) -> None:
+        self.output = output
+        self.results = results
+        self.metrics = metrics
+        self.give_up_s = give_up_s
+        self.collected = 0
+        self.given_up = 0
+        self._lock = threading.Lock()
+        self._expected: dict[str, list[int]] = {}
+        self._held: dict[str, dict[int, tuple[str, BatchResult, float]]] = {}
+
+    def expect(self, windows: Iterable[Window]) -> None:
+        """Windows pushed to the workers (any thread)."""
+        with self._lock:
+            for w in windows:
+                exp = self._expected.setdefault(w.station_id, [])
+                if not exp or w.start_ns > exp[-1]:
+                    exp.append(w.start_ns)
+                elif w.start_ns not in exp:
+                    exp.append(w.start_ns)
+                    exp.sort()
+
+    def run_once(self, block_ms: int = 500) -> int:
+        entries = self.results.read(count=64, block_ms=block_ms)
+        now = time.monotonic()
+        ready: list[tuple[str, BatchResult]] = []
+        with self._lock:
+            for eid, w in entries:
+                result = decode_result(w)
+                exp = self._expected.get(w.station_id)
+                if not exp or w.start_ns not in exp:
+                    ready.append((eid, result))
+                else:
+                    self._held.setdefault(w.station_id, {})[w.start_ns] = (eid, result, now)
+            for sid in list(self._held):
+                ready.extend(self._release(sid, now))
+        for eid, result in ready:
+            self.output.handle(result, {"results": [eid]})
+        self.collected += len(entries)
+        return len(entries)
+
+    def _release(self, station_id: str, now: float) -> list[tuple[str, BatchResult]]:
+        exp = self._expected[station_id]
+        held = self._held[station_id]
+        out: list[tuple[str, BatchResult]] = []
+        while exp:
+            if exp[0] in held:
+                eid, result, _t = held.pop(exp.pop(0))
+                out.append((eid, result))
+            elif held and now - min(t for _e, _r, t in held.values()) >= self.give_up_s:
+                exp.pop(0)
+                self.given_up += 1
+                if self.metrics is not None:
+                    self.metrics.windows_shed.labels(reason="lost").inc()
+                log.warning("%s: no worker result for a window after %.0f s; given up", station_id, self.give_up_s)
+            else:
+                break
+        return out
+
+    @property
+    def holding(self) -> int:
+        with self._lock:
+            return sum(len(h) for h in self._held.values())
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("result collector: round failed; retrying")
+                stop.wait(1.0)
 
 
 def run_in_thread(service: Service) -> threading.Thread:

@@ -550,6 +550,9 @@ class Worker:
             finished_ns=self.clock_ns(),
             model=str(getattr(self.denoiser, "name", "")),
             model_version=str(getattr(self.denoiser, "version", "")),
+            extra={"picker": str(getattr(self.picker, "name", "")), "picker_version": str(getattr(self.picker, "version", ""))}
+            if self.picker is not None
+            else {},
         )
 
     def _record(self, n: int, steps: int, batch_ms: float) -> None:

@@ -33,7 +33,7 @@ HELP = "Run the live pipeline on the bundled recording with an embedded Redis an
 
 log = logging.getLogger(__name__)
 
-RESUME_SEQ = 0x7FFFFF  # a sequence the replay server does not have: it falls back to the resume time
+RESUME_SEQ = 0xFFFFFF  # "no sequence": the client asks by time only, and the first packet (0) follows it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

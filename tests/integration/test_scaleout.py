@@ -1,0 +1,157 @@
+"""Scale-out: windows on a Redis stream, two worker processes, one killed mid-stream, exactly-once output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from pipeline_helpers import assert_continuous, read_segments, weights_path
+from streamer.config import load_settings
+from streamer.demo_data.build import load_catalogue, recording_path
+from streamer.ingest import Ingestor
+from streamer.replay import load_records
+from streamer.publish import RedisPublisher, StreamKeys, WindowQueue, decode_window
+from streamer.service import RESULTS_STREAM, WINDOWS_STREAM, AckBook, OutputStage, ResultCollector
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SPAN_S = 100  # first 100 s of the demo recording: 8 windows per station
+
+
+def demo_windows(span_s: float) -> list:
+    """Windows of the demo recording's first ``span_s`` seconds, through the real ingest path, with the
+    records in the order a SeedLink server releases them (by end time)."""
+    cat = load_catalogue()
+    ing = Ingestor()
+    out = []
+    end_ns = cat["start_ns"] + int(span_s * 1e9)
+    for rec in sorted(load_records([recording_path()]), key=lambda r: (r.end_ns, r.station_key)):
+        out.extend(w for w in ing.add_payload(rec.payload, time.time_ns()) if w.end_ns <= end_ns)
+    return out
+
+
+def write_config(path: Path, redis_url: str, prefix: str, weights: Path | None) -> Path:
+    lines = [
+        "[redis]", f'url = "{redis_url}"', f'stream_prefix = "{prefix}"',
+        "[metrics]", "enabled = false",
+        "[worker]", "batch_size = 2", "max_steps = 1", "reclaim_idle_s = 2.0", 'device = "cpu"', "torch_threads = 1",
+        "[picker]", "enabled = false",
+    ]
+    if weights is not None:
+        lines += ["[model]", f'weights = "{weights}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_worker(cfg: Path, name: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("COLDSTREAM_SHARED_DIR", None)  # config.load_settings treats it as a setting (unknown key)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "worker", "--config", str(cfg), "--consumer", name],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(cond, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def consumers(client, key: str, group: str) -> dict[str, int]:
+    try:
+        return {c["name"].decode(): int(c["pending"]) for c in client.xinfo_consumers(key, group)}
+    except redis.ResponseError:
+        return {}
+
+
+def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, redis_client, redis_key_prefix, metrics):
+    prefix = redis_key_prefix
+    keys = StreamKeys(prefix)
+    cfg = write_config(tmp_path / "worker.toml", redis_url, prefix, weights_path(tmp_path))
+    queue = WindowQueue(redis_client, prefix, "workers", "ingest", stream=WINDOWS_STREAM)
+    queue.ensure_group()
+    windows = demo_windows(SPAN_S)
+    assert len(windows) == 6 * 8
+    workers = {name: start_worker(cfg, name) for name in ("w1", "w2")}
+    try:
+        def both_reading() -> bool:
+            for name, p in workers.items():
+                if p.poll() is not None:
+                    raise AssertionError(f"worker {name} exited: {p.stderr.read().decode()[-3000:]}")
+            return set(consumers(redis_client, keys.windows(WINDOWS_STREAM), "workers")) >= {"w1", "w2"}
+
+        wait_for(both_reading, 90, "both workers reading")
+        for w in windows:
+            assert queue.push(w) is not None
+        assert queue.push(windows[0]) is None  # a re-pushed window is refused
+        # kill w1 while it holds windows it has not acknowledged
+        wait_for(lambda: consumers(redis_client, keys.windows(WINDOWS_STREAM), "workers").get("w1", 0) > 0,
+                 30, "w1 to hold pending windows")
+        held = [r["message_id"] for r in redis_client.xpending_range(keys.windows(WINDOWS_STREAM), "workers", "-", "+", 100, "w1")]
+        workers["w1"].send_signal(signal.SIGKILL)
+        workers["w1"].wait(10)
+        assert held
+        wait_for(lambda: redis_client.xlen(keys.windows(RESULTS_STREAM)) >= len(windows), 90, "all results")
+        wait_for(lambda: queue.pending_count() == 0, 30, "no pending windows")
+    finally:
+        for p in workers.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(20)
+    assert workers["w2"].returncode == 0, workers["w2"].stderr.read().decode()[-2000:] if workers["w2"].stderr else ""
+
+    results = [decode_window(f) for _i, f in redis_client.xrange(keys.windows(RESULTS_STREAM))]
+    ids = [r.window_id for r in results]
+    assert len(ids) == len(set(ids)) == len(windows), "a window was lost or processed twice in the output"
+    assert set(ids) == {w.window_id for w in windows}
+    by_worker = {r.window_id: r.meta.get("worker") for r in results}
+    assert "w2" in set(by_worker.values())
+    # w1 died holding unacknowledged windows; nothing is pending any more, so w2 claimed them
+    # (XAUTOCLAIM) and acknowledged them after their results were pushed (or found already pushed)
+    held_ids = {decode_window(f).window_id for i, f in redis_client.xrange(keys.windows(WINDOWS_STREAM)) if i in set(held)}
+    assert held_ids and held_ids <= set(ids)
+
+    # the collector side of `coldstream ingest`: results -> stitchers -> Redis, each sample exactly once
+    settings = load_settings(overrides={"redis": {"url": redis_url, "stream_prefix": prefix}}, environ={})
+    acks = AckBook()
+    acks.add(windows)
+    results_q = WindowQueue(redis_client, prefix, "collector", "ingest", stream=RESULTS_STREAM)
+
+    def on_acked(items):
+        for item in items:
+            if item.kind == "marker":
+                results_q.ack(item.token.get("results", []))
+                for sid, until in item.token["safe"].items():
+                    acks.published_through(sid, until)
+
+    publisher = RedisPublisher(settings.redis, metrics, on_acked)
+    output = OutputStage(settings, metrics, publisher.publish, window_samples=3000, sampling_rate_hz=100.0,
+                         max_out_of_order=settings.worker.scaleout_max_out_of_order)
+    collector = ResultCollector(output, results_q, metrics)
+    collector.expect(windows)
+    while collector.run_once(block_ms=100):
+        pass
+    output.flush_all()
+    assert publisher.flush(10)
+    assert collector.collected == len(windows) and collector.given_up == 0 and collector.holding == 0
+    assert results_q.pending_count() == 0
+    cat = load_catalogue()
+    start = cat["start_ns"] // 10_000_000
+    for station in cat["stations"]:
+        segs = read_segments(redis_client, prefix, station)
+        assert_continuous(segs, start, start + SPAN_S * 100)
+        assert np.abs(np.concatenate([s.data for s in segs], axis=1)).max() > 0
+    publisher.close()
