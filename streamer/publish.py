@@ -369,7 +369,10 @@ return id
 """
 
 # Server replies that mean "try again later" rather than "this item is bad".
-_TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
+_TRANSIENT_PREFIXES = (
+    "OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "TRYAGAIN", "CLUSTERDOWN",
+    "NOSCRIPT",
+)
 
 
 def _flat(fields: dict[str, bytes | str]) -> list[bytes | str]:
@@ -512,15 +515,26 @@ class RedisPublisher:
     def run(self, stop: threading.Event | None = None) -> None:
         """Write the backlog until ``stop`` (or :meth:`close`) is set; retries with capped backoff."""
         stop_event = stop or self._stop
-        while not (stop_event.is_set() or self._stop.is_set()):
+
+        def stopped() -> bool:
+            return stop_event.is_set() or self._stop.is_set()
+
+        while not stopped():
             with self._cond:
                 if not self._backlog:
                     self._cond.wait(timeout=0.5)
                     continue
-            if not self.write_pending():
-                delay = self._backoff_s
-                with self._cond:
-                    self._cond.wait(timeout=delay)
+            try:
+                ok = self.write_pending()
+            except Exception as exc:  # a bug must not end publishing: count, back off, retry
+                log.exception("unexpected error while publishing to Redis")
+                self._on_failure(exc)
+                ok = False
+            if not ok:
+                # back off without being woken by new outputs (they just join the backlog)
+                deadline = time.monotonic() + self._backoff_s
+                while not stopped() and time.monotonic() < deadline:
+                    self._stop.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def write_pending(self) -> bool:
         """Try once to write the head of the backlog (up to ``batch_max_items``).
@@ -530,30 +544,34 @@ class RedisPublisher:
             batch = [self._backlog[i] for i in range(min(self.batch_max_items, len(self._backlog)))]
             self._in_flight = len(batch)
         if not batch:
-            return True
-        try:
-            results = self._write([item for _, item in batch])
-        except _Transient as exc:
-            self._on_failure(exc)
-            return False
-        finally:
             with self._cond:
                 self._in_flight = 0
-        self._on_success()
-        last_seq = batch[-1][0]
-        with self._cond:
-            while self._backlog and self._backlog[0][0] <= last_seq:
-                self._backlog.popleft()
-            self.metrics.redis_backlog.set(len(self._backlog))
-            self._cond.notify_all()
-        items = [item for _, item in batch]
-        self._account(items, results)
-        if self.on_acked is not None:
+            return True
+        try:
             try:
-                self.on_acked(items)
-            except Exception:  # the caller's bug must not stop publishing
-                log.exception("on_acked callback failed")
-        return True
+                results = self._write([item for _, item in batch])
+            except _Transient as exc:
+                self._on_failure(exc)
+                return False
+            self._on_success()
+            last_seq = batch[-1][0]
+            with self._cond:
+                while self._backlog and self._backlog[0][0] <= last_seq:
+                    self._backlog.popleft()
+                self.metrics.redis_backlog.set(len(self._backlog))
+            items = [item for _, item in batch]
+            self._account(items, results)
+            if self.on_acked is not None:
+                try:
+                    self.on_acked(items)
+                except Exception:  # the caller's bug must not stop publishing
+                    log.exception("on_acked callback failed")
+            return True
+        finally:
+            # only now may flush() report "done": on_acked has run for everything written
+            with self._cond:
+                self._in_flight = 0
+                self._cond.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until the backlog is written (by the running writer, or here if none runs)."""
@@ -592,15 +610,16 @@ class RedisPublisher:
         pipe = self.client.pipeline(transaction=False)
         maxlen = str(self.settings.maxlen)
         written: list[int] = []
+        results: list[Any] = [None] * len(items)
         for i, item in enumerate(items):
             if item.kind == "segment" and item.segment is not None:
                 seg = item.segment
                 try:
                     entry_id = segment_entry_id(seg.start_ns)
-                except PublishError as exc:
-                    log.error("segment of %s not published: %s", seg.station_id, exc)
+                    fields = encode_segment(seg, item.model, item.model_version)
+                except (PublishError, ValueError, TypeError) as exc:
+                    results[i] = PublishError(f"segment of {seg.station_id} cannot be encoded: {exc}")
                     continue
-                fields = encode_segment(seg, item.model, item.model_version)
                 args = [maxlen, entry_id, seg.station_id, str(seg.end_ns), *_flat(fields)]
                 self._segment_script(
                     keys=[self.keys.denoised(seg.station_id), self.keys.latest], args=args, client=pipe
@@ -622,7 +641,6 @@ class RedisPublisher:
             else:
                 continue
             written.append(i)
-        results: list[Any] = [None] * len(items)
         if not written:
             return results
         try:
@@ -649,7 +667,7 @@ class RedisPublisher:
             if isinstance(reply, Exception):
                 self.rejected += 1
                 m.publish_errors.inc()
-                log.error("Redis refused a %s output (dropped): %s", kind, reply)
+                log.error("a %s output was not published (dropped): %s", kind, reply)
                 continue
             if reply is None:
                 continue

@@ -378,3 +378,40 @@ def test_crash_and_replay_from_the_safe_point_gives_the_same_redis_content(
     assert _value(crash_metrics, "coldstream_redis_duplicates_total", kind="segment") > 0
     clean.pub.close()
     crashed.pub.close()
+
+
+def test_bad_items_are_counted_and_do_not_block_the_rest(
+    redis_url: str, redis_client: redis.Redis, redis_key_prefix: str, metrics: Metrics
+) -> None:
+    keys = StreamKeys(redis_key_prefix)
+    redis_client.set(keys.denoised("XX.BAD.00"), "not a stream")  # e.g. a key collision
+    acked: list[object] = []
+    pub = RedisPublisher(_settings(redis_url, redis_key_prefix), metrics, lambda items: acked.extend(i.token for i in items))
+    epoch = Segment(STATION, 0, RATE, np.zeros((3, 10), np.float32), np.ones((3, 10), bool))  # start_ns 0: no valid ID
+    pub.publish([
+        OutputItem.of_segment(_segment(0, station="XX.BAD.00"), token="wrongtype"),
+        OutputItem.of_segment(epoch, token="epoch"),
+        OutputItem.of_segment(_segment(1), token="good"),
+        OutputItem.of_pick(_pick(1), token="pick"),
+    ])
+    assert pub.flush(5)
+    assert acked == ["wrongtype", "epoch", "good", "pick"]  # refused for good: not retried forever
+    assert _value(metrics, "coldstream_redis_publish_errors_total") == 2
+    assert _value(metrics, "coldstream_redis_published_total", kind="segment") == 1
+    assert redis_client.xlen(keys.denoised(STATION)) == 1 and redis_client.xlen(keys.picks) == 1
+    pub.close()
+
+
+def test_flush_returns_after_on_acked_has_run(redis_url: str, redis_key_prefix: str, metrics: Metrics) -> None:
+    done: list[float] = []
+
+    def slow_ack(items: list[OutputItem]) -> None:
+        time.sleep(0.3)
+        done.append(time.monotonic())
+
+    pub = RedisPublisher(_settings(redis_url, redis_key_prefix), metrics, slow_ack)
+    pub.start()
+    pub.publish([OutputItem.of_segment(_segment(0))])
+    assert pub.flush(5)
+    assert len(done) == 1  # the service saves SeedLink state right after flush(): acks must be in
+    pub.close()
