@@ -439,6 +439,7 @@ class RedisPublisher:
         pick_dedupe_ttl_s: float = 86_400.0,
         pick_tolerance_s: float = 1.0,
         retry_min_s: float = 0.1,
+        idle_ping_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -449,6 +450,8 @@ class RedisPublisher:
         self.pick_dedupe_ttl_s = max(1, int(pick_dedupe_ttl_s))
         self.pick_tolerance_ns = max(1, round(pick_tolerance_s * NS_PER_S))
         self.retry_min_s = retry_min_s
+        self.idle_ping_s = idle_ping_s
+        self._last_contact = 0.0
         self._segment_script = self.client.register_script(_SEGMENT_LUA)
         self._pick_script = self.client.register_script(_PICK_LUA)
         self._backlog: deque[tuple[int, OutputItem]] = deque()
@@ -521,9 +524,13 @@ class RedisPublisher:
 
         while not stopped():
             with self._cond:
-                if not self._backlog:
-                    self._cond.wait(timeout=0.5)
-                    continue
+                idle = not self._backlog
+                if idle:
+                    self._cond.wait(timeout=min(0.5, self.idle_ping_s))
+            if idle:
+                if time.monotonic() - self._last_contact >= self.idle_ping_s:
+                    self._ping()
+                continue
             try:
                 ok = self.write_pending()
             except Exception as exc:  # a bug must not end publishing: count, back off, retry
@@ -680,6 +687,22 @@ class RedisPublisher:
             if item.segment is not None and item.segment.newest_arrival_ns > 0:
                 m.end_to_end_latency.observe(max(0.0, (now - item.segment.newest_arrival_ns) / NS_PER_S))
 
+    def _ping(self) -> None:
+        """While idle, keep ``redis_connected`` true to the server's state (no error counted)."""
+        self._last_contact = time.monotonic()
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self.metrics.redis_connected.set(0)
+            if self._connected is not False:
+                log.warning("Redis %s unavailable while idle (%s)", mask_url(self.settings.url), exc)
+            self._connected = False
+            return
+        except redis.ResponseError:
+            pass  # e.g. NOAUTH: the next write reports it
+        else:
+            self._on_success()
+
     def _on_failure(self, exc: Exception) -> None:
         self.metrics.publish_errors.inc()
         self.metrics.redis_connected.set(0)
@@ -692,6 +715,7 @@ class RedisPublisher:
         self._connected = False
 
     def _on_success(self) -> None:
+        self._last_contact = time.monotonic()
         self.metrics.redis_connected.set(1)
         self._backoff_s = 0.0
         if self._connected is False:

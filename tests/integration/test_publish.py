@@ -415,3 +415,16 @@ def test_flush_returns_after_on_acked_has_run(redis_url: str, redis_key_prefix: 
     assert pub.flush(5)
     assert len(done) == 1  # the service saves SeedLink state right after flush(): acks must be in
     pub.close()
+
+
+def test_idle_publisher_notices_an_outage_and_the_recovery(private_redis: RedisProcess, redis_key_prefix: str) -> None:
+    metrics = Metrics()
+    pub = RedisPublisher(_settings(private_redis.url, redis_key_prefix), metrics, idle_ping_s=0.2)
+    pub.start()
+    _wait(lambda: _value(metrics, "coldstream_redis_connected") == 1, 5)
+    private_redis.stop()
+    _wait(lambda: _value(metrics, "coldstream_redis_connected") == 0, 5)
+    assert not pub.connected and _value(metrics, "coldstream_redis_publish_errors_total") == 0  # nothing failed to write
+    private_redis.start()
+    _wait(lambda: _value(metrics, "coldstream_redis_connected") == 1, 5)
+    pub.close()
