@@ -998,6 +998,23 @@ class ResultCollector:
                 stop.wait(1.0)
 
 
+def run_scaleout_worker(worker: ScaleOutWorker) -> int:
+    """Blocking main of ``coldstream worker``: SIGTERM/SIGINT finish the current batch (exit 0); a
+    second signal abandons it (its windows stay pending and another worker reclaims them)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("signal %d: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(stop)
+    return 0
+
+
 def run_in_thread(service: Service) -> threading.Thread:
     """Run ``service`` in a background thread with its own event loop (tests, embedding)."""
     t = threading.Thread(target=lambda: asyncio.run(service.run_async()), name="coldstream-service", daemon=True)

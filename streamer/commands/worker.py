@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from streamer.config import ConfigError, load_settings
 
@@ -44,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(settings.service.log_level)
     from streamer.metrics import Metrics, serve_metrics
     from streamer.publish import connect
-    from streamer.service import ScaleOutWorker, ServiceError, load_denoiser, load_picker
+    from streamer.service import ScaleOutWorker, ServiceError, load_denoiser, load_picker, run_scaleout_worker
 
     try:
         denoiser = load_denoiser(settings)
@@ -58,18 +55,8 @@ def run(args: argparse.Namespace) -> int:
     worker.worker.warm_up()
     metrics.ready.set(1)
     server = serve_metrics(metrics, settings.metrics.bind_address, settings.metrics.port) if settings.metrics.enabled else None
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt  # second signal: abandon the batch (its windows stay pending)
-        log.info("signal %d: finishing the current batch", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     log.info("worker %s ready", consumer)
-    worker.run(stop)
+    code = run_scaleout_worker(worker)
     if server is not None:
         server.shutdown()
-    return 0
+    return code
