@@ -766,6 +766,7 @@ class WindowQueue:
         self.max_deliveries = max_deliveries
         self._push_script = client.register_script(_DEDUPE_XADD_LUA)
         self._own_pending_done = False
+        self._pending_cursor = "0-0"
         self._group_ready = False
 
     def ensure_group(self) -> None:
@@ -793,12 +794,18 @@ class WindowQueue:
         """Up to ``count`` windows for this consumer: first its own pending entries (after a
         restart), then new ones, waiting up to ``block_ms`` (None = do not block)."""
         self.ensure_group()
-        if not self._own_pending_done:
-            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: "0"}, count=count)
+        while not self._own_pending_done:
+            # an explicit ID reads this consumer's pending entries after it, so consecutive reads
+            # walk through them once even when the caller acknowledges later
+            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: self._pending_cursor}, count=count)
             entries = reply[0][1] if reply else []
-            if entries:
-                return self._decode_entries(entries)
-            self._own_pending_done = True
+            if not entries:
+                self._own_pending_done = True
+                break
+            self._pending_cursor = _s(entries[-1][0])
+            decoded = self._decode_entries(entries)
+            if decoded:
+                return decoded
         reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
         return self._decode_entries(reply[0][1] if reply else [])
 
