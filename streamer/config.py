@@ -308,7 +308,7 @@ def load_settings(
 def _env_tree(env: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in _NON_SETTINGS_ENV:
             continue
         dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
         try:

@@ -101,7 +101,7 @@ class Metrics:
         self.redis_backlog_dropped = Counter(
             f"{p}_redis_backlog_dropped_total", "outputs dropped because the backlog bound was reached", registry=r
         )
-        self.redis_connected = Gauge(f"{p}_redis_connected", "1 while the last Redis write succeeded", registry=r)
+        self.redis_connected = Gauge(f"{p}_redis_connected", "1 while Redis answers (last write or idle ping succeeded)", registry=r)
 
         # --- service ----------------------------------------------------------------------------
         self.build_info = Info(f"{p}_build", "version of the service and model", registry=r)

@@ -123,3 +123,8 @@ def test_cli_config_command_reports_bad_key(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["config", "--set", "worker.nope=1"]) == 2
     assert "worker.nope: unknown key" in capsys.readouterr().err
+
+
+def test_shared_dir_variable_is_not_a_setting() -> None:
+    s = load_settings(environ={"COLDSTREAM_SHARED_DIR": "/somewhere"})
+    assert s.windows.stride_s == 10.0
