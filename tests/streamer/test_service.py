@@ -201,3 +201,22 @@ def test_second_stop_request_cancels(settings, metrics):
         return first + (svc._cancel.is_set(),)  # type: ignore[return-value]
 
     assert asyncio.run(main()) == (True, False, True)
+
+
+# ------------------------------------------------------------------------------------- coldstream run
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["worker.batch_sizes=4"], "worker.batch_sizes: unknown key"),
+        (["model.weights=\"missing/denoiser.pt\""], "cannot load the denoiser"),
+    ],
+)
+def test_run_fails_fast_with_a_clear_message(overrides, message, capsys, monkeypatch):
+    import argparse
+
+    from streamer.commands import run as run_cmd
+
+    monkeypatch.delenv("COLDSTREAM_SHARED_DIR", raising=False)
+    args = argparse.Namespace(config=None, overrides=overrides, log_level="INFO")
+    assert run_cmd.run(args) == 2
+    assert message in capsys.readouterr().err
