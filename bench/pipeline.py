@@ -12,9 +12,9 @@ publisher (``--redis``: accepted by Redis).
 A rung is *sustained* when, after the warm-up strides, no window was shed, every window was processed,
 and the p99 end-to-end latency is under 2 x stride. The ladder stops at the first rung that is not.
 
-    python -m bench.pipeline                       # ladder 25, 50, 100, 150, 200, 300, ...
-    python -m bench.pipeline --stations 100 --duration-s 60
-    python -m bench.pipeline --write-docs          # replace the "## Pipeline" section of docs/benchmarks.md
+    .venv/bin/python bench/pipeline.py                          # ladder 25, 50, 100, 150, 200, 300, ...
+    .venv/bin/python bench/pipeline.py --stations 100 --duration-s 60
+    .venv/bin/python bench/pipeline.py --write-docs             # replace the "## Pipeline" section of docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     table = format_table(results, stride_s)
     best = max((r.stations for r in results if r.sustained(stride_s)), default=0)
-    cmd = "python -m bench.pipeline " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    cmd = ".venv/bin/python bench/pipeline.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     body = (
         f"Largest station count sustained in real time: **{best}** (100 Hz, 3 components, stride {stride_s:g} s, "
         f"batch {settings.worker.batch_size}, budget {settings.worker.budget_ms:g} ms per batch, "

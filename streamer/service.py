@@ -454,6 +454,7 @@ class Service:
         self._stop: asyncio.Event | None = None
         self._cancel: asyncio.Event | None = None
         self._signals = 0
+        self._cancelled = threading.Event()  # seen by the drain thread: stop waiting at once
         # scale-out ingest role
         self._push_queue: queue.Queue[Window] = queue.Queue()
         self._scaleout_stop = threading.Event()
@@ -642,6 +643,7 @@ class Service:
             self._stop.set()
         else:
             log.warning("second stop request: cancelling the drain")
+            self._cancelled.set()
             self._cancel.set()
 
     async def _poll_loop(self) -> None:
@@ -689,6 +691,7 @@ class Service:
         drained = drain in done and bool(drain.result())
         cancel.cancel()
         if not drained:
+            self._cancelled.set()
             log.warning("drain %s: abandoning queued work (it is replayed after a restart)",
                         "cancelled" if self._cancel.is_set() else "timed out")
             self.exit_code = 1
@@ -699,7 +702,9 @@ class Service:
     def _drain(self, deadline: float) -> bool:
         """Worker thread drains, output flushes, publisher writes, state is acknowledged. True if done."""
         assert self.output is not None and self.publisher is not None
-        left = lambda: max(deadline - time.monotonic(), 0.0)  # noqa: E731
+        def left() -> float:
+            return 0.0 if self._cancelled.is_set() else max(deadline - time.monotonic(), 0.0)
+
         if self.role == "ingest":
             return self._drain_scaleout_ingest(left)
         assert self.worker is not None

@@ -155,3 +155,45 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
         assert_continuous(segs, start, start + SPAN_S * 100)
         assert np.abs(np.concatenate([s.data for s in segs], axis=1)).max() > 0
     publisher.close()
+
+
+def test_ingest_role_service_with_an_in_process_worker(tmp_path, redis_url, redis_client, redis_key_prefix, metrics):
+    """`coldstream ingest` wiring: replay -> Service(role="ingest") -> windows stream -> worker ->
+    results stream -> collector -> stitched outputs, result entries acknowledged, SeedLink state saved."""
+    import threading
+
+    from pipeline_helpers import make_settings
+    from streamer.commands.demo import write_resume_state
+    from streamer.metrics import Metrics
+    from streamer.replay import ReplayServerThread
+    from streamer.service import ScaleOutWorker, Service, load_denoiser, run_in_thread
+    from streamer.seedlink import StateStore
+
+    cat = load_catalogue()
+    with ReplayServerThread([recording_path()], speed=0) as replay:
+        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights_path(tmp_path), None)
+        keys = sorted({s.replace(".", "_").rstrip("_") for s in cat["stations"]})
+        write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay.port}", keys, cat["start_ns"])
+        service = Service(settings, metrics, role="ingest", environ={})
+        thread = run_in_thread(service)
+        assert service.ready.wait(30)
+        worker = ScaleOutWorker(settings, Metrics(), load_denoiser(settings), None, redis_client, "w-local")
+        stop = threading.Event()
+        wt = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        wt.start()
+        n_windows = 6 * 22
+        wait_for(lambda: service.collector is not None and service.collector.collected >= n_windows, 90, "results")
+        wait_for(lambda: service.result_queue.pending_count() == 0, 30, "results acknowledged")
+        stop.set()
+        wt.join(30)
+        service.request_stop()
+        thread.join(60)
+    assert service.exit_code == 0
+    assert service.windows_pushed == n_windows and worker.processed == n_windows
+    start = cat["start_ns"] // 10_000_000
+    for station in cat["stations"]:
+        segs = read_segments(redis_client, redis_key_prefix, station)
+        # the ingest role holds each station's last N - S samples until they are replayed or flushed
+        assert_continuous(segs, start, start + 22_000)
+    (acked,) = StateStore(settings.seedlink.state_file).load().values()
+    assert set(acked) == set(keys) and all(st.seq != 0xFFFFFF for st in acked.values())
