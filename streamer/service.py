@@ -227,12 +227,12 @@ class OutputStage:
         return self._events.qsize()
 
     def _run(self) -> None:
+        last_idle_check = time.monotonic()
         while True:
             try:
                 kind, arg = self._events.get(timeout=POLL_INTERVAL_S)
             except queue.Empty:
-                self._flush_idle()
-                continue
+                kind, arg = "tick", None
             try:
                 if kind == "stop":
                     return
@@ -240,9 +240,14 @@ class OutputStage:
                     self.handle(arg)
                 elif kind == "flush":
                     self._flush_all()
-                    arg.set()
             except Exception:  # recover inside the loop: one bad batch must not stop the outputs
                 log.exception("output stage failed on a %s event", kind)
+            finally:
+                if kind == "flush":
+                    arg.set()
+            if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
+                last_idle_check = time.monotonic()
+                self._flush_idle()
 
     # --- processing (also callable directly, single-threaded) ------------------------------------
     def handle(self, result: BatchResult, token_extra: dict[str, Any] | None = None) -> None:

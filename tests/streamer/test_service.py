@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -220,3 +221,24 @@ def test_run_fails_fast_with_a_clear_message(overrides, message, capsys, monkeyp
     args = argparse.Namespace(config=None, overrides=overrides, log_level="INFO")
     assert run_cmd.run(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_station_that_goes_quiet_is_flushed_while_others_keep_flowing(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0, idle_flush_s=0.3)
+    out.start()
+    try:
+        out.submit(result([window(0, "XX.QUIET."), window(0, "XX.BUSY.")]))
+        deadline = time.monotonic() + 5
+        k = 1
+        while time.monotonic() < deadline:
+            out.submit(result([window(k, "XX.BUSY.")]))
+            k += 1
+            time.sleep(0.1)
+            if any(m.get("flushed") and "XX.QUIET." in m["safe"] for m in sink.markers):
+                break
+    finally:
+        out.stop(timeout_s=5)
+    quiet = [s for s in sink.segments if s.station_id == "XX.QUIET."]
+    assert sum(s.n_samples for s in quiet) == N  # its held tail was emitted
+    assert "XX.QUIET." not in out.stations and "XX.BUSY." in out.stations
