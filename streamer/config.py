@@ -87,6 +87,7 @@ class WorkerSettings(_Section):
     shed_age_strides: float = Field(3.0, ge=0, description="queued windows older than this many strides are shed; 0 = never")
     reclaim_idle_s: float = Field(60.0, gt=0, description="scale-out: take over windows pending this long on another worker")
     scaleout_max_out_of_order: int = Field(6, ge=0, description="scale-out: strides a late worker result may lag behind")
+    target_latency_s: float | None = Field(None, gt=0, description="end-to-end latency target; tightens budget_ms per batch")
 
     @model_validator(mode="after")
     def _steps_order(self) -> "WorkerSettings":

@@ -7,7 +7,8 @@ Two pieces:
   from it chooses the number of sampler steps for the next batch:
 
   * ``budget``: ``steps = floor((budget_ms - overhead_ms) / step_cost_ms)`` clamped to
-    ``[min_steps, max_steps]``;
+    ``[min_steps, max_steps]``; with an end-to-end latency target the batch's budget is at most the
+    target minus the age of its oldest window (time already spent since its newest sample arrived);
   * ``overload``: windows arrive in bursts, one per station per stride, so whatever is queued must be
     cleared within one stride or the queue grows without bound. With ``pending`` windows (this batch plus
     the queue) the time available per batch is ``stride_ms * batch_size / pending``; when that is below
@@ -184,12 +185,13 @@ class StepController:
         return steps * cost + self.overhead_ms(batch_size)
 
     # --- decisions --------------------------------------------------------------------------------
-    def choose(self, batch_size: int, queue_depth: int = 0) -> StepDecision:
-        """Steps for a batch of ``batch_size`` windows with ``queue_depth`` more waiting behind it."""
+    def choose(self, batch_size: int, queue_depth: int = 0, budget_ms: float | None = None) -> StepDecision:
+        """Steps for a batch of ``batch_size`` windows with ``queue_depth`` more waiting behind it;
+        ``budget_ms`` replaces the configured budget for this batch (latency target)."""
         b = max(int(batch_size), 1)
         cost = self.step_cost_ms(b)
         overhead = self.overhead_ms(b)
-        budget = self.budget_ms
+        budget = self.budget_ms if budget_ms is None else min(self.budget_ms, budget_ms)
         if cost is None:
             return StepDecision(self.max_steps, None, budget - overhead)
         budget_steps = self._fit(budget - overhead, cost)
@@ -305,8 +307,10 @@ class Worker:
         torch_threads: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         on_progress: Callable[[], None] | None = None,
+        target_latency_s: float | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.target_latency_ms = None if target_latency_s is None else target_latency_s * 1000.0
         self.picker = picker
         self.raw_picker = raw_picker and picker is not None
         self.metrics = metrics
@@ -357,6 +361,7 @@ class Worker:
             stride_s=stride_s,
             max_age_s=ws.shed_age_strides * stride_s if ws.shed_age_strides else None,
             torch_threads=ws.torch_threads,
+            target_latency_s=ws.target_latency_s,
             **kwargs,
         )
 
@@ -516,7 +521,7 @@ class Worker:
     def process_batch(self, batch: list[Window]) -> BatchResult:
         """Denoise and pick one batch (no queue involved)."""
         t0 = time.perf_counter()
-        decision = self.controller.choose(len(batch), self.depth)
+        decision = self.controller.choose(len(batch), self.depth, self._latency_budget_ms(batch))
         if decision.reason is not None:
             self.metrics.degradations.labels(reason=decision.reason).inc()
         x = np.stack([w.data for w in batch]).astype(np.float32, copy=False)
@@ -554,6 +559,15 @@ class Worker:
             if self.picker is not None
             else {},
         )
+
+    def _latency_budget_ms(self, batch: list[Window]) -> float | None:
+        """With a latency target: the time left before the batch's oldest window misses it (at
+        least 1 ms: the batch then runs at ``min_steps``)."""
+        if self.target_latency_ms is None:
+            return None
+        oldest_ns = min(w.newest_arrival_ns for w in batch)
+        age_ms = (self.clock_ns() - oldest_ns) / NS_PER_MS
+        return max(self.target_latency_ms - age_ms, 1.0)
 
     def _record(self, n: int, steps: int, batch_ms: float) -> None:
         m = self.metrics

@@ -283,3 +283,20 @@ def test_cancel_returns_queued_windows(metrics):
     assert len(left) == 3 and w.depth == 0
     w.submit([make_window(5)])  # after stop: reported as shed, not queued
     assert w.depth == 0
+
+
+def test_latency_target_tightens_the_budget_by_the_age_of_the_oldest_window(metrics):
+    now = [5 * NS]
+    den = FakeDenoiser(step_ms_per_window=25.0)  # batch of 4: 100 ms per step
+    w, _, _ = make_worker(metrics, den, batch_size=4, budget_ms=2000.0, target_latency_s=5.5,
+                          clock_ns=lambda: now[0])
+    w.warm_up()
+    # oldest window arrived 5.0 s ago: 500 ms left of the 5.5 s target -> 5 steps
+    w.submit([make_window(i, arrival_ns=0 if i == 0 else 4 * NS) for i in range(4)])
+    r = w.process_once()
+    assert r is not None and r.steps == 5 and r.reason == REASON_BUDGET
+    # already late: direct prediction
+    now[0] = 10 * NS
+    w.submit([make_window(i, arrival_ns=0) for i in range(4)])
+    r = w.process_once()
+    assert r is not None and r.steps == 1
