@@ -5,9 +5,9 @@ For each station count N on a ladder, N stations are fed in real time through th
 out, ``bench ingest`` measures them), using the bundled demo recording's data cycled over the
 stations. The real :class:`~streamer.worker.Worker` thread (shipped denoiser, step choice within the
 latency budget, shedding) and PhaseNet run on the windows; the real :class:`~streamer.service.OutputStage`
-stitches and picks; outputs go to a sink (``--redis URL`` publishes to Redis instead). End-to-end
-latency is measured as in the service: newest sample arrival of a window -> its outputs handed to the
-publisher (``--redis``: accepted by Redis).
+stitches and picks; outputs go to an in-process sink instead of Redis. End-to-end latency: newest
+sample arrival of a window -> its outputs handed to the publisher (the service measures up to Redis
+accepting them; the Redis write runs on its own thread).
 
 A rung is *sustained* when, after the warm-up strides, no window was shed, every window was processed,
 and the p99 end-to-end latency is under 2 x stride. The ladder stops at the first rung that is not.
