@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from promql_names import counter_function_arguments, exposed_sample_names, metric_names
@@ -167,3 +170,16 @@ def test_rows_and_variables(dashboard: dict[str, Any]) -> None:
         area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & area, f"{p['title']} overlaps another panel"
         cells |= area
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')")
+def test_every_query_is_valid_promql(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """promtool parses each query, written as a recording rule with Grafana's variables filled in."""
+    rules = []
+    for i, (where, expr) in enumerate(all_exprs(dashboard)):
+        concrete = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+        rules.append({"record": f"dashboard:query_{i}", "expr": concrete})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
