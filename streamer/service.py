@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "worker", "publisher")
 POLL_INTERVAL_S = 0.5
+SOURCE_STOP_S = 3.0  # how long SeedLink tasks get to end after stop before they are cancelled
 
 
 class ServiceError(Exception):
@@ -688,7 +689,14 @@ class Service:
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         assert self._cancel is not None
         deadline = time.monotonic() + self.settings.service.drain_timeout_s
-        await asyncio.gather(*tasks, return_exceptions=True)  # SeedLink stops at once (stop is set)
+        # the tasks end once stop is set; a SeedLink session stuck closing its socket must not hold
+        # the drain, so it gets a few seconds and is then cancelled
+        _done, stuck = await asyncio.wait(tasks, timeout=min(SOURCE_STOP_S, self.settings.service.drain_timeout_s))
+        for task in stuck:
+            log.warning("task %s did not stop within %.0f s; cancelling it", task.get_name(), SOURCE_STOP_S)
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=1.0)
         drain = asyncio.create_task(asyncio.to_thread(self._drain, deadline))
         cancel = asyncio.create_task(self._cancel.wait())
         remaining = max(deadline - time.monotonic(), 0.1)
