@@ -141,3 +141,52 @@ def test_run_under_systemd_notify(tmp_path: Path, notify_socket, redis_url: str,
     # after STOPPING no more watchdog pings
     after = log[next(i for i, m in enumerate(log) if "STOPPING" in m) + 1:]
     assert not any("WATCHDOG" in m for m in after), after
+
+
+def test_watchdog_pings_stop_while_ingest_stalls_and_resume(tmp_path: Path, notify_socket, redis_url: str,
+                                                            redis_key_prefix: str) -> None:
+    """A real Service whose SeedLink server goes silent: pings are withheld once ingest has made no
+    progress for ``service.watchdog_stall_s`` (systemd would restart it), and resume with the data."""
+    from pipeline_helpers import make_settings
+    from streamer.metrics import Metrics
+    from streamer.service import Service, run_in_thread
+
+    sock, sock_path = notify_socket
+    metrics = Metrics()
+    with ReplayServerThread([recording_path()], speed=1.0, loop_forever=True) as replay:
+        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights_path(tmp_path), None,
+                                 service={"watchdog_stall_s": 5.0})
+        environ = {"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": str(os.getpid())}
+        service = Service(settings, metrics, environ=environ)
+        service.load_models()
+        thread = run_in_thread(service)
+        log: list[dict[str, str]] = []
+        try:
+            receive_until(sock, "READY", 60, log)
+            receive_until(sock, "WATCHDOG", 5, log)  # healthy: data flowing
+
+            replay.server.stalled = True  # the server keeps the connection but sends nothing
+            status = receive_until(sock, "STATUS", 15, log)
+            while status.get("STATUS") != "stalled: ingest":
+                assert "WATCHDOG" in status, status
+                status = receive_until(sock, "STATUS", 15, log)
+            assert "WATCHDOG" not in status
+            # no ping while stalled
+            quiet: list[dict[str, str]] = []
+            sock.settimeout(1.5)
+            try:
+                while True:
+                    data = sock.recv(4096).decode()
+                    quiet.append(dict(line.split("=", 1) for line in data.split("\n") if line))
+            except TimeoutError:
+                pass
+            assert not any("WATCHDOG" in m for m in quiet), quiet
+
+            replay.server.stalled = False  # data again: pings resume
+            ping = receive_until(sock, "WATCHDOG", 10, log)
+            assert ping["WATCHDOG"] == "1"
+        finally:
+            service.request_stop()
+            thread.join(60)
+    assert service.exit_code == 0
+    assert (metrics.registry.get_sample_value("coldstream_watchdog_pings_total") or 0) >= 2
