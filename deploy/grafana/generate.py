@@ -144,8 +144,7 @@ def service_health(lay: Layout) -> None:
         "type": "table", "title": "Build", "description": "Service and model versions (coldstream_build_info labels).",
         "datasource": DS, "fieldConfig": {"defaults": {}, "overrides": []},
         "options": {"showHeader": True, "cellHeight": "sm"},
-        "transformations": [{"id": "labelsToFields", "options": {"mode": "columns"}},
-                            {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}],
+        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}],
         "targets": [target(f"coldstream_build_info{{{SEL}}}", instant=True, fmt="table")],
     }, 6, 4)
     lay.add(timeseries("Stage progress age", "Seconds since each stage (ingest, worker, publisher) last made progress. "
