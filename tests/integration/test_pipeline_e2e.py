@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def test_replay_to_redis_picks_and_continuous_stream(tmp_path, redis_client, red
     catalogue = load_catalogue()
     weights = weights_path(tmp_path)
     with ReplayServerThread([recording_path()], speed=0) as replay:
-        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights, picker_cache)
+        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights, picker_cache,
+                                 metrics={"enabled": True, "port": 0})
         keys = [s.replace(".", "_").rstrip("_") for s in catalogue["stations"]]
         write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay.port}", keys, catalogue["start_ns"])
         service = Service(settings, metrics)
@@ -56,8 +58,14 @@ def test_replay_to_redis_picks_and_continuous_stream(tmp_path, redis_client, red
         assert service.ready.wait(60), "service not ready"
         n_windows = 6 * 22  # 6 stations, 240 s, 30 s windows every 10 s
         wait_for(lambda: service.worker is not None and service.worker.windows_done >= n_windows, 90, "all windows")
+        wait_for(lambda: metrics.registry.get_sample_value("coldstream_end_to_end_latency_seconds_count"), 30, "latency")
+        port = service.metrics_server.server_port
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         service.request_stop()
         thread.join(60)
+    for name in ("coldstream_windows_processed_total 132.0", "coldstream_ready 1.0", "coldstream_sampler_steps_bucket",
+                 "coldstream_end_to_end_latency_seconds_bucket", "coldstream_model_load_seconds"):
+        assert name in scrape
     assert service.exit_code == 0
     assert service.worker is not None and service.worker.windows_done == n_windows
     assert metrics.registry.get_sample_value("coldstream_windows_shed_total", {"reason": "age"}) is None
