@@ -50,8 +50,9 @@ def prepare_cache_root(cache_root: str | Path) -> str:
         import sys
 
         if "seisbench" in sys.modules:
-            sys.modules["seisbench"].cache_root = Path(target)
-            sys.modules["seisbench"].cache_model_root = Path(target) / "models" / "v3"
+            sb = sys.modules["seisbench"]
+            setattr(sb, "cache_root", Path(target))
+            setattr(sb, "cache_model_root", Path(target) / "models" / "v3")
     except Exception:  # pragma: no cover - best effort for unusual seisbench versions
         pass
     return target

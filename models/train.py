@@ -231,7 +231,7 @@ class _Trainer:
         training = {
             "data": Path(cfg.data).name,
             "split": {k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed},
-            "split_stations_test": self.split["test"],
+            "split_stations": self.split,
             "steps": self.step,
             "minutes": round(self.elapsed_s / 60, 1),
             "device": str(self.device),
