@@ -39,7 +39,10 @@ __all__ = [
     "BANDPASS_CORNERS_HZ",
     "EvalConfig",
     "bandpass",
+    "build_protocol_cases",
+    "classify_picks",
     "evaluate",
+    "evaluate_protocol",
     "pick_metrics",
     "waveform_metrics",
     "write_report",
@@ -487,19 +490,50 @@ def build_protocol_cases(
                    cols["names"])
 
 
-def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (1,), p_threshold: float = 0.3,
-                      s_threshold: float = 0.3, sampling_rate_hz: float = 100.0) -> dict[str, Any]:
-    """Run the cases through the offline path (``Denoiser.denoise`` on one multi-station ObsPy stream, as
-    ``coldstream denoise`` does) and score them: SNR gain over the whole window and all components, Z correlation,
-    P recall within 0.5 s at input SNR <= -5 dB, and P picks on noise-only cases; raw and band-pass baselines."""
+_PROTOCOL_T0 = "2020-01-01T00:00:00"
+
+
+def _cases_stream(x: np.ndarray, sampling_rate_hz: float):
+    """``(n, 3, N)`` ENZ arrays as one ObsPy stream, station ``C000``... per case, channels ``HHE/HHN/HHZ``."""
     import obspy
 
-    t0 = obspy.UTCDateTime(2020, 1, 1)
+    t0 = obspy.UTCDateTime(_PROTOCOL_T0)
     st = obspy.Stream()
-    for i, w in enumerate(cases.noisy):
+    for i, w in enumerate(x):
         for c, cha in enumerate(("HHE", "HHN", "HHZ")):
-            st.append(obspy.Trace(w[c].copy(), header={"network": "XX", "station": f"C{i:03d}", "channel": cha,
-                                                        "sampling_rate": sampling_rate_hz, "starttime": t0}))
+            st.append(obspy.Trace(np.asarray(w[c], np.float32).copy(),
+                                  header={"network": "XX", "station": f"C{i:03d}", "channel": cha,
+                                          "sampling_rate": sampling_rate_hz, "starttime": t0}))
+    return st
+
+
+def classify_picks(picker, x: np.ndarray, p_threshold: float, s_threshold: float,
+                   sampling_rate_hz: float = 100.0) -> list[tuple[int, str, int, float]]:
+    """Picks from SeisBench's own ``classify`` on ``(n, 3, N)`` cases (its windowing, stacking and pick
+    extraction, as a user of SeisBench would run PhaseNet), as ``(case, phase, sample, probability)``."""
+    import obspy
+
+    t0 = obspy.UTCDateTime(_PROTOCOL_T0)
+    out = picker.module.classify(_cases_stream(x, sampling_rate_hz), P_threshold=p_threshold,
+                                 S_threshold=s_threshold)
+    picks = []
+    for pk in out.picks:
+        case = int(pk.trace_id.split(".")[1][1:])
+        sample = int(round((pk.peak_time - t0) * sampling_rate_hz))
+        picks.append((case, str(pk.phase), sample, float(pk.peak_value)))
+    return sorted(picks)
+
+
+def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (1,), p_threshold: float = 0.3,
+                      s_threshold: float = 0.3, sampling_rate_hz: float = 100.0,
+                      classify: bool = True) -> dict[str, Any]:
+    """Run the cases through the offline path (``Denoiser.denoise`` on one multi-station ObsPy stream, as
+    ``coldstream denoise`` does) and score them: SNR gain over the whole window and all components, Z correlation,
+    P recall within 0.5 s at input SNR <= -5 dB, and P picks on noise-only cases; raw and band-pass baselines.
+
+    Picks come from SeisBench's ``classify`` on each output stream (``classify=True``, the acceptance protocol's
+    picker) or from this project's :meth:`Picker.find_picks` on the same probabilities the service uses."""
+    st = _cases_stream(cases.noisy, sampling_rate_hz)
     outs = {"noisy": cases.noisy, "bandpass": bandpass(cases.noisy, sampling_rate_hz)}
     for k in steps:
         den = denoiser.denoise(st, steps=k)
@@ -511,9 +545,13 @@ def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (
     nz = np.flatnonzero(cases.noise_only)
     low = ev[cases.snr_db[ev] <= -5]
     res: dict[str, Any] = {"n_event_cases": int(len(ev)), "n_noise_cases": int(len(nz)),
-                           "seconds": cases.noisy.shape[-1] / sampling_rate_hz, "methods": {}}
+                           "seconds": cases.noisy.shape[-1] / sampling_rate_hz,
+                           "picking": "SeisBench classify" if classify else "coldstream find_picks", "methods": {}}
     for name, out in outs.items():
-        picks = find_picks_for(picker, out, p_threshold, s_threshold)
+        if classify:
+            picks = classify_picks(picker, out, p_threshold, s_threshold, sampling_rate_hz)
+        else:
+            picks = find_picks_for(picker, out, p_threshold, s_threshold)
         wm = waveform_metrics(out[ev], cases.clean[ev], cases.noisy[ev])
         nm = _noise_metrics(picks, out, cases.noisy, nz) if len(nz) else {}
         res["methods"][name] = {
@@ -541,7 +579,8 @@ def find_picks_for(picker, x: np.ndarray, p_threshold: float, s_threshold: float
 def protocol_markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Stream protocol: {res['n_event_cases']} event cases and {res['n_noise_cases']} noise-only cases of "
-        f"{res['seconds']:g} s through `Denoiser.denoise` (as `coldstream denoise`).",
+        f"{res['seconds']:g} s through `Denoiser.denoise` (as `coldstream denoise`); picks by "
+        f"{res.get('picking', 'coldstream find_picks')}.",
         "",
         "| input to PhaseNet | SNR gain (dB) | CC (Z) | P recall ≤ −5 dB (0.5 s) | P recall all | "
         "P picks on noise (total) | noise cases with a P pick |",

@@ -10,31 +10,27 @@ any number of ``coldstream worker`` processes, and collects their results from `
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
-from streamer.config import ConfigError, load_settings
+from streamer.commands import add_config_arguments, load_settings_or_report
 
 HELP = "Scale-out ingest: SeedLink -> windows on a Redis stream; worker results -> stitched outputs."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"coldstream ingest: {exc}", file=sys.stderr)
+    settings = load_settings_or_report(args, "ingest")
+    if settings is None:
         return 2
-    if args.log_level is None:
-        logging.getLogger().setLevel(settings.service.log_level)
-    from streamer.service import Service
+    from streamer.service import Service, ServiceError
 
     service = Service(settings, role="ingest")
-    service.load_models()
+    try:
+        service.load_models()
+    except ServiceError as exc:
+        print(f"coldstream ingest: {exc}", file=sys.stderr)
+        return 2
     return service.run()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-from streamer.config import ConfigError, load_settings
+from streamer.commands import add_config_arguments, load_settings_or_report
 
 HELP = "Run the live daemon: SeedLink -> denoiser -> PhaseNet -> Redis streams, Prometheus metrics."
 
@@ -21,19 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"coldstream run: {exc}", file=sys.stderr)
+    settings = load_settings_or_report(args, "run")
+    if settings is None:
         return 2
-    if args.log_level is None:
-        logging.getLogger().setLevel(settings.service.log_level)
     from streamer.service import Service, ServiceError
 
     service = Service(settings)

@@ -13,9 +13,8 @@ import argparse
 import logging
 import socket
 import sys
-from pathlib import Path
 
-from streamer.config import ConfigError, load_settings
+from streamer.commands import add_config_arguments, load_settings_or_report
 
 HELP = "Scale-out worker: windows from Redis -> denoiser + PhaseNet -> results stream (one per GPU)."
 
@@ -23,22 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_arguments(parser)
     parser.add_argument("--consumer", default=None, help="consumer name in the group (default: host-pid)")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    try:
-        settings = load_settings(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"coldstream worker: {exc}", file=sys.stderr)
+    settings = load_settings_or_report(args, "worker")
+    if settings is None:
         return 2
-    if args.log_level is None:
-        logging.getLogger().setLevel(settings.service.log_level)
     from streamer.metrics import Metrics, serve_metrics
     from streamer.publish import connect
     from streamer.service import ScaleOutWorker, ServiceError, load_denoiser, load_picker, run_scaleout_worker

@@ -77,6 +77,7 @@ def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, p
     assert (out / "report.md").read_text().startswith("# Denoiser evaluation")
     proto = json.loads((out / "protocol.json").read_text())
     assert {"noisy", "bandpass", "denoised_1"} <= set(proto["methods"]) and proto["n_noise_cases"] == 2
+    assert proto["picking"] == "SeisBench classify"
     assert "Stream protocol" in (out / "report.md").read_text()
     for fig in ("examples.png", "metrics_vs_snr.png", "quality_vs_steps.png"):
         assert (out / fig).stat().st_size > 1000

@@ -28,3 +28,16 @@ def test_picker_aligns_with_spec_order_input(picker_cache, ncedc_dir, model, wei
     assert p_picks and min(abs(s - 1000) for s in p_picks) <= 20
     long = np.concatenate([x, x], axis=-1)
     assert picker.predict(long).shape == (1, 3, 6000)
+
+
+def test_classify_picks_maps_seisbench_picks_to_cases(picker_cache, ncedc_dir):
+    from models.evaluate import classify_picks
+
+    picker = Picker("phasenet", "original", cache_root=picker_cache)
+    z = np.load(sorted(ncedc_dir.rglob("*.npz"))[0])
+    event = z["data"].T.astype(np.float32)[:, 1000:7000]  # 60 s, P at sample 2000
+    quiet = np.zeros_like(event)
+    picks = classify_picks(picker, np.stack([quiet, event]), 0.3, 0.3)
+    assert all(case == 1 for case, *_ in picks), "a silent case has no picks"
+    p_samples = [s for case, ph, s, _ in picks if ph == "P"]
+    assert p_samples and min(abs(s - 2000) for s in p_samples) <= 20
