@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from models.errors import (
     ChecksumMismatchError,
     DataError,
+    InvalidParameterError,
     ModelsError,
     PickerUnavailableError,
     ShapeMismatchError,
@@ -27,6 +28,7 @@ __all__ = [
     "DataError",
     "DenoiseResult",
     "Denoiser",
+    "InvalidParameterError",
     "ModelSpec",
     "ModelsError",
     "PickerUnavailableError",

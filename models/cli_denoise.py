@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="network calls per window (default: the model's)")
     parser.add_argument("--weights", default=None, help="denoiser .pt (default: the shipped weights)")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the weights file")
+    parser.add_argument(
+        "--residual-mix", type=float, default=None, help="share of the removed part kept (default: the weights' own)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--hop-samples", type=int, default=None, help="window hop (default: a quarter window)")
     parser.add_argument("--format", default=None, help="output format (default: MSEED, or SAC for .sac outputs)")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from models.errors import ModelsError
 
     try:
-        den = Denoiser.load(args.weights, device=args.device, sha256=args.sha256)
+        den = Denoiser.load(args.weights, device=args.device, sha256=args.sha256, residual_mix=args.residual_mix)
     except ModelsError as exc:
         log.error("cannot load the denoiser: %s", exc)
         return 2

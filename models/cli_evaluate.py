@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: metrics.json, report.md, PNG figures")
     parser.add_argument("--weights", default=None, help="denoiser .pt (default: the shipped weights)")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="network calls to compare")
+    parser.add_argument(
+        "--residual-mix", type=float, default=None, help="share of the removed part kept (default: the weights' own)"
+    )
     parser.add_argument("--picker-cache", default=None, help="SeisBench cache folder holding PhaseNet 'original'")
     parser.add_argument("--picker-weights", default="original", help="PhaseNet weights name")
     parser.add_argument("--p-threshold", type=float, default=0.3)
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             events = [r for r in recs if r.is_event][: args.max_events]
             recs = events + [r for r in recs if r not in events][: max(2, args.max_events)]
         es = build_eval_set(recs, args.snr_levels, args.noise_windows, seed=args.seed)
-        den = Denoiser.load(args.weights, device=args.device)
+        den = Denoiser.load(args.weights, device=args.device, residual_mix=args.residual_mix)
         picker = Picker("phasenet", args.picker_weights, cache_root=args.picker_cache or default_picker_cache())
         steps = sorted({max(1, min(int(k), den.n_train_steps)) for k in args.steps})
         cfg = EvalConfig(

@@ -28,6 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stft-weight", type=float, default=0.15, help="weight of the multi-resolution STFT term")
     parser.add_argument("--picker-weight", type=float, default=2.0, help="weight of the PhaseNet term (0 = off)")
     parser.add_argument(
+        "--false-pick-weight",
+        type=float,
+        default=0.0,
+        help="extra weight of the PhaseNet term where the output is picked more than the clean target (0 = symmetric)",
+    )
+    parser.add_argument(
+        "--noise-only-share", type=float, default=None, help="share of noise-only windows (target zero; default 0.15)"
+    )
+    parser.add_argument(
+        "--init-weights", default=None, help="start from these exported weights (fine-tuning; same architecture and T)"
+    )
+    parser.add_argument(
         "--picker-cache",
         default=None,
         help="SeisBench cache folder with PhaseNet 'original' (default: $COLDSTREAM_SHARED_DIR/data/seisbench-weights)",
@@ -46,8 +58,12 @@ def default_picker_cache() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from models.errors import ModelsError
+    from models.data import PairConfig
     from models.train import TrainConfig, train
 
+    pairs = PairConfig()
+    if args.noise_only_share is not None:
+        pairs.noise_only_share = args.noise_only_share
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -62,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         unfold_weight=args.unfold_weight,
         stft_weight=args.stft_weight,
         picker_weight=args.picker_weight,
+        false_pick_weight=args.false_pick_weight,
+        init_weights=args.init_weights,
+        pairs=pairs,
         picker_cache=args.picker_cache or default_picker_cache(),
         device=args.device,
         threads=args.threads,

@@ -27,7 +27,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.degradation import SCALE_FLOOR, denormalize_window, make_schedule, normalize_window
-from models.errors import ShapeMismatchError, WeightsNotFoundError
+from models.errors import InvalidParameterError, ShapeMismatchError, WeightsNotFoundError
 from models.sampler import make_step_list, sample_cold, sample_direct
 from models.spec import DEFAULT_SPEC, ModelSpec
 
@@ -61,7 +61,9 @@ class Denoiser:
 
     Attributes: ``spec`` (:class:`ModelSpec`), ``device``, ``name`` (weights file stem), ``version`` (first 12 hex
     digits of the weights' sha256), ``n_train_steps`` (T), ``default_steps`` (network calls used when ``steps`` is
-    None; from the sidecar's ``recommended_steps``, else 1), ``meta`` (the sidecar).
+    None; from the sidecar's ``recommended_steps``, else 1), ``residual_mix`` (share r of the removed part kept in
+    the output, ``out = x0_hat + r * (y - x0_hat)``; from the sidecar's ``residual_mix`` unless given, else 0),
+    ``meta`` (the sidecar).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Denoiser:
         name: str = "unnamed",
         version: str = "unversioned",
         meta: dict[str, Any] | None = None,
+        residual_mix: float | None = None,
     ) -> None:
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -87,6 +90,10 @@ class Denoiser:
         self.version = version
         self.meta = meta or {}
         self.default_steps = int(self.meta.get("recommended_steps", 1))
+        mix = self.meta.get("residual_mix", 0.0) if residual_mix is None else residual_mix
+        self.residual_mix = float(mix)
+        if not 0.0 <= self.residual_mix < 1.0:
+            raise InvalidParameterError(f"residual_mix must be in [0, 1), got {self.residual_mix}")
         self._step_cost_ms: dict[int, float] = {}
         factor = int(getattr(model, "downsampling_factor", 1))
         if spec.window_samples % factor:
@@ -100,6 +107,7 @@ class Denoiser:
         device: str = "auto",
         mixed_precision: bool = True,
         sha256: str | None = None,
+        residual_mix: float | None = None,
     ) -> Denoiser:
         """Load weights (``None``: the shipped ones) and verify their checksum.
 
@@ -111,7 +119,7 @@ class Denoiser:
             if not res.is_file():
                 raise WeightsNotFoundError(f"shipped weights {SHIPPED_WEIGHTS} are missing from models/weights/")
             with importlib.resources.as_file(res) as p:
-                return cls.load(p, device, mixed_precision, sha256)
+                return cls.load(p, device, mixed_precision, sha256, residual_mix)
         path = Path(path)
         model, meta = load_checkpoint(path, sha256)
         spec_d = meta.get("spec") or {}
@@ -127,6 +135,7 @@ class Denoiser:
             name=path.stem,
             version=str(meta["sha256"])[:12],
             meta=meta,
+            residual_mix=residual_mix,
         )
         log.info("denoiser %s (%s) loaded on %s, T=%d", den.name, den.version, den.device, den.n_train_steps)
         return den
@@ -169,18 +178,26 @@ class Denoiser:
             yn, mean, scale = yn.float(), mean, scale
             silent = (y.abs().amax(dim=(1, 2)) == 0) | (scale.view(-1) <= SCALE_FLOOR)
 
+            def finish(x0n: torch.Tensor) -> np.ndarray:
+                est = self._to_counts(x0n, mean, scale, silent)
+                if self.residual_mix:
+                    # Keep a fraction of what the model removed: a noise floor under the estimate, so that a
+                    # faint residual wavelet on a noise-only window is not the only thing a picker sees.
+                    est = est + np.float32(self.residual_mix) * (arr - est)
+                return est
+
             cb = None
             if callback is not None:
 
                 def cb(i: int, x0n: torch.Tensor) -> None:
-                    callback(i, self._to_counts(x0n, mean, scale, silent))
+                    callback(i, finish(x0n))
 
             if k == 1:
                 res = sample_direct(self._model_fn, yn, self.gammas, callback=cb)
             else:
                 steps_list = make_step_list(self.n_train_steps, k)
                 res = sample_cold(self._model_fn, yn, self.gammas, steps_list, callback=cb, budget_ms=budget_ms)
-            out = self._to_counts(res.x0, mean, scale, silent)
+            out = finish(res.x0)
         return DenoiseResult(out, res.steps_done, (time.perf_counter() - start) * 1e3)
 
     @staticmethod

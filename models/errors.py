@@ -25,3 +25,7 @@ class DataError(ModelsError, ValueError):
 
 class PickerUnavailableError(ModelsError):
     """The SeisBench picker or its weights cannot be loaded (and nothing is downloaded by surprise)."""
+
+
+class InvalidParameterError(ModelsError, ValueError):
+    """A parameter outside its valid range (e.g. ``residual_mix`` not in [0, 1))."""

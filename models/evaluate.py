@@ -203,7 +203,8 @@ def evaluate(es: EvalSet, denoiser, picker, cfg: EvalConfig | None = None) -> di
         "snr_levels_db": levels,
         "bandpass": {"corners_hz": list(BANDPASS_CORNERS_HZ), "order": BANDPASS_ORDER, "zero_phase": True},
         "picker": {"name": getattr(picker, "name", "?"), "p_threshold": cfg.p_threshold, "s_threshold": cfg.s_threshold},
-        "denoiser": {"name": getattr(denoiser, "name", "?"), "version": getattr(denoiser, "version", "?")},
+        "denoiser": {"name": getattr(denoiser, "name", "?"), "version": getattr(denoiser, "version", "?"),
+                     "residual_mix": getattr(denoiser, "residual_mix", 0.0)},
         "ms_per_window": timing,
         "methods": {},
     }

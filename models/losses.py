@@ -6,7 +6,8 @@
   (flattened onsets) and left-over noise in quiet parts, which an L1 on samples weights weakly at low amplitude.
 - :class:`PickerLoss`: a frozen PhaseNet's P and S probabilities on the output against those on the clean target
   (binary cross-entropy with soft targets). This is what the evaluation asks of the output: to be picked like the
-  clean trace, and not to be picked on noise-only input.
+  clean trace, and not to be picked on noise-only input (``false_pick_weight`` makes an invented pick cost more than
+  a missed one).
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ class PickerLoss(torch.nn.Module):
     :meth:`models.picker.Picker.probabilities`.
     """
 
-    def __init__(self, probabilities) -> None:
+    def __init__(self, probabilities, false_pick_weight: float = 0.0) -> None:
         super().__init__()
         self.probabilities = probabilities
+        self.false_pick_weight = float(false_pick_weight)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -68,4 +70,8 @@ class PickerLoss(torch.nn.Module):
         p = self.probabilities(pred.float())[:, :2].clamp(1e-6, 1 - 1e-6)
         # Up-weight samples where either curve is high: picks are rare, so a plain mean is all "noise".
         w = 1.0 + 20.0 * torch.maximum(t, p.detach())
+        if self.false_pick_weight:
+            # An invented onset (output probability above the clean target's) costs more than a missed one: a
+            # false pick on noise is what an early-warning consumer cannot tolerate.
+            w = w * (1.0 + self.false_pick_weight * (p.detach() - t).clamp(min=0))
         return (F.binary_cross_entropy(p, t, reduction="none") * w).mean()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import PairConfig, PairSampler, load_recordings, make_station_split, read_split, select, write_split
 from models.degradation import degrade, make_schedule, normalize_window
 from models.errors import DataError
@@ -59,7 +59,9 @@ class TrainConfig:
     onset_extra_weight: float = 4.0
     stft_weight: float = 0.15
     picker_weight: float = 2.0
+    false_pick_weight: float = 0.0
     picker_cache: str | None = None
+    init_weights: str | None = None
     base_channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2, 4, 8)
     device: str = "auto"
@@ -110,6 +112,9 @@ class _Trainer:
         self.gammas = make_schedule(cfg.schedule, cfg.n_train_steps).to(self.device)
         self.model = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
         self.ema = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
+        self.init_meta: dict[str, Any] | None = None
+        if cfg.init_weights:
+            self._init_from(cfg.init_weights)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -118,10 +123,22 @@ class _Trainer:
             from models.picker import Picker
 
             picker = Picker(cache_root=cfg.picker_cache, device=str(self.device))
-            self.picker_loss = PickerLoss(picker.probabilities)
+            self.picker_loss = PickerLoss(picker.probabilities, cfg.false_pick_weight)
         self.step = 0
         self.elapsed_s = 0.0
         self.history: list[dict[str, Any]] = []
+
+    def _init_from(self, path: str) -> None:
+        """Start from exported weights (fine-tuning); their architecture and schedule must match this run's."""
+        init, meta = load_checkpoint(path)
+        if init.config != self.model.config:
+            raise DataError(f"--init-weights {path}: architecture {init.config} differs from {self.model.config}")
+        sched = meta.get("schedule", {})
+        if sched.get("n_train_steps") != self.cfg.n_train_steps or sched.get("kind") != self.cfg.schedule:
+            raise DataError(f"--init-weights {path}: schedule {sched} differs from this run's")
+        self.model.load_state_dict(init.state_dict())
+        self.init_meta = {"name": Path(path).name, "sha256": meta["sha256"], "training": meta.get("training", {})}
+        log.info("initialised from %s (%s)", path, str(meta["sha256"])[:12])
 
     # ------------------------------------------------------------------------------------- state
     def _state_path(self) -> Path:
@@ -235,9 +252,13 @@ class _Trainer:
             "steps": self.step,
             "minutes": round(self.elapsed_s / 60, 1),
             "device": str(self.device),
-            "config": _jsonable(asdict(cfg)) | {"data": Path(cfg.data).name, "out": None, "picker_cache": None},
+            "config": _jsonable(asdict(cfg))
+            | {"data": Path(cfg.data).name, "out": None, "picker_cache": None,
+               "init_weights": Path(cfg.init_weights).name if cfg.init_weights else None},
             "weights": "exponential moving average (decay 0.999)",
         }
+        if self.init_meta is not None:
+            training["initialised_from"] = self.init_meta
         save_checkpoint(
             path,
             self.ema,

@@ -99,6 +99,9 @@ class WorkerSettings(_Section):
 class ModelSettings(_Section):
     weights: Path | None = Field(None, description="None = the weights shipped in models/weights")
     sha256: str | None = None
+    residual_mix: float | None = Field(
+        None, ge=0, lt=1, description="share of the removed part kept in the output; None = the weights' own"
+    )
 
 
 class PickerSettings(_Section):

@@ -394,6 +394,7 @@ def load_denoiser(settings: Settings) -> DenoiserLike:
             device=settings.worker.device,
             mixed_precision=settings.worker.mixed_precision,
             sha256=settings.model.sha256,
+            residual_mix=settings.model.residual_mix,
         )
     except (ModelsError, OSError) as exc:
         raise ServiceError(f"cannot load the denoiser: {exc}") from exc

@@ -131,3 +131,27 @@ def test_real_ncedc_folder_splits_by_station(ncedc_dir):
     split = make_station_split([r.station for r in recs], seed=0)
     train, test = select(recs, split["train"]), select(recs, split["test"])
     assert {r.station for r in train}.isdisjoint({r.station for r in test})
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_exported_weights_and_checks_architecture(tmp_path, rng):
+    path = _write_seisbench_dataset(tmp_path / "sb", rng, n_events=10)
+    common = dict(data=str(path), max_steps=1, batch_size=2, picker_weight=0.0, progress=False, n_train_steps=4)
+    first = _Trainer(TrainConfig(out=str(tmp_path / "a"), base_channels=4, channel_mults=(1, 2), **common)).run()
+    tuned = _Trainer(TrainConfig(out=str(tmp_path / "b"), base_channels=4, channel_mults=(1, 2),
+                                 init_weights=str(first), **common))
+    # before any step the model is the exported one, parameter for parameter
+    from models.checkpoint import load_checkpoint
+
+    exported, meta = load_checkpoint(first)
+    for a, b in zip(exported.state_dict().values(), tuned.model.state_dict().values()):
+        assert np.array_equal(a.numpy(), b.numpy())
+    out = tuned.run()
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["training"]["initialised_from"]["sha256"] == meta["sha256"]
+    with pytest.raises(DataError, match="architecture"):
+        _Trainer(TrainConfig(out=str(tmp_path / "c"), base_channels=8, channel_mults=(1, 2),
+                             init_weights=str(first), **common))
+    with pytest.raises(DataError, match="schedule"):
+        _Trainer(TrainConfig(out=str(tmp_path / "d"), base_channels=4, channel_mults=(1, 2),
+                             init_weights=str(first), **(common | {"n_train_steps": 8})))

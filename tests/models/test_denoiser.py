@@ -134,3 +134,19 @@ def test_gpu_mixed_precision_smoke(tiny_unet, rng):
     den = Denoiser(tiny_unet, n_train_steps=8, device="cuda", mixed_precision=True)
     out = den.denoise_windows(rng.standard_normal((2, 3, N)).astype(np.float32), steps=2).x0
     assert np.all(np.isfinite(out))
+
+
+def test_residual_mix_keeps_a_share_of_the_removed_part(rng):
+    from models.errors import InvalidParameterError
+
+    x = (rng.standard_normal((2, 3, N)) * 50 + 7).astype(np.float32)
+    half = Denoiser(IdentityModel(gain=0.5), n_train_steps=8, device="cpu")
+    mixed = Denoiser(IdentityModel(gain=0.5), n_train_steps=8, device="cpu", residual_mix=0.2)
+    est = half.denoise_windows(x, steps=1).x0
+    np.testing.assert_allclose(mixed.denoise_windows(x, steps=1).x0, est + 0.2 * (x - est), rtol=1e-5, atol=1e-3)
+    from_sidecar = Denoiser(IdentityModel(gain=0.5), n_train_steps=8, device="cpu", meta={"residual_mix": 0.2})
+    assert from_sidecar.residual_mix == 0.2
+    overridden = Denoiser(IdentityModel(), n_train_steps=8, device="cpu", meta={"residual_mix": 0.2}, residual_mix=0)
+    assert overridden.residual_mix == 0.0
+    with pytest.raises(InvalidParameterError, match="residual_mix"):
+        Denoiser(IdentityModel(), n_train_steps=8, device="cpu", residual_mix=1.0)
