@@ -13,7 +13,11 @@ HELP = "evaluate a denoiser on a held-out station split against the noisy input 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder of labelled .npz events, or a SeisBench dataset folder")
-    parser.add_argument("--split-file", required=True, help="station split JSON written by `coldstream train`")
+    parser.add_argument(
+        "--split-file",
+        default=None,
+        help="station split JSON written by `coldstream train` (default: the split recorded with the weights)",
+    )
     parser.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split to use")
     parser.add_argument("--out", required=True, help="output folder: metrics.json, report.md, PNG figures")
     parser.add_argument("--weights", default=None, help="denoiser .pt (default: the shipped weights)")
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from models.cli_train import default_picker_cache
     from models.data import build_eval_set, load_recordings, read_split, select
     from models.denoiser import Denoiser
-    from models.errors import ModelsError
+    from models.errors import DataError, ModelsError
     from models.evaluate import (
         EvalConfig,
         build_protocol_cases,
@@ -59,12 +63,20 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        recs = select(load_recordings(args.data), read_split(args.split_file)[args.split])
+        den = Denoiser.load(args.weights, device=args.device, residual_mix=args.residual_mix)
+        if args.split_file is not None:
+            split = read_split(args.split_file)
+        else:
+            split = den.meta.get("training", {}).get("split_stations")
+            if not split:
+                raise DataError(f"{den.name} records no station split; pass --split-file")
+        recs = select(load_recordings(args.data), split[args.split])
+        if not recs:
+            raise DataError(f"no recordings of the {args.split!r} split's stations under {args.data}")
         if args.max_events is not None:
             events = [r for r in recs if r.is_event][: args.max_events]
             recs = events + [r for r in recs if r not in events][: max(2, args.max_events)]
         es = build_eval_set(recs, args.snr_levels, args.noise_windows, seed=args.seed)
-        den = Denoiser.load(args.weights, device=args.device, residual_mix=args.residual_mix)
         picker = Picker("phasenet", args.picker_weights, cache_root=args.picker_cache or default_picker_cache())
         steps = sorted({max(1, min(int(k), den.n_train_steps)) for k in args.steps})
         cfg = EvalConfig(

@@ -60,11 +60,13 @@ def test_denoise_cli_missing_weights_fails_cleanly(tmp_path):
 def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, picker_cache):
     recs = load_npz_folder(ncedc_dir)
     split = make_station_split([r.station for r in recs], seed=0)
-    split_file = tmp_path / "split.json"
-    write_split(split_file, split, 0, "test")
+    # the split recorded with the weights, as `coldstream train` writes it: no --split-file needed
+    weights = tmp_path / "with_split.pt"
+    save_checkpoint(weights, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__,
+                    training={"split_stations": split})
     out = tmp_path / "eval"
     code = run_cli(cli_evaluate, [
-        "--data", str(ncedc_dir), "--split-file", str(split_file), "--out", str(out), "--weights", str(tiny_weights),
+        "--data", str(ncedc_dir), "--out", str(out), "--weights", str(weights),
         "--steps", "1", "2", "--picker-cache", str(picker_cache), "--snr-levels", "-5", "5", "--noise-windows", "2",
         "--max-events", "4", "--no-progress", "--device", "cpu", "--protocol", "--protocol-steps", "1",
         "--protocol-noise-cases", "2",
@@ -78,6 +80,25 @@ def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, p
     proto = json.loads((out / "protocol.json").read_text())
     assert {"noisy", "bandpass", "denoised_1"} <= set(proto["methods"]) and proto["n_noise_cases"] == 2
     assert proto["picking"] == "SeisBench classify"
+    assert metrics["n_event_windows"] == 4 * 2  # four events of the test split, two SNR levels
     assert "Stream protocol" in (out / "report.md").read_text()
     for fig in ("examples.png", "metrics_vs_snr.png", "quality_vs_steps.png"):
         assert (out / fig).stat().st_size > 1000
+
+
+def test_evaluate_cli_without_a_split_says_so(tmp_path, tiny_weights, caplog):
+    code = run_cli(cli_evaluate, ["--data", str(tmp_path), "--out", str(tmp_path / "e"), "--weights",
+                                  str(tiny_weights), "--no-progress"])
+    assert code == 2
+    assert "records no station split; pass --split-file" in caplog.text
+
+
+def test_evaluate_cli_with_an_explicit_split_file(tmp_path, tiny_weights, caplog):
+    split_file = tmp_path / "split.json"
+    write_split(split_file, {"train": ["XX.A"], "val": ["XX.B"], "test": ["XX.C"]}, 0, "test")
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "XX_A_1.npz", data=np.zeros((9001, 3)), itp=3000, its=3500)
+    code = run_cli(cli_evaluate, ["--data", str(tmp_path / "data"), "--split-file", str(split_file), "--out",
+                                  str(tmp_path / "e"), "--weights", str(tiny_weights), "--no-progress"])
+    assert code == 2
+    assert "no recordings of the 'test' split" in caplog.text
