@@ -64,3 +64,24 @@ def test_shipped_weights_load_with_verified_checksum():
         Denoiser.load(device="cpu", sha256="f" * 64)
     out = den.denoise_windows(np.zeros((1, 3, DEFAULT_SPEC.window_samples), np.float32))
     assert np.all(out.x0 == 0)
+
+
+def test_denoiser_benchmark_script_runs_small(tmp_path, monkeypatch, capsys):
+    """``bench/denoiser.py`` stays runnable: a tiny checkpoint, one batch size and step count, JSON out."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    weights = tmp_path / "tiny.pt"
+    save_checkpoint(weights, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__)
+    path = Path(__file__).resolve().parents[2] / "bench" / "denoiser.py"
+    spec = importlib.util.spec_from_file_location("bench_denoiser", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["denoiser.py", "--weights", str(weights), "--batch-sizes", "2",
+                                      "--steps", "1", "2", "--min-seconds", "0.05", "--json", "--threads", "1"])
+    assert bench.main() == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["flops_per_window_step"] > 0
+    assert set(res["windows_per_s"]["2"]) == {"1", "2"} and res["windows_per_s"]["2"]["1"] > 0
