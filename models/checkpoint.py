@@ -18,7 +18,15 @@ import torch
 from models.errors import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
 from models.unet import UNet1D
 
-__all__ = ["FORMAT", "code_version", "file_sha256", "load_checkpoint", "save_checkpoint", "sidecar_path"]
+__all__ = [
+    "FORMAT",
+    "code_version",
+    "file_sha256",
+    "load_checkpoint",
+    "release_checkpoint",
+    "save_checkpoint",
+    "sidecar_path",
+]
 
 FORMAT = "coldstream-cdiffsd/1"
 NORMALIZATION = {
@@ -122,3 +130,23 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[UNet1D
     except RuntimeError as exc:
         raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
     return model.eval(), meta
+
+
+def release_checkpoint(src: str | Path, dst: str | Path, **inference: Any) -> dict[str, Any]:
+    """Copy trained weights ``src`` to ``dst`` (e.g. ``models/weights/<name>.pt``) with their sidecar, adding
+    inference defaults chosen after evaluation (``recommended_steps``, ``residual_mix``) to the sidecar.
+
+    The ``.pt`` bytes are copied unchanged, so the checksum (verified here) stays that of the trained file.
+    Returns the new sidecar.
+    """
+    import shutil
+
+    _, meta = load_checkpoint(src)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    meta.update(inference)
+    meta["released_from"] = Path(src).name
+    sidecar_path(dst).write_text(json.dumps(meta, indent=1) + "\n")
+    load_checkpoint(dst)
+    return meta

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
-from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint, sidecar_path
+from models.checkpoint import file_sha256, load_checkpoint, release_checkpoint, save_checkpoint, sidecar_path
 from models.denoiser import SHIPPED_WEIGHTS, Denoiser
 from models.spec import DEFAULT_SPEC
 
@@ -85,3 +85,13 @@ def test_denoiser_benchmark_script_runs_small(tmp_path, monkeypatch, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["flops_per_window_step"] > 0
     assert set(res["windows_per_s"]["2"]) == {"1", "2"} and res["windows_per_s"]["2"]["1"] > 0
+
+
+def test_release_adds_inference_defaults_and_keeps_the_checksum(tmp_path):
+    src = tmp_path / "run" / "trained.pt"
+    meta = save_checkpoint(src, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__)
+    dst = tmp_path / "weights" / "released.pt"
+    release_checkpoint(src, dst, recommended_steps=4, residual_mix=0.2)
+    den = Denoiser.load(dst, device="cpu")
+    assert den.version == meta["sha256"][:12] and den.default_steps == 4 and den.residual_mix == 0.2
+    assert json.loads(sidecar_path(dst).read_text())["released_from"] == "trained.pt"
