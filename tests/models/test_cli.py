@@ -76,6 +76,7 @@ def test_evaluate_cli_on_a_couple_of_events(tmp_path, tiny_weights, ncedc_dir, p
     assert set(metrics["methods"]) == {"noisy", "bandpass", "denoised_1", "denoised_2", "clean"}
     assert "P_recall_below_5db" in metrics["methods"]["denoised_1"]["picks"]["0.5s"]
     assert "noise_only" in metrics["methods"]["noisy"]
+    assert "p_picks_without_raw_support_per_window" in metrics["methods"]["denoised_1"]["noise_only"]
     assert (out / "report.md").read_text().startswith("# Denoiser evaluation")
     proto = json.loads((out / "protocol.json").read_text())
     assert {"noisy", "bandpass", "denoised_1"} <= set(proto["methods"]) and proto["n_noise_cases"] == 2
