@@ -57,6 +57,8 @@ PRE_P_MUTE_S = 0.4
 """Target is zero until this long before the labelled P, then ramps up to one at P - 0.1 s."""
 NOISE_GUARD_SAMPLES = 100
 """Pre-event noise ends this many samples before the labelled P."""
+PAD_RUN_SAMPLES = 50
+"""A run of this many identical consecutive samples (0.5 s at 100 Hz) is padding or a dead channel, not noise."""
 SNR_SIGNAL_S = 10.0
 """Signal power for the SNR is measured on Z over this long after P (the evaluation protocol's definition)."""
 
@@ -81,12 +83,45 @@ class Recording:
         return self.p_sample is not None
 
     def noise_segment(self, min_samples: int = 1000) -> np.ndarray | None:
-        """Pre-event noise ``(3, n)`` (the whole trace for noise-only recordings), or None if too short."""
+        """Pre-event noise ``(3, n)`` (the whole trace for noise-only recordings), or None if too short.
+
+        Only the longest stretch free of padding is returned: archives pad the start of a trace with a constant
+        (usually zero) where the digitiser had no data, and a jump from padding into noise is an onset that no live
+        station shows (gaps are masked there), which a picker may take for a P arrival."""
         end = self.data.shape[1] if self.p_sample is None else self.p_sample - NOISE_GUARD_SAMPLES
         if end < min_samples:
             return None
-        seg = self.data[:, :end]
+        lo, hi = live_span(self.data[:, :end])
+        if hi - lo < min_samples:
+            return None
+        seg = self.data[:, lo:hi]
         return seg - seg.mean(axis=1, keepdims=True)
+
+
+def live_span(x: np.ndarray, min_run_samples: int = PAD_RUN_SAMPLES) -> tuple[int, int]:
+    """``(start, stop)`` of the longest stretch of ``(3, n)`` data with no run of ``min_run_samples`` or more
+    identical consecutive values on any live (not all-zero) component, i.e. without padding or a dead channel."""
+    n = x.shape[1]
+    dead = np.zeros(n, bool)
+    for ch in x:
+        if not np.any(ch):
+            continue
+        change = np.flatnonzero(np.diff(ch) != 0)  # last index of each constant run
+        run_starts = np.insert(change + 1, 0, 0)
+        run_lengths = np.diff(np.append(run_starts, n))
+        dead |= np.repeat(run_lengths >= min_run_samples, run_lengths)
+    if not dead.any():
+        return 0, n
+    best = (0, 0)
+    start = None
+    for i, d in enumerate(np.append(dead, True)):
+        if not d and start is None:
+            start = i
+        elif d and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
 
 
 def snr_db(signal_z: np.ndarray, p_sample: int, noise_z: np.ndarray, sampling_rate_hz: float = 100.0) -> float:

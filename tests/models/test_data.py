@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from models.data import (
+    PAD_RUN_SAMPLES,
     PairConfig,
     PairSampler,
     build_eval_set,
+    live_span,
     load_npz_folder,
     load_recordings,
     make_station_split,
@@ -17,6 +19,7 @@ from models.data import (
     select,
     write_split,
 )
+from models.data import Recording
 from models.errors import DataError
 from models.train import TrainConfig, _Trainer
 
@@ -124,6 +127,37 @@ def test_missing_data_is_a_clear_error(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(DataError, match="no .npz"):
         load_recordings(tmp_path / "empty")
+
+
+def test_noise_segment_leaves_out_padding_and_dead_stretches(rng):
+    data = _synthetic_event(rng)
+    data[:, :1200] = 0.0  # archive padding before the digitiser had data
+    rec = Recording("XX.PAD_00", "XX.PAD", data, p_sample=3000, s_sample=3400)
+    seg = rec.noise_segment()
+    assert seg is not None and seg.shape[1] == 3000 - 100 - 1200
+    np.testing.assert_allclose(seg + data[:, 1200:2900].mean(axis=1, keepdims=True), data[:, 1200:2900], atol=1e-3)
+    # a dead stretch in the middle keeps the longer live side; a short constant run is not padding
+    x = rng.standard_normal((3, 2000))
+    x[2, 1400:1400 + PAD_RUN_SAMPLES] = 7.0
+    x[1, 300:300 + PAD_RUN_SAMPLES - 1] = -2.0
+    assert live_span(x) == (0, 1400)
+    # an all-zero horizontal (single-component station) is not a dead channel
+    x = rng.standard_normal((3, 2000))
+    x[:2] = 0
+    assert live_span(x) == (0, 2000)
+    # too little live noise: no segment
+    data[:, :2500] = 0.0
+    assert Recording("XX.PAD_01", "XX.PAD", data, p_sample=3000, s_sample=3400).noise_segment() is None
+
+
+def test_no_padding_reaches_real_noise_windows(ncedc_dir):
+    """Some NCEDC traces start with up to 20 s of zeros; none of that may reach a noise-only window."""
+    recs = load_npz_folder(ncedc_dir)
+    padded = [r for r in recs if live_span(r.data[:, : r.p_sample])[0] > 0]
+    assert padded, "the data set is known to hold padded traces"
+    ev = build_eval_set(recs, snr_levels_db=(0,), n_noise_only=200, seed=3)
+    for w in ev.noisy[ev.noise_only]:
+        assert live_span(w) == (0, w.shape[1])
 
 
 def test_real_ncedc_folder_splits_by_station(ncedc_dir):
