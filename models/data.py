@@ -328,6 +328,14 @@ def _extend(seg: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def crop_noise(seg: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``(3, n)`` float32 crop of a noise segment (extended by reflection when short), mean removed."""
+    ext = _extend(seg, 2 * n)
+    o = int(rng.integers(0, ext.shape[1] - n + 1))
+    w = ext[:, o : o + n].astype(np.float32)
+    return w - w.mean(axis=1, keepdims=True)
+
+
 def colored_noise(
     n: int, band_hz: tuple[float, float], rng: np.random.Generator, sampling_rate_hz: float = 100.0
 ) -> np.ndarray:
@@ -480,6 +488,21 @@ class EvalSet:
     names: list[str]
 
 
+def mix_at_snr(
+    ev: Recording, data: np.ndarray, start: int, noise: np.ndarray, snr_db: float, sampling_rate_hz: float = 100.0
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``data[:, start:start+n]`` (the event's data, possibly extended) plus ``noise`` ``(3, n)`` scaled so that the
+    event's Z power over ``SNR_SIGNAL_S`` after P is ``snr_db`` above the noise's. Returns noisy, clean, and the P and
+    S positions in the window (-1 for an S outside it)."""
+    n = noise.shape[1]
+    clean = data[:, start : start + n]
+    p = int(ev.p_sample) if ev.p_sample is not None else 0
+    p_sig = np.mean(ev.data[2, p : p + int(SNR_SIGNAL_S * sampling_rate_hz)].astype(np.float64) ** 2)
+    k = math.sqrt(p_sig / (np.mean(noise[2].astype(np.float64) ** 2) * 10 ** (snr_db / 10)))
+    s = ev.s_sample - start if ev.s_sample is not None else -1
+    return clean + np.float32(k) * noise, clean, p - start, s if 0 <= s < n else -1
+
+
 def build_eval_set(
     recordings: Sequence[Recording],
     snr_levels_db: Sequence[float] = (-15, -10, -5, 0, 5, 10),
@@ -504,32 +527,22 @@ def build_eval_set(
         for snr in snr_levels_db:
             cands = [x for x in noise if x[0] != ev.name and (x[2] or not ev.three_component)] or noise
             nm, seg, _ = cands[rng.integers(len(cands))]
-            ext = _extend(seg, 2 * n)
-            o = int(rng.integers(0, ext.shape[1] - n + 1))
-            nz = ext[:, o : o + n].astype(np.float32)
-            nz = nz - nz.mean(axis=1, keepdims=True)
+            nz = crop_noise(seg, n, rng)
             if not ev.three_component:
                 nz[:2] = 0
-            p = int(ev.p_sample)
             pw = int(rng.integers(*p_position_range))
-            start = int(np.clip(p - pw, 0, ev.data.shape[1] - n))
-            clean = ev.data[:, start : start + n]
-            p_sig = np.mean(ev.data[2, p : p + int(SNR_SIGNAL_S * sampling_rate_hz)].astype(np.float64) ** 2)
-            k = math.sqrt(p_sig / (np.mean(nz[2].astype(np.float64) ** 2) * 10 ** (snr / 10)))
-            out["noisy"].append(clean + np.float32(k) * nz)
+            start = int(np.clip(int(ev.p_sample) - pw, 0, ev.data.shape[1] - n))
+            noisy, clean, p, s = mix_at_snr(ev, ev.data, start, nz, snr, sampling_rate_hz)
+            out["noisy"].append(noisy)
             out["clean"].append(clean)
-            out["p"].append(p - start)
-            s = ev.s_sample - start if ev.s_sample is not None else -1
-            out["s"].append(s if 0 <= s < n else -1)
+            out["p"].append(p)
+            out["s"].append(s)
             out["snr"].append(float(snr))
             out["noise_only"].append(False)
             out["names"].append(f"{ev.name}|{nm}")
     for _ in range(n_noise_only):
         nm, seg, _ = noise[rng.integers(len(noise))]
-        ext = _extend(seg, 2 * n)
-        o = int(rng.integers(0, ext.shape[1] - n + 1))
-        nz = ext[:, o : o + n].astype(np.float32)
-        out["noisy"].append(nz - nz.mean(axis=1, keepdims=True))
+        out["noisy"].append(crop_noise(seg, n, rng))
         out["clean"].append(np.zeros((3, n), np.float32))
         out["p"].append(-1)
         out["s"].append(-1)

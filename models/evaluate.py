@@ -459,7 +459,7 @@ def build_protocol_cases(
 
     Recordings shorter than the case are extended by reflection (the NCEDC traces are 90 s with P at 30 s, so P
     positions later than the recording allows are clipped)."""
-    from models.data import SNR_SIGNAL_S, _extend, event_snr_db
+    from models.data import _extend, crop_noise, event_snr_db, mix_at_snr
 
     rng = np.random.default_rng(seed)
     n = int(seconds * sampling_rate_hz)
@@ -476,25 +476,19 @@ def build_protocol_cases(
     def noise_case(exclude: str) -> tuple[str, np.ndarray]:
         cands = [x for x in noise if x[0] != exclude] or noise
         nm, seg = cands[rng.integers(len(cands))]
-        ext = _extend(seg, 2 * n)
-        o = int(rng.integers(0, ext.shape[1] - n + 1))
-        w = ext[:, o : o + n].astype(np.float32)
-        return nm, w - w.mean(axis=1, keepdims=True)
+        return nm, crop_noise(seg, n, rng)
 
     for ev in events:
         data = _extend(ev.data, n)
         p = int(ev.p_sample)
         for snr in snr_levels_db:
             start = int(np.clip(p - int(rng.uniform(8, 28) * sampling_rate_hz), 0, data.shape[1] - n))
-            clean = data[:, start : start + n]
             nm, nz = noise_case(ev.name)
-            p_sig = np.mean(ev.data[2, p : p + int(SNR_SIGNAL_S * sampling_rate_hz)].astype(np.float64) ** 2)
-            k = math.sqrt(p_sig / (np.mean(nz[2].astype(np.float64) ** 2) * 10 ** (snr / 10)))
-            cols["noisy"].append(clean + np.float32(k) * nz)
+            noisy, clean, p_in, s_in = mix_at_snr(ev, data, start, nz, snr, sampling_rate_hz)
+            cols["noisy"].append(noisy)
             cols["clean"].append(clean)
-            cols["p"].append(p - start)
-            s = ev.s_sample - start if ev.s_sample is not None else -1
-            cols["s"].append(s if 0 <= s < n else -1)
+            cols["p"].append(p_in)
+            cols["s"].append(s_in)
             cols["snr"].append(float(snr))
             cols["nz"].append(False)
             cols["names"].append(f"{ev.name}|{nm}")
