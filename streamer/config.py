@@ -88,6 +88,9 @@ class WorkerSettings(_Section):
     reclaim_idle_s: float = Field(60.0, gt=0, description="scale-out: take over windows pending this long on another worker")
     scaleout_max_out_of_order: int = Field(6, ge=0, description="scale-out: strides a late worker result may lag behind")
     target_latency_s: float | None = Field(None, gt=0, description="end-to-end latency target; tightens budget_ms per batch")
+    pad_batch_multiple: int = Field(
+        8, ge=1, description="run batches padded up to a multiple of this (few shapes, bounded torch caches); 1 = off"
+    )
 
     @model_validator(mode="after")
     def _steps_order(self) -> "WorkerSettings":

@@ -308,8 +308,10 @@ class Worker:
         clock_ns: Callable[[], int] = time.time_ns,
         on_progress: Callable[[], None] | None = None,
         target_latency_s: float | None = None,
+        pad_batch_multiple: int = 8,
     ) -> None:
         self.denoiser = denoiser
+        self.pad_batch_multiple = max(int(pad_batch_multiple), 1)
         self.target_latency_ms = None if target_latency_s is None else target_latency_s * 1000.0
         self.picker = picker
         self.raw_picker = raw_picker and picker is not None
@@ -362,6 +364,7 @@ class Worker:
             max_age_s=ws.shed_age_strides * stride_s if ws.shed_age_strides else None,
             torch_threads=ws.torch_threads,
             target_latency_s=ws.target_latency_s,
+            pad_batch_multiple=ws.pad_batch_multiple,
             **kwargs,
         )
 
@@ -518,26 +521,40 @@ class Worker:
             if self.on_progress is not None:
                 self.on_progress()
 
+    def padded_size(self, n: int) -> int:
+        """Batch size the models run at: ``n`` rounded up to a multiple of ``pad_batch_multiple`` (at most
+        ``max(n, batch_size)``). Few distinct shapes keep torch's per-shape caches (oneDNN primitives on CPU,
+        cuDNN plans on GPU) small: see "Soak" in docs/benchmarks.md."""
+        m = self.pad_batch_multiple
+        return n if m <= 1 else min(-(-n // m) * m, max(n, self.batch_size))
+
     def process_batch(self, batch: list[Window]) -> BatchResult:
         """Denoise and pick one batch (no queue involved)."""
         t0 = time.perf_counter()
-        decision = self.controller.choose(len(batch), self.depth, self._latency_budget_ms(batch))
+        n = len(batch)
+        n_run = self.padded_size(n)
+        decision = self.controller.choose(n_run, self.depth, self._latency_budget_ms(batch))
         if decision.reason is not None:
             self.metrics.degradations.labels(reason=decision.reason).inc()
         x = np.stack([w.data for w in batch]).astype(np.float32, copy=False)
         mask = np.stack([w.mask for w in batch])
-        res = self.denoiser.denoise_windows(x, steps=decision.steps, budget_ms=max(decision.budget_ms, 1.0))
-        denoised = _to_numpy(res.x0)
-        denoised = np.where(mask, denoised, np.float32(0.0)).astype(np.float32, copy=False)
+        # padding repeats the last window, so it is real-looking data; its outputs are dropped
+        x_run, mask_run = x, mask
+        if n_run > n:
+            x_run = np.concatenate([x, np.repeat(x[-1:], n_run - n, axis=0)])
+            mask_run = np.concatenate([mask, np.repeat(mask[-1:], n_run - n, axis=0)])
+        res = self.denoiser.denoise_windows(x_run, steps=decision.steps, budget_ms=max(decision.budget_ms, 1.0))
+        denoised_run = np.where(mask_run, _to_numpy(res.x0), np.float32(0.0)).astype(np.float32, copy=False)
         steps_done = int(res.steps_done)
         inference_ms = float(res.elapsed_ms)
         probs = raw_probs = None
         if self.picker is not None:
-            probs = self.picker.predict(denoised)
+            probs = _to_numpy(self.picker.predict(denoised_run))[:n]
             if self.raw_picker:
-                raw_probs = self.picker.predict(x)
+                raw_probs = _to_numpy(self.picker.predict(x_run))[:n]
+        denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0
-        self.controller.observe(len(batch), steps_done, inference_ms, max(batch_ms - inference_ms, 0.0))
+        self.controller.observe(n_run, steps_done, inference_ms, max(batch_ms - inference_ms, 0.0))
         self._record(len(batch), steps_done, batch_ms)
         if steps_done < decision.steps and decision.reason is None:
             # the denoiser's own deadline cut the sampler short: that is a budget degradation too

@@ -87,6 +87,23 @@ def test_denoiser_benchmark_script_runs_small(tmp_path, monkeypatch, capsys):
     assert set(res["windows_per_s"]["2"]) == {"1", "2"} and res["windows_per_s"]["2"]["1"] > 0
 
 
+def test_batch_shapes_benchmark_runs_small(tmp_path):
+    """``bench/batch_shapes.py`` stays runnable and pads as the worker does (a fresh process per setting)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    weights = tmp_path / "tiny.pt"
+    save_checkpoint(weights, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__)
+    script = Path(__file__).resolve().parents[2] / "bench" / "batch_shapes.py"
+    out = subprocess.run([sys.executable, str(script), "--weights", str(weights), "--seconds", "0.3", "--max-batch", "4",
+                          "--pad", "1", "4", "--threads", "1"], capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 4]
+    assert int(rows[1][1]) == 1  # padded to a multiple of 4 with at most 4: one shape
+    assert all(float(r[5]) > 0 for r in rows)
+
+
 def test_release_adds_inference_defaults_and_keeps_the_checksum(tmp_path):
     src = tmp_path / "run" / "trained.pt"
     meta = save_checkpoint(src, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__)

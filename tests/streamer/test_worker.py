@@ -187,6 +187,38 @@ def test_batches_are_formed_denoised_picked_and_counted(metrics):
     assert counter(metrics, "coldstream_window_queue_depth") == 0
 
 
+class ShapeRecordingDenoiser(FakeDenoiser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[np.ndarray] = []
+
+    def denoise_windows(self, x, steps=None, budget_ms=None):
+        self.inputs.append(x.copy())
+        return super().denoise_windows(x, steps, budget_ms)
+
+
+def test_batches_run_padded_to_few_shapes_and_only_real_windows_come_out(metrics):
+    den = ShapeRecordingDenoiser()
+    w, results, _ = make_worker(metrics, den, batch_size=32, picker=FakePicker(), clock_ns=lambda: 0)
+    assert [w.padded_size(n) for n in (1, 8, 9, 17, 25, 32)] == [8, 8, 16, 24, 32, 32]
+    w.submit([make_window(i) for i in range(3)])
+    r = w.process_once()
+    assert r is not None and len(r.windows) == 3
+    x = den.inputs[-1]
+    assert x.shape[0] == 8
+    np.testing.assert_array_equal(x[3:], np.repeat(x[2:3], 5, axis=0))  # padding repeats the last window
+    assert r.denoised.shape == (3, 3, N) and r.probs is not None and r.probs.shape == (3, 3, N)
+    assert r.denoised[2, 0, 50] == pytest.approx(1.5) and np.all(r.denoised[:, :, :10] == 0)
+    assert counter(metrics, "coldstream_windows_processed_total") == 3
+    assert counter(metrics, "coldstream_batch_size_sum") == 3
+    # off: the models see the batch as it is
+    den2 = ShapeRecordingDenoiser()
+    w2, _, _ = make_worker(metrics, den2, batch_size=32, pad_batch_multiple=1, clock_ns=lambda: 0)
+    w2.submit([make_window(i) for i in range(3)])
+    w2.process_once()
+    assert den2.inputs[-1].shape[0] == 3
+
+
 def test_budget_degradation_is_counted(metrics):
     den = FakeDenoiser(step_ms_per_window=10.0)  # batch of 4: 40 ms per step
     w, results, _ = make_worker(metrics, den, batch_size=4, budget_ms=100.0, clock_ns=lambda: 0)
