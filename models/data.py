@@ -110,18 +110,12 @@ def live_span(x: np.ndarray, min_run_samples: int = PAD_RUN_SAMPLES) -> tuple[in
         run_starts = np.insert(change + 1, 0, 0)
         run_lengths = np.diff(np.append(run_starts, n))
         dead |= np.repeat(run_lengths >= min_run_samples, run_lengths)
-    if not dead.any():
-        return 0, n
-    best = (0, 0)
-    start = None
-    for i, d in enumerate(np.append(dead, True)):
-        if not d and start is None:
-            start = i
-        elif d and start is not None:
-            if i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    return best
+    edges = np.diff(np.concatenate([[0], (~dead).astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if not starts.size:
+        return 0, 0
+    i = int(np.argmax(stops - starts))
+    return int(starts[i]), int(stops[i])
 
 
 def snr_db(signal_z: np.ndarray, p_sample: int, noise_z: np.ndarray, sampling_rate_hz: float = 100.0) -> float:
