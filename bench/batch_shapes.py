@@ -29,6 +29,7 @@ def run_one(pad: int, seconds: float, max_batch: int, threads: int, device: str,
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from models.denoiser import Denoiser
+    from streamer.worker import padded_batch_size
 
     torch.set_num_threads(threads)
     den = Denoiser.load(weights, device=device)
@@ -36,7 +37,7 @@ def run_one(pad: int, seconds: float, max_batch: int, threads: int, device: str,
     start_mb, t0, windows, calls, shapes = rss_mb(), time.perf_counter(), 0, 0, set()
     while time.perf_counter() - t0 < seconds:
         n = int(rng.integers(1, max_batch + 1))
-        n_run = n if pad <= 1 else min(-(-n // pad) * pad, max_batch)
+        n_run = padded_batch_size(n, pad, max_batch)  # as the worker pads
         x = (rng.standard_normal((n_run, 3, 3000)) * 100).astype(np.float32)
         den.denoise_windows(x, steps=int(rng.integers(1, 4)))
         windows, calls = windows + n, calls + 1

@@ -522,11 +522,8 @@ class Worker:
                 self.on_progress()
 
     def padded_size(self, n: int) -> int:
-        """Batch size the models run at: ``n`` rounded up to a multiple of ``pad_batch_multiple`` (at most
-        ``max(n, batch_size)``). Few distinct shapes keep torch's per-shape caches (oneDNN primitives on CPU,
-        cuDNN plans on GPU) small: see "Soak" in docs/benchmarks.md."""
-        m = self.pad_batch_multiple
-        return n if m <= 1 else min(-(-n // m) * m, max(n, self.batch_size))
+        """Batch size the models run at for ``n`` windows (see :func:`padded_batch_size`)."""
+        return padded_batch_size(n, self.pad_batch_multiple, self.batch_size)
 
     def process_batch(self, batch: list[Window]) -> BatchResult:
         """Denoise and pick one batch (no queue involved)."""
@@ -555,7 +552,7 @@ class Worker:
         denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0
         self.controller.observe(n_run, steps_done, inference_ms, max(batch_ms - inference_ms, 0.0))
-        self._record(len(batch), steps_done, batch_ms)
+        self._record(n, steps_done, batch_ms)
         if steps_done < decision.steps and decision.reason is None:
             # the denoiser's own deadline cut the sampler short: that is a budget degradation too
             self.metrics.degradations.labels(reason=REASON_BUDGET).inc()
@@ -602,6 +599,16 @@ class Worker:
                 m.gpu_memory_used.set(torch.cuda.memory_allocated())
             except Exception:  # the gauge is best effort; never fail a batch over it
                 pass
+
+
+def padded_batch_size(n: int, multiple: int, batch_size: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``, but not beyond ``max(n, batch_size)``; ``multiple`` 1 = ``n``.
+
+    Few distinct batch shapes keep torch's per-shape caches (oneDNN primitives on CPU, cuDNN plans on GPU) small:
+    see "Batch shapes and memory" in docs/benchmarks.md."""
+    if multiple <= 1:
+        return n
+    return min(-(-n // multiple) * multiple, max(n, batch_size))
 
 
 def _to_numpy(x: Any) -> np.ndarray:
