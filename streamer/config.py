@@ -20,12 +20,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamer.errors import StreamerError
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "COLDSTREAM_"
 
 
-class ConfigError(Exception):
+class ConfigError(StreamerError):
     """The configuration cannot be used; the message names the key."""
 
 

@@ -21,11 +21,11 @@ from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
 from streamer.metrics import Metrics
-from streamer.mseed import DecodeError, IngestError, decode_payload
+from streamer.mseed import RecordDecodeError, IngestError, decode_payload
 from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
 from streamer.windows import WindowBatch, Windower
 
-__all__ = ["Ingestor", "IngestError", "DecodeError"]
+__all__ = ["Ingestor", "IngestError", "RecordDecodeError"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class Ingestor:
         windows that became ready. Bad data is counted and skipped, never raised."""
         try:
             blocks = decode_payload(payload, arrival_ns, packet)
-            error: DecodeError | None = None
-        except DecodeError as exc:
+            error: RecordDecodeError | None = None
+        except RecordDecodeError as exc:
             blocks, error = exc.blocks, exc
         m = self.metrics
         if error is not None:
@@ -256,7 +256,7 @@ class Ingestor:
         return c
 
     @staticmethod
-    def _error_station(error: DecodeError, packet: PacketRef | None) -> str:
+    def _error_station(error: RecordDecodeError, packet: PacketRef | None) -> str:
         if error.seed_id is not None:
             return error.seed_id.rsplit(".", 1)[0]
         if packet is not None:

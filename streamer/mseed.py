@@ -23,16 +23,17 @@ from pathlib import Path
 import numpy as np
 from pymseed import MiniSEEDError, MS3Record, sourceid2nslc
 
+from streamer.errors import StreamerError
 from streamer.records import PacketRef, SampleBlock
 
-__all__ = ["IngestError", "DecodeError", "decode_payload", "read_file_blocks", "seed_id_of"]
+__all__ = ["IngestError", "RecordDecodeError", "decode_payload", "read_file_blocks", "seed_id_of"]
 
 
-class IngestError(Exception):
+class IngestError(StreamerError):
     """Base class of errors in the ingest stage (decoding, buffering, windowing)."""
 
 
-class DecodeError(IngestError):
+class RecordDecodeError(IngestError):
     """A payload (or a record in it) is not decodable miniSEED.
 
     ``seed_id`` names the channel when the record header could still be read (else ``None``);
@@ -91,7 +92,7 @@ def _block_from_record(msr: MS3Record, arrival_ns: int, packet: PacketRef | None
     seed_id = seed_id_of(msr.sourceid)
     decoded = msr.numsamples
     if decoded != declared:
-        raise DecodeError(f"decoded {decoded} of {declared} samples", seed_id)
+        raise RecordDecodeError(f"decoded {decoded} of {declared} samples", seed_id)
     samples = np.array(msr.np_datasamples, copy=True)
     return SampleBlock(
         seed_id=seed_id,
@@ -108,12 +109,12 @@ def decode_payload(payload: bytes | bytearray | memoryview, arrival_ns: int, pac
     a file) into ``SampleBlock``s in payload order.
 
     ``arrival_ns`` (wall clock, ns since the epoch) and ``packet`` are copied into each block.
-    Raises ``DecodeError`` for empty, random, truncated or corrupt data; its ``blocks`` carries
+    Raises ``RecordDecodeError`` for empty, random, truncated or corrupt data; its ``blocks`` carries
     the records decoded before the failure and ``seed_id`` the failing channel when known.
     """
     data = bytes(payload)
     if not data:
-        raise DecodeError("empty payload")
+        raise RecordDecodeError("empty payload")
     blocks: list[SampleBlock] = []
     offset = 0
     try:
@@ -122,11 +123,11 @@ def decode_payload(payload: bytes | bytearray | memoryview, arrival_ns: int, pac
             block = _block_from_record(msr, arrival_ns, packet)
             if block is not None:
                 blocks.append(block)
-    except DecodeError as exc:
+    except RecordDecodeError as exc:
         exc.blocks = blocks
         raise
     except (MiniSEEDError, ValueError, TypeError, OverflowError) as exc:
-        raise DecodeError(_reason(exc), _header_seed_id(data[offset:]), blocks) from None
+        raise RecordDecodeError(_reason(exc), _header_seed_id(data[offset:]), blocks) from None
     return blocks
 
 
@@ -137,5 +138,5 @@ def _reason(exc: Exception) -> str:
 
 def read_file_blocks(path: str | os.PathLike[str], arrival_ns: int = 0) -> Iterator[SampleBlock]:
     """Yield the blocks of every record in a miniSEED file, in file order (replay and benchmark
-    helper; raises ``DecodeError`` at the first bad record)."""
+    helper; raises ``RecordDecodeError`` at the first bad record)."""
     yield from decode_payload(Path(path).read_bytes(), arrival_ns)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from streamer.errors import StreamerError
 from streamer.records import NS_PER_S
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ INFO_CAPABILITIES = (
 MSEED_SUFFIXES = {".mseed", ".miniseed", ".ms", ".msd", ".seed", ".mseed3", ".ms3"}
 
 
-class ReplayError(Exception):
+class ReplayError(StreamerError):
     """The replay server cannot start (no usable input, bad arguments)."""
 
 

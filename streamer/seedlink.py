@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import SeedLinkServer, SeedLinkSettings
+from streamer.errors import StreamerError
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, PacketRef
 
@@ -57,7 +58,7 @@ STATE_VERSION = 1
 PacketCallback = Callable[[bytes, PacketRef, int], None]
 
 
-class SeedLinkStateError(Exception):
+class SeedLinkStateError(StreamerError):
     """The state file cannot be read or written."""
 
 

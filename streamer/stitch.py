@@ -52,6 +52,7 @@ from typing import Literal
 
 import numpy as np
 
+from streamer.errors import StreamerError
 from streamer.records import NS_PER_S, Window
 
 StitchMode = Literal["overlap_add", "centre_crop"]
@@ -62,7 +63,7 @@ _NO_STEPS = np.iinfo(np.int32).max
 _KEY_MAX = np.iinfo(np.int64).max
 
 
-class StitchError(ValueError):
+class StitchError(StreamerError, ValueError):
     """A window does not fit the stitcher (wrong shape, bad parameters)."""
 
 

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamer.errors import StreamerError
 from streamer.metrics import Metrics
 from streamer.records import Window
 
@@ -59,7 +60,7 @@ SHED_QUEUE_FULL = "queue_full"
 SHED_ERROR = "error"
 
 
-class WorkerError(Exception):
+class WorkerError(StreamerError):
     """Base class of the worker's errors."""
 
 

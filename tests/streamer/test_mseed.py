@@ -1,5 +1,5 @@
 """miniSEED 2 (written by ObsPy) and 3 (written by pymseed) records decode to the right samples
-and times; bad payloads raise DecodeError with the channel when it can be known."""
+and times; bad payloads raise RecordDecodeError with the channel when it can be known."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from obspy import Stream, Trace, UTCDateTime
 from pymseed import DataEncoding, MS3Record
 
-from streamer.mseed import DecodeError, IngestError, decode_payload, read_file_blocks
+from streamer.mseed import RecordDecodeError, IngestError, decode_payload, read_file_blocks
 from streamer.records import PacketRef
 
 START = UTCDateTime(2024, 1, 1, 0, 0, 3.25)
@@ -109,7 +109,7 @@ def test_text_records_yield_no_blocks() -> None:
     ids=["empty", "zeros", "text", "random"],
 )
 def test_garbage_raises_decode_error(payload: bytes) -> None:
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(RecordDecodeError) as info:
         decode_payload(payload, 0)
     assert isinstance(info.value, IngestError)
     assert info.value.reason
@@ -118,7 +118,7 @@ def test_garbage_raises_decode_error(payload: bytes) -> None:
 
 def test_truncated_record_raises_with_channel() -> None:
     raw = mseed2(signal(np.int32), "STEIM2")
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(RecordDecodeError) as info:
         decode_payload(raw[:300], 0)
     assert "more bytes" in info.value.reason
 
@@ -126,7 +126,7 @@ def test_truncated_record_raises_with_channel() -> None:
 def test_corrupt_steim_frames_name_the_channel() -> None:
     rec = bytearray(mseed2(signal(np.int32), "STEIM2")[:512])
     rec[64:512] = bytes(448)  # frames wiped: header intact, no samples decodable
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(RecordDecodeError) as info:
         decode_payload(bytes(rec), 0)
     assert info.value.seed_id == "XX.ABC.00.HHZ"
     assert "decoded" in info.value.reason
@@ -136,7 +136,7 @@ def test_bad_record_after_good_ones_keeps_the_good_ones() -> None:
     raw = mseed2(signal(np.int32), "STEIM2")
     bad = bytearray(raw[512:1024])
     bad[64:512] = bytes(448)
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(RecordDecodeError) as info:
         decode_payload(raw[:512] + bytes(bad), 0)
     assert len(info.value.blocks) == 1
     assert info.value.blocks[0].start_ns == START_NS
@@ -146,7 +146,7 @@ def test_mseed3_crc_mismatch_is_an_error() -> None:
     (rec, *_) = mseed3(signal(np.float32, 100), DataEncoding.FLOAT32, "f")
     damaged = bytearray(rec)
     damaged[-3] ^= 0xFF
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(RecordDecodeError) as info:
         decode_payload(bytes(damaged), 0)
     assert "CRC" in info.value.reason
     assert info.value.seed_id == "XX.ABC.00.HHZ"
