@@ -12,6 +12,7 @@ Not thread-safe: call it from one thread (the I/O loop), or hold a lock.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
+from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.mseed import RecordDecodeError, IngestError, decode_payload
 from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
@@ -34,6 +36,7 @@ REPORTING_WINDOW_S = 60.0  # "stations reporting": data arrived within this many
 GAP_LOG_INTERVAL_S = 60.0
 SILENCE_LOG_S = 30.0  # a station without data this long is logged once as silent (gap opened)
 MAX_RELEASED_STATIONS = 100_000  # at most one gap line per station per interval
+MAX_LOGGED_KEYS = 100_000  # station/kind pairs the log limiters remember
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,12 @@ class Ingestor:
         self.now_ns = now_ns
         self.windower = Windower(spec, self.window_settings, self.buffer_settings)
         self._stations: dict[str, StationBuffer] = {}
-        self._logged: set[tuple[str, str]] = set()
-        self._gap_logged_ns: dict[str, int] = {}
-        self._gaps_unlogged: dict[str, int] = {}
+        # one line per station and kind of problem, ever (bounded under a flood of bogus codes)
+        self._once = RateLimitedLog(log, math.inf, max_keys=MAX_LOGGED_KEYS)
+        # gaps: one line per station per GAP_LOG_INTERVAL_S of the injected clock, with the count held back
+        self._gap_log = RateLimitedLog(
+            log, GAP_LOG_INTERVAL_S, suffix=" ({n} more gaps since the last report)", max_keys=MAX_LOGGED_KEYS
+        )
         self._station_counters: dict[str, _StationCounters] = {}
         self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
@@ -87,7 +93,7 @@ class Ingestor:
             label = m.station(station)
             m.decode_errors.labels(label).inc()
             m.records_received.labels(label).inc()
-            self._log_once(station, "decode", logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
+            self._once.log((station, "decode"), logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
         if blocks:
             self._counters(blocks[0].station_id).bytes_received.inc(len(payload))
         elif error is not None:
@@ -114,7 +120,7 @@ class Ingestor:
             # a block that passes decoding but that the buffer cannot place (absurd header
             # values): count it and go on with the next one
             result = StationInsert(rejected="invalid")
-            self._log_once(station_id, "invalid", logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
+            self._once.log((station_id, "invalid"), logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
         self._count_insert(block, result, now)
         if result.rejected is not None:
             return []
@@ -203,11 +209,11 @@ class Ingestor:
             m.clock_jumps.labels(label).inc()
             log.warning("%s: clock jump at %s, station buffer reset", station_id, block.seed_id)
         if r.channel_reset:
-            self._log_once(station_id, "rate_change", logging.WARNING, "%s: sampling rate changed to %s Hz, channel restarted", block.seed_id, block.sampling_rate_hz)
+            self._once.log((station_id, "rate_change"), logging.WARNING, "%s: sampling rate changed to %s Hz, channel restarted", block.seed_id, block.sampling_rate_hz)
         if r.rejected is not None:
             m.records_rejected.labels(label, r.rejected).inc()
-            self._log_once(
-                station_id, r.rejected, logging.WARNING,
+            self._once.log(
+                (station_id, r.rejected), logging.WARNING,
                 "%s: block rejected (%s): start %d ns, %d samples at %s Hz; further ones only counted",
                 block.seed_id, r.rejected, block.start_ns, len(block.samples), block.sampling_rate_hz,
             )
@@ -219,28 +225,16 @@ class Ingestor:
             m.overlaps.labels(label).inc()
         if c.nonfinite_samples:
             m.nonfinite_samples.labels(label).inc(c.nonfinite_samples)
-            self._log_once(station_id, "nonfinite", logging.WARNING, "%s: non-finite samples masked", block.seed_id)
+            self._once.log((station_id, "nonfinite"), logging.WARNING, "%s: non-finite samples masked", block.seed_id)
         if c.gap_samples:
             m.gaps.labels(label).inc()
             m.gap_seconds.labels(label).inc(r.gap_s)
             self._log_gap(station_id, block.seed_id, r.gap_s, now_ns)
 
     def _log_gap(self, station_id: str, seed_id: str, gap_s: float, now_ns: int) -> None:
-        last = self._gap_logged_ns.get(station_id)
-        if last is not None and now_ns - last < GAP_LOG_INTERVAL_S * NS_PER_S:
-            self._gaps_unlogged[station_id] = self._gaps_unlogged.get(station_id, 0) + 1
-            return
-        more = self._gaps_unlogged.pop(station_id, 0)
-        self._gap_logged_ns[station_id] = now_ns
-        suffix = f" ({more} more gaps since the last report)" if more else ""
-        log.info("%s: gap of %.2f s closed, data resumed%s", seed_id, gap_s, suffix)
-
-    def _log_once(self, station_id: str, kind: str, level: int, msg: str, *args: object) -> None:
-        key = (station_id, kind)
-        if key in self._logged or len(self._logged) >= 100_000:  # bounded under a flood of bogus codes
-            return
-        self._logged.add(key)
-        log.log(level, msg, *args)
+        self._gap_log.log(
+            station_id, logging.INFO, "%s: gap of %.2f s closed, data resumed", seed_id, gap_s, now_s=now_ns / NS_PER_S
+        )
 
     def _counters(self, station_id: str) -> _StationCounters:
         """The per-station children of the hot counters (``labels()`` costs microseconds)."""

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamer.errors import StreamerError
+from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.records import Window
 
@@ -58,6 +59,7 @@ SHED_AGE = "age"
 SHED_OVERLOAD = "overload"
 SHED_QUEUE_FULL = "queue_full"
 SHED_ERROR = "error"
+SHED_LOG_INTERVAL_S = 10.0  # at most one "shed" line per reason this often
 
 
 class WorkerError(StreamerError):
@@ -260,25 +262,6 @@ ResultHandler = Callable[[BatchResult], None]
 ShedHandler = Callable[[list[Window], str], None]
 
 
-class _RateLimitedLog:
-    """Logs at most once per ``interval_s`` per key, with the count of suppressed repeats."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -math.inf) >= self.interval_s:
-            n = self._suppressed.pop(key, 0)
-            suffix = f" ({n} similar suppressed)" if n else ""
-            log.warning(msg + suffix, *args)
-            self._last[key] = now
-        else:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-
-
 class Worker:
     """Batches windows and runs denoiser + picker on a thread of its own.
 
@@ -334,7 +317,7 @@ class Worker:
         self._cancelled = False
         self._busy = False
         self._thread: threading.Thread | None = None
-        self._rl = _RateLimitedLog()
+        self._rl = RateLimitedLog(log, interval_s=SHED_LOG_INTERVAL_S)
         self.batches_done = 0
         self.windows_done = 0
         self.last_error: BaseException | None = None
