@@ -29,7 +29,7 @@ def run_one(pad: int, seconds: float, max_batch: int, threads: int, device: str,
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from models.denoiser import Denoiser
-    from streamer.worker import padded_batch_size
+    from streamer.steps import padded_batch_size
 
     torch.set_num_threads(threads)
     den = Denoiser.load(weights, device=device)

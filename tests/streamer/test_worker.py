@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from streamer.records import Window
-from streamer.worker import (
-    REASON_BUDGET,
-    REASON_OVERLOAD,
-    BatchResult,
-    ShedPlan,
-    StepController,
-    Worker,
-)
+from streamer.steps import REASON_BUDGET, REASON_OVERLOAD, ShedPlan, StepController
+from streamer.worker import BatchResult, Worker
 
 N = 3000
 NS = 1_000_000_000
