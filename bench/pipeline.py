@@ -4,7 +4,7 @@ For each station count N on a ladder, N stations are fed in real time through th
 (``Ingestor.add_block``: ring buffers and grid windows; the miniSEED decoding and the sockets are left
 out, ``bench ingest`` measures them), using the bundled demo recording's data cycled over the
 stations. The real :class:`~streamer.worker.Worker` thread (shipped denoiser, step choice within the
-latency budget, shedding) and PhaseNet run on the windows; the real :class:`~streamer.service.OutputStage`
+latency budget, shedding) and PhaseNet run on the windows; the real :class:`~streamer.output.OutputStage`
 stitches and picks; outputs go to an in-process sink instead of Redis. End-to-end latency: newest
 sample arrival of a window -> its outputs handed to the publisher (the service measures up to Redis
 accepting them; the Redis write runs on its own thread).
@@ -35,7 +35,7 @@ from streamer.config import Settings, load_settings
 from streamer.ingest import Ingestor
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, SampleBlock
-from streamer.service import OutputStage
+from streamer.output import OutputStage
 from streamer.worker import Worker
 
 log = logging.getLogger("bench.pipeline")

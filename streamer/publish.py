@@ -1,16 +1,7 @@
 """Publishing denoised segments and picks to Redis streams, with a bounded in-order backlog.
 
-Key layout (prefix ``RedisSettings.stream_prefix``, default ``coldstream``; ``docs/redis-schema.md`` is
-the contract for consumers):
-
-``{prefix}:picks``                  one stream, every pick (auto IDs), flat string fields
-``{prefix}:pickseen:{pick_id}``     de-duplication marker of a published pick (string, TTL)
-``{prefix}:picktime:{station}|{phase}|{source}:{bucket}`` time of a published pick (string, TTL)
-``{prefix}:denoised:{NET.STA.LOC}`` one stream per station, denoised segments, ID from data time
-``{prefix}:latest``                 hash: station -> end time (ns) of its newest published segment
-``{prefix}:windows``                scale-out: windows for the workers (consumer group)
-``{prefix}:windowsseen:{window_id}`` de-duplication marker of a pushed window (string, TTL)
-``{prefix}:windows:dead``           windows delivered too often (poison), for inspection
+Key layout and field encodings: :mod:`streamer.schema` (``docs/redis-schema.md`` is the contract for
+consumers).
 
 Idempotency: a segment's entry ID is ``<start_ns // 10^6>-<start_ns mod 10^6>``, so a replay writes the
 same ID and Redis refuses it ("equal or smaller than the target stream top item"): counted as a
@@ -31,17 +22,15 @@ credentials masked.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -49,72 +38,11 @@ from redis.retry import Retry
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
 from streamer.picks import Pick
-from streamer.records import NS_PER_S, Window
-from streamer.stitch import Segment, sample_index
+from streamer.records import NS_PER_S
+from streamer.schema import PublishError, StreamKeys, encode_pick, encode_segment, flat_fields, segment_entry_id
+from streamer.stitch import Segment
 
 log = logging.getLogger(__name__)
-
-DTYPE = "<f4"
-MASK_ENCODING = "packbits-le"
-SCHEMA_VERSION = "1"
-
-
-class PublishError(Exception):
-    """Base error of the Redis output side."""
-
-
-class DecodeError(PublishError):
-    """A stream entry does not follow the schema."""
-
-
-# --------------------------------------------------------------------------------------- keys
-
-
-@dataclass(frozen=True)
-class StreamKeys:
-    """Every Redis key the service writes, for one prefix."""
-
-    prefix: str = "coldstream"
-
-    @property
-    def picks(self) -> str:
-        return f"{self.prefix}:picks"
-
-    def pickseen(self, pick_id: str) -> str:
-        return f"{self.prefix}:pickseen:{pick_id}"
-
-    def picktime(self, station_id: str, phase: str, source: str, bucket: int) -> str:
-        return f"{self.prefix}:picktime:{station_id}|{phase}|{source}:{bucket}"
-
-    def denoised(self, station_id: str) -> str:
-        return f"{self.prefix}:denoised:{station_id}"
-
-    @property
-    def denoised_pattern(self) -> str:
-        return f"{self.prefix}:denoised:*"
-
-    @property
-    def latest(self) -> str:
-        return f"{self.prefix}:latest"
-
-    def windows(self, stream: str = "windows") -> str:
-        return f"{self.prefix}:{stream}"
-
-    def windowseen(self, window_id: str, stream: str = "windows") -> str:
-        return f"{self.prefix}:{stream}seen:{window_id}"
-
-    def dead(self, stream: str = "windows") -> str:
-        return f"{self.prefix}:{stream}:dead"
-
-
-def segment_entry_id(start_ns: int) -> str:
-    """Stream ID of a segment: ``<start ms>-<remaining ns>``. Distinct start times give distinct,
-    time-ordered IDs, also below 1 ms; the same start always gives the same ID."""
-    if start_ns <= 0:
-        raise PublishError(f"segment start {start_ns} ns is not after the epoch")
-    ms, rem = divmod(int(start_ns), 1_000_000)
-    return f"{ms}-{rem}"
-
 
 def mask_url(url: str) -> str:
     """``url`` with any user name or password replaced by ``***`` (for logs)."""
@@ -144,187 +72,6 @@ def connect(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> redis.
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
-# ----------------------------------------------------------------------------------- encoding
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _field(fields: dict[Any, Any], name: str) -> Any:
-    if name.encode() in fields:
-        return fields[name.encode()]
-    if name in fields:
-        return fields[name]
-    raise DecodeError(f"entry has no field {name!r}")
-
-
-def pack_mask(mask: np.ndarray) -> bytes:
-    """Bool array -> bits, row-major, least significant bit first (``np.packbits(bitorder="little")``)."""
-    return np.packbits(np.asarray(mask, dtype=bool).ravel(), bitorder="little").tobytes()
-
-
-def unpack_mask(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    count = int(np.prod(shape))
-    bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=count, bitorder="little")
-    return bits.reshape(shape).astype(bool)
-
-
-def _channels_text(channels: Sequence[str], component_order: str) -> str:
-    if channels and len(channels) == len(component_order):
-        return ",".join(ch or comp for ch, comp in zip(channels, component_order))
-    return ",".join(component_order)
-
-
-def encode_segment(
-    segment: Segment, model: str = "", model_version: str = "", published_ns: int | None = None
-) -> dict[str, bytes | str]:
-    """Stream fields of a denoised segment (see ``docs/redis-schema.md``)."""
-    data = np.ascontiguousarray(segment.data, dtype=DTYPE)
-    c, n = data.shape
-    return {
-        "station": segment.station_id,
-        "start_ns": str(segment.start_ns),
-        "end_ns": str(segment.end_ns),
-        "sampling_rate_hz": repr(float(segment.sampling_rate_hz)),
-        "channels": _channels_text(segment.channels, segment.component_order),
-        "component_order": segment.component_order,
-        "dtype": DTYPE,
-        "shape": f"{c},{n}",
-        "data": data.tobytes(),
-        "mask_encoding": MASK_ENCODING,
-        "mask": pack_mask(segment.mask),
-        "steps": str(segment.steps_min),
-        "steps_max": str(segment.steps_max),
-        "model": model,
-        "model_version": model_version,
-        "published_ns": str(time.time_ns() if published_ns is None else published_ns),
-        "schema": SCHEMA_VERSION,
-    }
-
-
-@dataclass
-class DecodedSegment:
-    segment: Segment
-    model: str
-    model_version: str
-    published_ns: int
-
-
-def decode_segment(fields: dict[Any, Any]) -> DecodedSegment:
-    """Inverse of :func:`encode_segment` (bytes or str keys)."""
-    try:
-        shape = tuple(int(v) for v in _s(_field(fields, "shape")).split(","))
-        data = np.frombuffer(_field(fields, "data"), dtype=_s(_field(fields, "dtype"))).reshape(shape)
-        mask = unpack_mask(_field(fields, "mask"), shape)
-        rate = float(_s(_field(fields, "sampling_rate_hz")))
-        channels = _s(_field(fields, "channels")).split(",")
-        order = _s(_field(fields, "component_order"))
-        seg = Segment(
-            station_id=_s(_field(fields, "station")),
-            start_sample=sample_index(int(_s(_field(fields, "start_ns"))), rate),
-            sampling_rate_hz=rate,
-            data=data.astype(np.float32),
-            mask=mask,
-            steps_min=int(_s(_field(fields, "steps"))),
-            steps_max=int(_s(_field(fields, "steps_max"))),
-            channels=tuple(channels),
-            component_order=order,
-        )
-        return DecodedSegment(
-            seg, _s(_field(fields, "model")), _s(_field(fields, "model_version")), int(_s(_field(fields, "published_ns")))
-        )
-    except (ValueError, TypeError, DecodeError) as exc:
-        raise DecodeError(f"bad segment entry: {exc}") from exc
-
-
-_PICK_FIELDS = (
-    "pick_id", "station", "phase", "time_ns", "time_iso", "probability", "source", "denoiser",
-    "denoiser_version", "picker", "picker_version", "steps", "emitted_ns",
-)
-
-
-def encode_pick(pick: Pick) -> dict[str, str]:
-    """Flat string fields of a pick (no JSON)."""
-    return {
-        "pick_id": pick.pick_id,
-        "station": pick.station_id,
-        "phase": pick.phase,
-        "time_ns": str(pick.time_ns),
-        "time_iso": pick.time_iso,
-        "probability": f"{pick.probability:.4f}",
-        "source": pick.source,
-        "denoiser": pick.denoiser,
-        "denoiser_version": pick.denoiser_version,
-        "picker": pick.picker,
-        "picker_version": pick.picker_version,
-        "steps": str(pick.steps),
-        "emitted_ns": str(pick.emitted_ns),
-    }
-
-
-def decode_pick(fields: dict[Any, Any]) -> Pick:
-    try:
-        v = {name: _s(_field(fields, name)) for name in _PICK_FIELDS}
-        return Pick(
-            pick_id=v["pick_id"],
-            station_id=v["station"],
-            phase=v["phase"],
-            time_ns=int(v["time_ns"]),
-            probability=float(v["probability"]),
-            source=v["source"],
-            denoiser=v["denoiser"],
-            denoiser_version=v["denoiser_version"],
-            picker=v["picker"],
-            picker_version=v["picker_version"],
-            steps=int(v["steps"]),
-            emitted_ns=int(v["emitted_ns"]),
-        )
-    except (ValueError, DecodeError) as exc:
-        raise DecodeError(f"bad pick entry: {exc}") from exc
-
-
-def encode_window(window: Window) -> dict[str, bytes | str]:
-    """Stream fields of a model input window (scale-out queue)."""
-    data = np.ascontiguousarray(window.data, dtype=DTYPE)
-    c, n = data.shape
-    return {
-        "window_id": window.window_id,
-        "station": window.station_id,
-        "start_ns": str(window.start_ns),
-        "sampling_rate_hz": repr(float(window.sampling_rate_hz)),
-        "channels": ",".join(window.channels),
-        "dtype": DTYPE,
-        "shape": f"{c},{n}",
-        "data": data.tobytes(),
-        "mask_encoding": MASK_ENCODING,
-        "mask": pack_mask(window.mask),
-        "newest_arrival_ns": str(window.newest_arrival_ns),
-        "meta": json.dumps(window.meta, default=str, sort_keys=True),
-        "schema": SCHEMA_VERSION,
-    }
-
-
-def decode_window(fields: dict[Any, Any]) -> Window:
-    """Inverse of :func:`encode_window`; data and mask round-trip exactly."""
-    try:
-        shape = tuple(int(v) for v in _s(_field(fields, "shape")).split(","))
-        data = np.frombuffer(_field(fields, "data"), dtype=_s(_field(fields, "dtype"))).reshape(shape)
-        channels_text = _s(_field(fields, "channels"))
-        return Window(
-            station_id=_s(_field(fields, "station")),
-            start_ns=int(_s(_field(fields, "start_ns"))),
-            sampling_rate_hz=float(_s(_field(fields, "sampling_rate_hz"))),
-            data=data.astype(np.float32),  # a writable copy
-            mask=unpack_mask(_field(fields, "mask"), shape),
-            newest_arrival_ns=int(_s(_field(fields, "newest_arrival_ns"))),
-            channels=tuple(channels_text.split(",")) if channels_text else (),
-            meta=json.loads(_s(_field(fields, "meta"))),
-        )
-    except (ValueError, TypeError, DecodeError) as exc:
-        raise DecodeError(f"bad window entry: {exc}") from exc
-
-
 # ------------------------------------------------------------------------------- Lua scripts
 
 # KEYS: stream, latest hash. ARGV: maxlen, entry id, station, end_ns, field, value, ...
@@ -340,15 +87,6 @@ if (not cur) or tonumber(cur) < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 end
 return 1
-"""
-
-# KEYS: stream, seen key. ARGV: maxlen, ttl seconds, field, value, ...
-# XADD before SET: if the XADD fails nothing is marked seen, so a retry still publishes.
-_DEDUPE_XADD_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
-return id
 """
 
 # KEYS: stream, seen key, time-bucket keys b-1, b, b+1. ARGV: maxlen, ttl seconds, time_ns, tolerance_ns,
@@ -373,13 +111,6 @@ _TRANSIENT_PREFIXES = (
     "OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "TRYAGAIN", "CLUSTERDOWN",
     "NOSCRIPT",
 )
-
-
-def _flat(fields: dict[str, bytes | str]) -> list[bytes | str]:
-    out: list[bytes | str] = []
-    for k, v in fields.items():
-        out.extend((k, v))
-    return out
 
 
 # --------------------------------------------------------------------------------- publisher
@@ -627,7 +358,7 @@ class RedisPublisher:
                 except (PublishError, ValueError, TypeError) as exc:
                     results[i] = PublishError(f"segment of {seg.station_id} cannot be encoded: {exc}")
                     continue
-                args = [maxlen, entry_id, seg.station_id, str(seg.end_ns), *_flat(fields)]
+                args = [maxlen, entry_id, seg.station_id, str(seg.end_ns), *flat_fields(fields)]
                 self._segment_script(
                     keys=[self.keys.denoised(seg.station_id), self.keys.latest], args=args, client=pipe
                 )
@@ -641,7 +372,7 @@ class RedisPublisher:
                     keys=[self.keys.picks, self.keys.pickseen(pick.pick_id), *buckets],
                     args=[
                         maxlen, str(self.pick_dedupe_ttl_s), str(pick.time_ns), str(self.pick_tolerance_ns),
-                        *_flat(dict(encode_pick(pick))),
+                        *flat_fields(dict(encode_pick(pick))),
                     ],
                     client=pipe,
                 )
@@ -723,155 +454,3 @@ class RedisPublisher:
         elif self._connected is None:
             log.info("connected to Redis %s", mask_url(self.settings.url))
         self._connected = True
-
-
-# ----------------------------------------------------------------------------- window queue
-
-
-class WindowQueue:
-    """Scale-out transport of :class:`Window` objects over one Redis stream and a consumer group.
-
-    Producers ``push`` (deduplicated by ``window_id`` for ``dedupe_ttl_s``, so a restarted ingest does
-    not queue a window twice); consumers ``read`` (their own unacknowledged entries first, then new
-    ones), ``ack`` after their outputs were published, and ``reclaim`` entries a crashed consumer left
-    pending longer than ``min_idle_ms`` (XAUTOCLAIM, Redis >= 6.2). An entry delivered more than
-    ``max_deliveries`` times is moved to ``{prefix}:{stream}:dead`` and acknowledged. ``stream`` lets
-    the same class carry other window-shaped data (e.g. worker results).
-
-    Delivery is at least once: a consumer that published outputs but crashed before ``ack`` gets its
-    window processed again, and the idempotent outputs absorb the repeat.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        prefix: str = "coldstream",
-        group: str = "workers",
-        consumer: str = "worker-1",
-        *,
-        stream: str = "windows",
-        maxlen: int = 100_000,
-        dedupe_ttl_s: float = 3600.0,
-        max_deliveries: int = 5,
-    ) -> None:
-        self.client = client
-        self.keys = StreamKeys(prefix)
-        self.key = self.keys.windows(stream)
-        self.dead_key = self.keys.dead(stream)
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        self.maxlen = maxlen
-        self.dedupe_ttl_s = max(1, int(dedupe_ttl_s))
-        self.max_deliveries = max_deliveries
-        self._push_script = client.register_script(_DEDUPE_XADD_LUA)
-        self._own_pending_done = False
-        self._pending_cursor = "0-0"
-        self._group_ready = False
-
-    def ensure_group(self) -> None:
-        """Create the stream and consumer group if missing (reading from the start of the stream)."""
-        if self._group_ready:
-            return
-        try:
-            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
-
-    def push(self, window: Window) -> str | None:
-        """Queue a window; returns its entry ID, or None if this window was queued already."""
-        args = [str(self.maxlen), str(self.dedupe_ttl_s), *_flat(encode_window(window))]
-        reply = self._push_script(
-            keys=[self.key, self.keys.windowseen(window.window_id, self.stream)], args=args
-        )
-        if reply == 0:
-            return None
-        return _s(reply)
-
-    def read(self, count: int = 16, block_ms: int | None = 1000) -> list[tuple[str, Window]]:
-        """Up to ``count`` windows for this consumer: first its own pending entries (after a
-        restart), then new ones, waiting up to ``block_ms`` (None = do not block)."""
-        self.ensure_group()
-        while not self._own_pending_done:
-            # an explicit ID reads this consumer's pending entries after it, so consecutive reads
-            # walk through them once even when the caller acknowledges later
-            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: self._pending_cursor}, count=count)
-            entries = reply[0][1] if reply else []
-            if not entries:
-                self._own_pending_done = True
-                break
-            self._pending_cursor = _s(entries[-1][0])
-            decoded = self._decode_entries(entries)
-            if decoded:
-                return decoded
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
-        return self._decode_entries(reply[0][1] if reply else [])
-
-    def ack(self, entry_ids: Iterable[str]) -> int:
-        ids = list(entry_ids)
-        if not ids:
-            return 0
-        return int(self.client.xack(self.key, self.group, *ids))
-
-    def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, Window]]:
-        """Take over entries pending on any consumer for at least ``min_idle_ms`` (one XAUTOCLAIM
-        sweep from the start of the PEL); poison entries go to the dead-letter stream."""
-        self.ensure_group()
-        claimed: list[Any] = []
-        start = "0-0"
-        while True:
-            reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start, count=count)
-            start = _s(reply[0])
-            claimed.extend(reply[1])
-            if start == "0-0" or len(claimed) >= count:
-                break
-        if claimed:
-            log.info("%s reclaimed %d pending windows idle >= %d ms", self.consumer, len(claimed), min_idle_ms)
-        return self._decode_entries(claimed)
-
-    def pending_count(self) -> int:
-        """Entries delivered to some consumer and not acknowledged."""
-        self.ensure_group()
-        info = self.client.xpending(self.key, self.group)
-        return int(info["pending"])
-
-    def _deliveries(self, ids: list[str]) -> dict[str, int]:
-        rows = self.client.xpending_range(
-            self.key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
-        )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
-
-    def _decode_entries(self, entries: list[Any]) -> list[tuple[str, Window]]:
-        if not entries:
-            return []
-        ids = [_s(e[0]) for e in entries]
-        deliveries = self._deliveries(sorted(ids, key=_id_key))
-        out: list[tuple[str, Window]] = []
-        for (raw_id, fields), entry_id in zip(entries, ids):
-            if not fields:  # trimmed away while pending
-                self.ack([entry_id])
-                continue
-            n = deliveries.get(entry_id, 1)
-            if n > self.max_deliveries:
-                self._dead_letter(entry_id, fields, f"delivered {n} times")
-                continue
-            try:
-                out.append((entry_id, decode_window(fields)))
-            except DecodeError as exc:
-                self._dead_letter(entry_id, fields, str(exc))
-        return out
-
-    def _dead_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
-        log.error("window entry %s moved to %s: %s", entry_id, self.dead_key, reason)
-        payload = dict(fields)
-        payload[b"original_id"] = entry_id.encode()
-        payload[b"reason"] = reason.encode()
-        self.client.xadd(self.dead_key, payload, maxlen=self.maxlen, approximate=True)
-        self.ack([entry_id])
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

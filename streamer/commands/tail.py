@@ -30,7 +30,8 @@ from typing import Any, TextIO
 import redis
 
 from streamer.config import ConfigError, RedisSettings, load_settings
-from streamer.publish import DecodeError, StreamKeys, connect, decode_pick, mask_url
+from streamer.publish import connect, mask_url
+from streamer.schema import EntryDecodeError, StreamKeys, decode_pick
 
 HELP = "Print picks and per-station latency from the Redis output streams, live."
 
@@ -166,7 +167,7 @@ def _follow(client: redis.Redis, keys: StreamKeys, printer: _Printer, args: argp
             return
         try:
             printer.line(*format_pick_line(fields))
-        except DecodeError as exc:
+        except EntryDecodeError as exc:
             printer.line(f"skipped entry: {exc}")
         printed += 1
 

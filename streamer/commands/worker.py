@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from streamer.metrics import Metrics, serve_metrics
     from streamer.publish import connect
-    from streamer.service import ScaleOutWorker, ServiceError, load_denoiser, load_picker, run_scaleout_worker
+    from streamer.loaders import ServiceError, load_denoiser, load_picker
+    from streamer.scaleout.worker import ScaleOutWorker, run_scaleout_worker
 
     try:
         denoiser = load_denoiser(settings)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from streamer.config import Settings, load_settings
-from streamer.publish import StreamKeys, decode_pick, decode_segment
+from streamer.schema import StreamKeys, decode_pick, decode_segment
 from streamer.stitch import Segment
 
 SHIPPED = "coldstream-cdiffsd-v1.pt"

@@ -14,7 +14,8 @@ import redis
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
 from streamer.picks import PickDetector, Provenance
-from streamer.publish import OutputItem, RedisPublisher, StreamKeys
+from streamer.publish import OutputItem, RedisPublisher
+from streamer.schema import StreamKeys
 from streamer.stitch import Stitcher
 from tests.conftest import REPO_ROOT
 

@@ -18,8 +18,13 @@ from streamer.config import load_settings
 from streamer.demo_data.build import load_catalogue, recording_path
 from streamer.ingest import Ingestor
 from streamer.replay import load_records
-from streamer.publish import RedisPublisher, StreamKeys, WindowQueue, decode_window
-from streamer.service import RESULTS_STREAM, WINDOWS_STREAM, AckBook, OutputStage, ResultCollector
+from streamer.ack import AckBook, AckMarker
+from streamer.output import OutputStage
+from streamer.publish import RedisPublisher
+from streamer.scaleout.codec import decode_result, decode_window
+from streamer.scaleout.collector import ResultCollector
+from streamer.scaleout.queue import RESULTS_STREAM, WINDOWS_STREAM, result_queue, window_queue
+from streamer.schema import StreamKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +86,7 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
     prefix = redis_key_prefix
     keys = StreamKeys(prefix)
     cfg = write_config(tmp_path / "worker.toml", redis_url, prefix, weights_path(tmp_path))
-    queue = WindowQueue(redis_client, prefix, "workers", "ingest", stream=WINDOWS_STREAM)
+    queue = window_queue(redis_client, prefix, "workers", "ingest")
     queue.ensure_group()
     windows = demo_windows(SPAN_S)
     assert len(windows) == 6 * 8
@@ -113,11 +118,11 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
                 p.wait(20)
     assert workers["w2"].returncode == 0, workers["w2"].stderr.read().decode()[-2000:] if workers["w2"].stderr else ""
 
-    results = [decode_window(f) for _i, f in redis_client.xrange(keys.windows(RESULTS_STREAM))]
-    ids = [r.window_id for r in results]
+    results = [decode_result(f) for _i, f in redis_client.xrange(keys.windows(RESULTS_STREAM))]
+    ids = [r.windows[0].window_id for r in results]
     assert len(ids) == len(set(ids)) == len(windows), "a window was lost or processed twice in the output"
     assert set(ids) == {w.window_id for w in windows}
-    by_worker = {r.window_id: r.meta.get("worker") for r in results}
+    by_worker = {r.windows[0].window_id: r.extra.get("worker") for r in results}
     assert "w2" in set(by_worker.values())
     # w1 died holding unacknowledged windows; nothing is pending any more, so w2 claimed them
     # (XAUTOCLAIM) and acknowledged them after their results were pushed (or found already pushed)
@@ -128,14 +133,13 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
     settings = load_settings(overrides={"redis": {"url": redis_url, "stream_prefix": prefix}}, environ={})
     acks = AckBook()
     acks.add(windows)
-    results_q = WindowQueue(redis_client, prefix, "collector", "ingest", stream=RESULTS_STREAM)
+    results_q = result_queue(redis_client, prefix, "collector", "ingest")
 
     def on_acked(items):
         for item in items:
-            if item.kind == "marker":
-                results_q.ack(item.token.get("results", []))
-                for sid, until in item.token["safe"].items():
-                    acks.published_through(sid, until)
+            if item.kind == "marker" and isinstance(item.token, AckMarker):
+                results_q.ack(item.token.result_ids)
+                acks.apply(item.token)
 
     publisher = RedisPublisher(settings.redis, metrics, on_acked)
     output = OutputStage(settings, metrics, publisher.publish, window_samples=3000, sampling_rate_hz=100.0,
@@ -166,8 +170,11 @@ def test_ingest_role_service_with_an_in_process_worker(tmp_path, redis_url, redi
     from streamer.commands.demo import write_resume_state
     from streamer.metrics import Metrics
     from streamer.replay import ReplayServerThread
-    from streamer.service import ScaleOutWorker, Service, load_denoiser, run_in_thread
-    from streamer.seedlink import StateStore
+    from streamer.loaders import load_denoiser
+    from streamer.scaleout.sink import RedisSink
+    from streamer.scaleout.worker import ScaleOutWorker
+    from streamer.service import Service, run_in_thread
+    from streamer.seedlink_state import StateStore
 
     cat = load_catalogue()
     with ReplayServerThread([recording_path()], speed=0) as replay:
@@ -182,14 +189,17 @@ def test_ingest_role_service_with_an_in_process_worker(tmp_path, redis_url, redi
         wt = threading.Thread(target=worker.run, args=(stop,), daemon=True)
         wt.start()
         n_windows = 6 * 22
-        wait_for(lambda: service.collector is not None and service.collector.collected >= n_windows, 90, "results")
-        wait_for(lambda: service.result_queue.pending_count() == 0, 30, "results acknowledged")
+        sink = service.sink
+        assert isinstance(sink, RedisSink)
+        wait_for(lambda: sink.collector is not None and sink.collector.collected >= n_windows, 90, "results")
+        wait_for(lambda: sink.result_queue is not None and sink.result_queue.pending_count() == 0, 30,
+                 "results acknowledged")
         stop.set()
         wt.join(30)
         service.request_stop()
         thread.join(60)
     assert service.exit_code == 0
-    assert service.windows_pushed == n_windows and worker.processed == n_windows
+    assert sink.windows_pushed == n_windows and worker.processed == n_windows
     start = cat["start_ns"] // 10_000_000
     for station in cat["stations"]:
         segs = read_segments(redis_client, redis_key_prefix, station)

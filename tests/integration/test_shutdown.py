@@ -16,7 +16,7 @@ import pytest
 from pipeline_helpers import assert_continuous, read_segments, weights_path
 from streamer.commands.demo import write_resume_state
 from streamer.demo_data.build import load_catalogue, recording_path
-from streamer.publish import StreamKeys
+from streamer.schema import StreamKeys
 from streamer.replay import ReplayServerThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -108,7 +108,7 @@ def test_piped_cli_output_is_plain_and_errors_are_clean(redis_url: str, redis_cl
 def test_latency_falls_back_to_the_denoised_streams(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
     import redis as redis_lib
 
-    from streamer.publish import StreamKeys
+    from streamer.schema import StreamKeys
 
     now = time.time_ns()
     _publish(redis_url, redis_key_prefix, [OutputItem.of_segment(_segment("NC.AAA.00", now - 3_000_000_000))])

@@ -1,4 +1,4 @@
-"""WindowQueue on a real Redis: exact encoding, producer de-duplication, consumer groups, XAUTOCLAIM
+"""The scale-out work queue on a real Redis: exact encoding, producer de-duplication, consumer groups, XAUTOCLAIM
 take-over of a crashed consumer's windows, dead-lettering."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import redis
 
-from streamer.publish import WindowQueue, decode_window, encode_window
+from streamer.scaleout.codec import decode_window, encode_window
+from streamer.scaleout.queue import WorkQueue, window_queue
 from streamer.records import Window
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,8 @@ def _window(station: str, k: int, n: int = 3000) -> Window:
     )
 
 
-def _queue(client: redis.Redis, prefix: str, consumer: str, **kw: object) -> WindowQueue:
-    return WindowQueue(client, prefix, group="workers", consumer=consumer, **kw)  # type: ignore[arg-type]
+def _queue(client: redis.Redis, prefix: str, consumer: str, **kw: object) -> WorkQueue[Window, Window]:
+    return window_queue(client, prefix, "workers", consumer, **kw)  # type: ignore[arg-type]
 
 
 def test_encode_decode_round_trip_is_exact() -> None:

@@ -1,0 +1,120 @@
+"""The acknowledgement rule: SeedLink state advances only behind outputs Redis has accepted.
+
+:class:`AckBook` keeps, per station (``NET.STA.LOC``), the windows that are not yet fully published.
+After each batch the output stage queues its segments and picks and then an :class:`AckMarker`
+naming, per station, the time up to which every output is final and queued. The publisher hands the
+marker back only after Redis accepted everything queued before it; then windows ending at or before
+that time are done, and the station's safe time is the start of its oldest window not done (shed
+windows count as done: they will never be published, and that is counted in
+``coldstream_windows_shed_total``). The service then moves the SeedLink state of ``NET_STA`` over
+packets whose data end at or before the safe time, so a restart replays everything needed to rebuild
+unpublished outputs, and the idempotent output ids absorb the repeats.
+
+Pure bookkeeping (thread-safe), no I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from streamer.records import Window
+
+__all__ = ["AckBook", "AckMarker", "station_key"]
+
+
+def station_key(station_id: str) -> str:
+    """SeedLink station key ``NET_STA`` of a ``NET.STA.LOC`` station id."""
+    parts = station_id.split(".")
+    return f"{parts[0]}_{parts[1]}" if len(parts) >= 2 else station_id
+
+
+def _frozen(mapping: Mapping[str, int] | None) -> Mapping[str, int]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class AckMarker:
+    """What the publisher hands back once Redis accepted everything queued before it.
+
+    ``safe_ns``: per station id, the time (ns) before which every output of the station is final and
+    queued. ``flushed``: the stations' stitchers were flushed, so every window *starting* before that
+    time is done (not only those ending before it). ``result_ids``: scale-out result entries whose
+    outputs are all queued before this marker; they may be acknowledged on the results stream.
+    """
+
+    safe_ns: Mapping[str, int] = field(default_factory=lambda: _frozen(None))
+    flushed: bool = False
+    result_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "safe_ns", _frozen(self.safe_ns))
+        object.__setattr__(self, "result_ids", tuple(self.result_ids))
+
+    def with_results(self, result_ids: Iterable[str]) -> AckMarker:
+        """The same marker, also carrying scale-out result entry ids."""
+        return AckMarker(self.safe_ns, self.flushed, (*self.result_ids, *result_ids))
+
+
+class AckBook:
+    """Which windows of each station are not yet fully published (thread-safe, pure bookkeeping)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[int, int]] = {}  # station -> {start_ns: end_ns}
+        self._published_ns: dict[str, int] = {}
+
+    def add(self, windows: Iterable[Window]) -> None:
+        with self._lock:
+            for w in windows:
+                self._pending.setdefault(w.station_id, {})[w.start_ns] = w.end_ns
+
+    def drop(self, windows: Iterable[Window]) -> None:
+        """Windows that will never be published (shed): no longer hold the safe time back."""
+        with self._lock:
+            for w in windows:
+                self._pending.get(w.station_id, {}).pop(w.start_ns, None)
+
+    def published_through(self, station_id: str, until_ns: int, flushed: bool = False) -> None:
+        """Every output of ``station_id`` before ``until_ns`` was accepted by Redis; with ``flushed``
+        the stitchers were flushed, so every window starting before ``until_ns`` is done."""
+        with self._lock:
+            pend = self._pending.get(station_id, {})
+            done = [s for s, e in pend.items() if (s < until_ns if flushed else e <= until_ns)]
+            for start in done:
+                del pend[start]
+            self._published_ns[station_id] = max(self._published_ns.get(station_id, until_ns), until_ns)
+
+    def apply(self, marker: AckMarker) -> None:
+        """Record what an accepted marker says."""
+        for sid, until in marker.safe_ns.items():
+            self.published_through(sid, until, marker.flushed)
+
+    def safe_ns(self, station_id: str) -> int | None:
+        """Start of the oldest window not fully published, else the published time; None if unknown."""
+        with self._lock:
+            pend = self._pending.get(station_id)
+            if pend:
+                return min(pend)
+            return self._published_ns.get(station_id)
+
+    def safe_by_key(self, station_ids: Iterable[str]) -> dict[str, int]:
+        """Safe time per SeedLink key ``NET_STA`` (the minimum over the given location codes)."""
+        out: dict[str, int] = {}
+        for sid in station_ids:
+            s = self.safe_ns(sid)
+            if s is None:
+                continue
+            key = station_key(sid)
+            out[key] = min(out.get(key, s), s)
+        return out
+
+    def stations(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self._pending) | set(self._published_ns))
+
+    def pending_windows(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._pending.values())

@@ -1,0 +1,47 @@
+"""Loading the models the service runs, failing fast with one error type.
+
+``load_denoiser`` and ``load_picker`` turn the typed settings into loaded models; any failure (missing
+or corrupt weights, a checksum mismatch, an unavailable picker) becomes a :class:`ServiceError` that
+names what could not be loaded, raised before any thread or socket is started.
+"""
+
+from __future__ import annotations
+
+from streamer.config import Settings
+from streamer.errors import StreamerError
+from streamer.worker import DenoiserLike, PickerLike
+
+__all__ = ["ServiceError", "load_denoiser", "load_picker"]
+
+
+class ServiceError(StreamerError):
+    """The service cannot start (bad weights, unusable picker, Redis URL, ...)."""
+
+
+def load_denoiser(settings: Settings) -> DenoiserLike:
+    """The configured denoiser (shipped weights when ``model.weights`` is unset); fails fast."""
+    from models.denoiser import Denoiser
+    from models.errors import ModelsError
+
+    try:
+        return Denoiser.load(
+            settings.model.weights,
+            device=settings.worker.device,
+            mixed_precision=settings.worker.mixed_precision,
+            sha256=settings.model.sha256,
+            residual_mix=settings.model.residual_mix,
+        )
+    except (ModelsError, OSError) as exc:
+        raise ServiceError(f"cannot load the denoiser: {exc}") from exc
+
+
+def load_picker(settings: Settings, device: str = "cpu") -> PickerLike:
+    """The configured PhaseNet picker; raises ServiceError when its weights are unavailable."""
+    from models.errors import ModelsError
+    from models.picker import Picker
+
+    p = settings.picker
+    try:
+        return Picker(p.model, p.weights_name, cache_root=p.seisbench_cache, device=device)
+    except (ModelsError, OSError) as exc:
+        raise ServiceError(f"cannot load the picker: {exc}") from exc

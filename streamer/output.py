@@ -1,0 +1,280 @@
+"""The output stage: model outputs of each window -> final stitched segments and picks -> publisher.
+
+Per station, one :class:`~streamer.stitch.Stitcher` for the denoised data and one each for the P/S
+probabilities on the denoised (and, with ``picker.raw_comparison``, the raw) data; one
+:class:`~streamer.picks.PickDetector` for all. :meth:`OutputStage.handle` is the whole step for one
+batch and is pure (no thread, no I/O beyond the ``publish`` callable); the service runs it on a
+thread of its own (:meth:`OutputStage.start`), the offline tools call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.ack import AckMarker
+from streamer.config import Settings
+from streamer.metrics import Metrics
+from streamer.picks import PickDetector, Provenance
+from streamer.publish import OutputItem
+from streamer.records import NS_PER_S, Window
+from streamer.stitch import Segment, Stitcher, sample_time_ns
+from streamer.worker import BatchResult, PickerLike
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.5
+
+__all__ = ["OutputStage", "StationView"]
+
+
+# -------------------------------------------------------------------------------------- output stage
+@dataclass
+class _Station:
+    denoised: Stitcher
+    probs: Stitcher | None
+    raw_probs: Stitcher | None
+    last_window_mono: float = field(default_factory=time.monotonic)
+    next_start_ns: int = 0  # grid start of the window after the newest one stitched
+    steps: int = 0
+    picks: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass
+class StationView:
+    """What the live views show per station."""
+
+    station_id: str
+    steps: int
+    picks: int
+    latency_s: float
+
+
+class OutputStage:
+    """Stitchers, pick detector and the hand-over to the publisher, on a thread of its own.
+
+    ``publish(items)`` queues :class:`~streamer.publish.OutputItem` objects in order (the
+    publisher's ``publish``, built before this stage). After each batch's outputs comes a marker
+    item carrying an :class:`~streamer.ack.AckMarker`. ``on_pick(pick)`` is an optional observer
+    (live views).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        publish: Callable[[list[OutputItem]], None],
+        *,
+        window_samples: int,
+        sampling_rate_hz: float,
+        picker: PickerLike | None = None,
+        idle_flush_s: float | None = None,
+        max_out_of_order: int = 0,
+        on_pick: Callable[[Any], None] | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.publish = publish
+        self.window_samples = window_samples
+        self.sampling_rate_hz = sampling_rate_hz
+        self.stride_samples = round(settings.windows.stride_s * sampling_rate_hz)
+        self.picker = picker
+        self.idle_flush_s = 3 * settings.windows.stride_s if idle_flush_s is None else idle_flush_s
+        self.max_out_of_order = max_out_of_order
+        self.on_pick = on_pick
+        self.on_batch = on_batch
+        p = settings.picker
+        self.detector = PickDetector(sampling_rate_hz, p.p_threshold, p.s_threshold)
+        self.stations: dict[str, _Station] = {}
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._provenance = Provenance()
+        self._model: tuple[str, str] = ("", "")
+        self.batches = 0
+        self.segments = 0
+        self.picks = 0
+
+    # --- thread ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="coldstream-output", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: BatchResult) -> None:
+        self._events.put(("batch", result))
+
+    def flush_all(self, timeout_s: float | None = None) -> bool:
+        """Flush every stitcher and detector (drain); waits until done when the thread runs."""
+        done = threading.Event()
+        if self._thread is None:
+            self._flush_all()
+            return True
+        self._events.put(("flush", done))
+        return done.wait(timeout_s)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        if self._thread is not None:
+            self._events.put(("stop", None))
+            self._thread.join(timeout_s)
+
+    @property
+    def depth(self) -> int:
+        return self._events.qsize()
+
+    def _run(self) -> None:
+        last_idle_check = time.monotonic()
+        while True:
+            try:
+                kind, arg = self._events.get(timeout=POLL_INTERVAL_S)
+            except queue.Empty:
+                kind, arg = "tick", None
+            try:
+                if kind == "stop":
+                    return
+                if kind == "batch":
+                    self.handle(arg)
+                elif kind == "flush":
+                    self._flush_all()
+            except Exception:  # recover inside the loop: one bad batch must not stop the outputs
+                log.exception("output stage failed on a %s event", kind)
+            finally:
+                if kind == "flush":
+                    arg.set()
+            if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
+                last_idle_check = time.monotonic()
+                self._flush_idle()
+
+    # --- processing (also callable directly, single-threaded) ------------------------------------
+    def handle(self, result: BatchResult, result_ids: Sequence[str] = ()) -> None:
+        """Stitch one batch, detect picks, queue the outputs and then an :class:`AckMarker` (carrying
+        ``result_ids``, the scale-out result entries the batch came from)."""
+        self._model = (result.model, result.model_version)
+        self._provenance = Provenance(
+            result.model,
+            result.model_version,
+            str(result.extra.get("picker", getattr(self.picker, "name", ""))),
+            str(result.extra.get("picker_version", getattr(self.picker, "version", ""))),
+        )
+        items: list[OutputItem] = []
+        touched: set[str] = set()
+        for i, w in enumerate(result.windows):
+            st = self._station(w)
+            st.last_window_mono = time.monotonic()
+            st.steps = result.steps
+            st.next_start_ns = max(st.next_start_ns, w.start_ns + round(self.settings.windows.stride_s * NS_PER_S))
+            st.latency_s = max(0.0, (time.time_ns() - w.newest_arrival_ns) / NS_PER_S)
+            touched.add(w.station_id)
+            items.extend(self._segments(st.denoised.add_window(w, result.denoised[i], steps=result.steps)))
+            if result.probs is not None:
+                st.probs = st.probs or self._stitcher(w, 3, "overlap_add")
+                segs = st.probs.add_window(w, result.probs[i], steps=result.steps)
+                items.extend(self._picks(segs, "denoised"))
+            if result.raw_probs is not None:
+                st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add")
+                segs = st.raw_probs.add_window(w, result.raw_probs[i], steps=0)
+                items.extend(self._picks(segs, "raw"))
+        safe = {sid: self._covered_ns(sid) for sid in touched}
+        marker = AckMarker({k: v for k, v in safe.items() if v is not None}, result_ids=tuple(result_ids))
+        items.append(OutputItem.marker(marker))
+        self.publish(items)
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _station(self, w: Window) -> _Station:
+        st = self.stations.get(w.station_id)
+        if st is None:
+            st = _Station(self._stitcher(w, 3, self.settings.stitch.mode), None, None)
+            self.stations[w.station_id] = st
+        return st
+
+    def _stitcher(self, w: Window, channels: int, mode: Any) -> Stitcher:
+        return Stitcher(
+            self.window_samples,
+            self.stride_samples,
+            mode,
+            channels=channels,
+            max_out_of_order=self.max_out_of_order,
+            station_id=w.station_id,
+            sampling_rate_hz=self.sampling_rate_hz,
+            channel_names=tuple(w.channels),
+        )
+
+    def _segments(self, segs: list[Segment]) -> list[OutputItem]:
+        self.segments += len(segs)
+        return [OutputItem.of_segment(s, *self._model) for s in segs]
+
+    def _picks(self, segs: list[Segment], source: str) -> list[OutputItem]:
+        out: list[OutputItem] = []
+        for seg in segs:
+            for pick in self.detector.process(seg, source=source, provenance=self._provenance):
+                out.append(OutputItem.of_pick(pick))
+                self._count_pick(pick)
+        return out
+
+    def _count_pick(self, pick: Any) -> None:
+        self.picks += 1
+        st = self.stations.get(pick.station_id)
+        if st is not None:
+            st.picks += 1
+        if self.on_pick is not None:
+            self.on_pick(pick)
+
+    def _covered_ns(self, station_id: str) -> int | None:
+        """Time before which every output of the station is final and queued."""
+        st = self.stations[station_id]
+        ends: list[int] = []
+        for stitcher, lag in (
+            (st.denoised, 0),
+            (st.probs, self.detector.latency_samples),
+            (st.raw_probs, self.detector.latency_samples),
+        ):
+            if stitcher is None:
+                continue
+            end = stitcher.final_end_sample
+            if end is None:
+                return None
+            ends.append(end - lag)
+        return sample_time_ns(min(ends), self.sampling_rate_hz)
+
+    def _flush_station(self, station_id: str) -> list[OutputItem]:
+        st = self.stations[station_id]
+        items = self._segments(st.denoised.flush())
+        if st.probs is not None:
+            items.extend(self._picks(st.probs.flush(), "denoised"))
+        if st.raw_probs is not None:
+            items.extend(self._picks(st.raw_probs.flush(), "raw"))
+        return items
+
+    def _flush_all(self) -> None:
+        items: list[OutputItem] = []
+        for sid in list(self.stations):
+            items.extend(self._flush_station(sid))
+        for pick in self.detector.flush(provenance=self._provenance):
+            items.append(OutputItem.of_pick(pick))
+            self._count_pick(pick)
+        # the next window of each station needs data from its start on: acknowledge up to there
+        safe = {sid: st.next_start_ns for sid, st in self.stations.items()}
+        items.append(OutputItem.marker(AckMarker(safe, flushed=True)))
+        self.publish(items)
+
+    def _flush_idle(self) -> None:
+        """Emit the held tail of stations that sent no window for ``idle_flush_s``."""
+        now = time.monotonic()
+        for sid, st in list(self.stations.items()):
+            if now - st.last_window_mono >= self.idle_flush_s and st.denoised.final_end_sample is not None:
+                items = self._flush_station(sid)
+                items.append(OutputItem.marker(AckMarker({sid: st.next_start_ns}, flushed=True)))
+                self.publish(items)
+                del self.stations[sid]
+
+    def views(self) -> list[StationView]:
+        return [
+            StationView(sid, st.steps, st.picks, st.latency_s) for sid, st in sorted(list(self.stations.items()))
+        ]

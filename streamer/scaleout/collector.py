@@ -1,0 +1,106 @@
+"""The ingest side of scale-out: worker results back into window order, then the output stage."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from streamer.metrics import Metrics
+from streamer.output import OutputStage
+from streamer.records import Window
+from streamer.scaleout.queue import WorkQueue
+from streamer.worker import BatchResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ResultCollector"]
+
+
+class ResultCollector:
+    """``coldstream ingest`` side of scale-out: results stream -> stitchers + picks -> publisher.
+
+    Results of one station arrive out of order (several workers; a crashed worker's windows come back
+    only after ``reclaim_idle_s``). The collector knows which windows were pushed (:meth:`expect`) and
+    hands each station's results to the output stage in window order, holding later ones until the
+    earlier arrive; a window whose result has not come ``give_up_s`` after a later one did is given up
+    (the stitcher then sees a hole, as for a skipped window) and counted in
+    ``coldstream_windows_shed_total{reason="lost"}``. Results of windows it was not told about (pushed
+    before a restart) pass straight through. A result entry is acknowledged only after Redis accepted
+    the outputs that needed it (marker token).
+    """
+
+    def __init__(
+        self, output: OutputStage, results: WorkQueue[tuple[BatchResult, int], BatchResult], metrics: Metrics | None = None, give_up_s: float = 120.0
+    ) -> None:
+        self.output = output
+        self.results = results
+        self.metrics = metrics
+        self.give_up_s = give_up_s
+        self.collected = 0
+        self.given_up = 0
+        self._lock = threading.Lock()
+        self._expected: dict[str, list[int]] = {}
+        self._held: dict[str, dict[int, tuple[str, BatchResult, float]]] = {}
+
+    def expect(self, windows: Iterable[Window]) -> None:
+        """Windows pushed to the workers (any thread)."""
+        with self._lock:
+            for w in windows:
+                exp = self._expected.setdefault(w.station_id, [])
+                if not exp or w.start_ns > exp[-1]:
+                    exp.append(w.start_ns)
+                elif w.start_ns not in exp:
+                    exp.append(w.start_ns)
+                    exp.sort()
+
+    def run_once(self, block_ms: int = 500) -> int:
+        entries = self.results.read(count=64, block_ms=block_ms)
+        now = time.monotonic()
+        ready: list[tuple[str, BatchResult]] = []
+        with self._lock:
+            for eid, result in entries:
+                w = result.windows[0]
+                exp = self._expected.get(w.station_id)
+                if not exp or w.start_ns not in exp:
+                    ready.append((eid, result))
+                else:
+                    self._held.setdefault(w.station_id, {})[w.start_ns] = (eid, result, now)
+            for sid in list(self._held):
+                ready.extend(self._release(sid, now))
+        for eid, result in ready:
+            self.output.handle(result, result_ids=(eid,))
+        self.collected += len(entries)
+        return len(entries)
+
+    def _release(self, station_id: str, now: float) -> list[tuple[str, BatchResult]]:
+        exp = self._expected[station_id]
+        held = self._held[station_id]
+        out: list[tuple[str, BatchResult]] = []
+        while exp:
+            if exp[0] in held:
+                eid, result, _t = held.pop(exp.pop(0))
+                out.append((eid, result))
+            elif held and now - min(t for _e, _r, t in held.values()) >= self.give_up_s:
+                exp.pop(0)
+                self.given_up += 1
+                if self.metrics is not None:
+                    self.metrics.windows_shed.labels(reason="lost").inc()
+                log.warning("%s: no worker result for a window after %.0f s; given up", station_id, self.give_up_s)
+            else:
+                break
+        return out
+
+    @property
+    def holding(self) -> int:
+        with self._lock:
+            return sum(len(h) for h in self._held.values())
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("result collector: round failed; retrying")
+                stop.wait(1.0)

@@ -1,0 +1,215 @@
+"""Redis stream work queues of scale-out: at-least-once delivery through a consumer group.
+
+Limitations: the queue trims with the same approximate ``maxlen`` as the output streams and keeps
+acknowledged entries until trimmed (see ``docs/operations.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import redis
+
+from streamer.records import Window
+from streamer.scaleout.codec import decode_result, decode_window, encode_result, encode_window
+from streamer.schema import EntryDecodeError, StreamKeys, field_text, flat_fields
+from streamer.worker import BatchResult
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # what producers push
+O = TypeVar("O")  # what consumers read
+
+WINDOWS_STREAM = "windows"
+RESULTS_STREAM = "results"
+
+__all__ = ["RESULTS_STREAM", "WINDOWS_STREAM", "WorkQueue", "result_queue", "window_queue"]
+
+# KEYS: stream, seen key. ARGV: maxlen, ttl seconds, field, value, ...
+# XADD before SET: if the XADD fails nothing is marked seen, so a retry still publishes.
+_DEDUPE_XADD_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return id
+"""
+
+
+class WorkQueue(Generic[I, O]):
+    """Scale-out transport of work items (windows, worker results) over one Redis stream and a
+    consumer group; ``encode(item) -> (item_id, fields)`` and ``decode(fields) -> item`` are the codec
+    (:func:`window_queue` and :func:`result_queue` build the two the service uses).
+
+    Producers ``push`` (deduplicated by the item id for ``dedupe_ttl_s``, so a restarted ingest does
+    not queue a window twice); consumers ``read`` (their own unacknowledged entries first, then new
+    ones), ``ack`` after their outputs were published, and ``reclaim`` entries a crashed consumer left
+    pending longer than ``min_idle_ms`` (XAUTOCLAIM, Redis >= 6.2). An entry delivered more than
+    ``max_deliveries`` times, or one that does not decode, is moved to ``{prefix}:{stream}:dead`` and
+    acknowledged.
+
+    Delivery is at least once: a consumer that published outputs but crashed before ``ack`` gets its
+    window processed again, and the idempotent outputs absorb the repeat.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        encode: Callable[[I], tuple[str, dict[str, bytes | str]]],
+        decode: Callable[[dict[Any, Any]], O],
+        prefix: str = "coldstream",
+        group: str = "workers",
+        consumer: str = "worker-1",
+        *,
+        stream: str = "windows",
+        maxlen: int = 100_000,
+        dedupe_ttl_s: float = 3600.0,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.client = client
+        self.encode = encode
+        self.decode = decode
+        self.keys = StreamKeys(prefix)
+        self.key = self.keys.windows(stream)
+        self.dead_key = self.keys.dead(stream)
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.maxlen = maxlen
+        self.dedupe_ttl_s = max(1, int(dedupe_ttl_s))
+        self.max_deliveries = max_deliveries
+        self._push_script = client.register_script(_DEDUPE_XADD_LUA)
+        self._own_pending_done = False
+        self._pending_cursor = "0-0"
+        self._group_ready = False
+
+    def ensure_group(self) -> None:
+        """Create the stream and consumer group if missing (reading from the start of the stream)."""
+        if self._group_ready:
+            return
+        try:
+            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def push(self, item: I) -> str | None:
+        """Queue an item; returns its entry ID, or None if an item with its id was queued already."""
+        item_id, fields = self.encode(item)
+        args = [str(self.maxlen), str(self.dedupe_ttl_s), *flat_fields(fields)]
+        reply = self._push_script(keys=[self.key, self.keys.windowseen(item_id, self.stream)], args=args)
+        if reply == 0:
+            return None
+        return field_text(reply)
+
+    def read(self, count: int = 16, block_ms: int | None = 1000) -> list[tuple[str, O]]:
+        """Up to ``count`` windows for this consumer: first its own pending entries (after a
+        restart), then new ones, waiting up to ``block_ms`` (None = do not block)."""
+        self.ensure_group()
+        while not self._own_pending_done:
+            # an explicit ID reads this consumer's pending entries after it, so consecutive reads
+            # walk through them once even when the caller acknowledges later
+            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: self._pending_cursor}, count=count)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                self._own_pending_done = True
+                break
+            self._pending_cursor = field_text(entries[-1][0])
+            decoded = self._decode_entries(entries)
+            if decoded:
+                return decoded
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        return self._decode_entries(reply[0][1] if reply else [])
+
+    def ack(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        return int(self.client.xack(self.key, self.group, *ids))
+
+    def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, O]]:
+        """Take over entries pending on any consumer for at least ``min_idle_ms`` (one XAUTOCLAIM
+        sweep from the start of the PEL); poison entries go to the dead-letter stream."""
+        self.ensure_group()
+        claimed: list[Any] = []
+        start = "0-0"
+        while True:
+            reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start, count=count)
+            start = field_text(reply[0])
+            claimed.extend(reply[1])
+            if start == "0-0" or len(claimed) >= count:
+                break
+        if claimed:
+            log.info("%s reclaimed %d pending windows idle >= %d ms", self.consumer, len(claimed), min_idle_ms)
+        return self._decode_entries(claimed)
+
+    def pending_count(self) -> int:
+        """Entries delivered to some consumer and not acknowledged."""
+        self.ensure_group()
+        info = self.client.xpending(self.key, self.group)
+        return int(info["pending"])
+
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        rows = self.client.xpending_range(
+            self.key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
+        )
+        return {field_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _decode_entries(self, entries: list[Any]) -> list[tuple[str, O]]:
+        if not entries:
+            return []
+        ids = [field_text(e[0]) for e in entries]
+        deliveries = self._deliveries(sorted(ids, key=_id_key))
+        out: list[tuple[str, O]] = []
+        for (raw_id, fields), entry_id in zip(entries, ids):
+            if not fields:  # trimmed away while pending
+                self.ack([entry_id])
+                continue
+            n = deliveries.get(entry_id, 1)
+            if n > self.max_deliveries:
+                self._dead_letter(entry_id, fields, f"delivered {n} times")
+                continue
+            try:
+                out.append((entry_id, self.decode(fields)))
+            except EntryDecodeError as exc:
+                self._dead_letter(entry_id, fields, str(exc))
+        return out
+
+    def _dead_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
+        log.error("%s entry %s moved to %s: %s", self.stream, entry_id, self.dead_key, reason)
+        payload = dict(fields)
+        payload[b"original_id"] = entry_id.encode()
+        payload[b"reason"] = reason.encode()
+        self.client.xadd(self.dead_key, payload, maxlen=self.maxlen, approximate=True)
+        self.ack([entry_id])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _window_item(window: Window) -> tuple[str, dict[str, bytes | str]]:
+    return window.window_id, encode_window(window)
+
+
+def _result_item(item: tuple[BatchResult, int]) -> tuple[str, dict[str, bytes | str]]:
+    result, i = item
+    return result.windows[i].window_id, encode_result(result, i)
+
+
+def window_queue(
+    client: redis.Redis, prefix: str, group: str, consumer: str, *, stream: str = WINDOWS_STREAM, **kwargs: Any
+) -> WorkQueue[Window, Window]:
+    """The queue of model input windows (``{prefix}:windows``), ingest -> workers."""
+    return WorkQueue(client, _window_item, decode_window, prefix, group, consumer, stream=stream, **kwargs)
+
+
+def result_queue(
+    client: redis.Redis, prefix: str, group: str, consumer: str, **kwargs: Any
+) -> WorkQueue[tuple[BatchResult, int], BatchResult]:
+    """The queue of worker results (``{prefix}:results``), workers -> ingest. ``push`` takes
+    ``(batch_result, index)``; ``read`` returns one-window results."""
+    return WorkQueue(client, _result_item, decode_result, prefix, group, consumer, stream=RESULTS_STREAM, **kwargs)

@@ -1,0 +1,109 @@
+"""``coldstream worker``: windows from the Redis consumer group -> denoise + pick -> results stream."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from streamer.config import Settings
+from streamer.metrics import Metrics
+from streamer.records import Window
+from streamer.scaleout.queue import result_queue, window_queue
+from streamer.worker import DenoiserLike, PickerLike, Worker
+
+log = logging.getLogger(__name__)
+
+WORKERS_GROUP = "workers"
+COLLECTOR_GROUP = "collector"
+
+__all__ = ["COLLECTOR_GROUP", "WORKERS_GROUP", "ScaleOutWorker", "run_scaleout_worker"]
+
+
+class ScaleOutWorker:
+    """``coldstream worker``: windows from the Redis consumer group -> denoise + pick -> results stream.
+
+    Each loop: every ``reclaim_interval_s`` take over windows another consumer left pending for
+    ``reclaim_idle_s`` (XAUTOCLAIM: a crashed worker's windows), else read new ones; process them as
+    one batch; push one result per window (deduplicated by ``window_id``, so a window processed twice
+    after a crash yields one result); then acknowledge the input entries. A crash between the push
+    and the acknowledgement only repeats work, never loses or duplicates output.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        denoiser: DenoiserLike,
+        picker: PickerLike | None,
+        client: Any,
+        consumer: str,
+        *,
+        reclaim_idle_s: float | None = None,
+        reclaim_interval_s: float = 1.0,
+    ) -> None:
+        r = settings.redis
+        self.settings = settings
+        self.metrics = metrics
+        self.consumer = consumer
+        self.windows = window_queue(client, r.stream_prefix, WORKERS_GROUP, consumer, maxlen=r.maxlen)
+        self.results = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, consumer, maxlen=r.maxlen)
+        self.worker = Worker.from_settings(
+            denoiser, metrics, lambda _r: None, settings.worker, settings.windows.stride_s,
+            picker=picker, raw_picker=settings.picker.raw_comparison,
+        )
+        self.reclaim_idle_ms = int(1000 * (settings.worker.reclaim_idle_s if reclaim_idle_s is None else reclaim_idle_s))
+        self.reclaim_interval_s = reclaim_interval_s
+        self._last_reclaim = 0.0
+        self.processed = 0
+        self.reclaimed = 0
+
+    def run_once(self, block_ms: int = 500) -> int:
+        """One read-process-push-ack round; returns the number of windows processed."""
+        entries: list[tuple[str, Window]] = []
+        now = time.monotonic()
+        if now - self._last_reclaim >= self.reclaim_interval_s:
+            self._last_reclaim = now
+            entries = self.windows.reclaim(self.reclaim_idle_ms, count=self.worker.batch_size)
+            self.reclaimed += len(entries)
+        if not entries:
+            entries = self.windows.read(count=self.worker.batch_size, block_ms=block_ms)
+        if not entries:
+            return 0
+        batch = [w for _, w in entries]
+        result = self.worker.process_batch(batch)
+        result.extra["worker"] = self.consumer
+        for i in range(len(batch)):
+            self.results.push((result, i))
+        self.windows.ack([eid for eid, _ in entries])
+        self.processed += len(entries)
+        return len(entries)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("scale-out worker %s started", self.consumer)
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # Redis down or a bad batch: log, back off, keep going
+                log.exception("scale-out worker %s: round failed; retrying", self.consumer)
+                stop.wait(1.0)
+        log.info("scale-out worker %s stopped after %d windows (%d reclaimed)", self.consumer, self.processed, self.reclaimed)
+
+
+def run_scaleout_worker(worker: ScaleOutWorker) -> int:
+    """Blocking main of ``coldstream worker``: SIGTERM/SIGINT finish the current batch (exit 0); a
+    second signal abandons it (its windows stay pending and another worker reclaims them)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("signal %d: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(stop)
+    return 0

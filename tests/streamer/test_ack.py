@@ -1,0 +1,37 @@
+"""The acknowledgement rule: which windows are done, and the SeedLink key safe times."""
+
+from __future__ import annotations
+
+from streamer.ack import AckBook, station_key
+from streamer.records import NS_PER_S
+
+from service_helpers import window
+
+# ---------------------------------------------------------------------------------------- AckBook
+def test_station_key():
+    assert station_key("NC.CMB.00") == "NC_CMB"
+    assert station_key("XX.DEM01.") == "XX_DEM01"
+
+
+def test_safe_time_is_start_of_oldest_unpublished_window():
+    book = AckBook()
+    ws = [window(k) for k in range(4)]
+    book.add(ws)
+    assert book.safe_ns("XX.STA.") == ws[0].start_ns
+    # outputs before the end of window 1 published: windows 0 and 1 done
+    book.published_through("XX.STA.", ws[1].end_ns)
+    assert book.safe_ns("XX.STA.") == ws[2].start_ns
+    # shed windows no longer hold the safe time back
+    book.drop([ws[2]])
+    assert book.safe_ns("XX.STA.") == ws[3].start_ns
+    # a flush publishes everything of the windows before the given time
+    book.published_through("XX.STA.", ws[3].start_ns + 10 * NS_PER_S, flushed=True)
+    assert book.safe_ns("XX.STA.") == ws[3].start_ns + 10 * NS_PER_S
+    assert book.safe_ns("XX.OTHER.") is None
+
+
+def test_safe_by_key_takes_the_minimum_over_location_codes():
+    book = AckBook()
+    book.add([window(3, "XX.STA.00"), window(1, "XX.STA.10"), window(0, "XX.B.")])
+    safe = book.safe_by_key(["XX.STA.00", "XX.STA.10", "XX.B.", "XX.NONE."])
+    assert safe == {"XX_STA": window(1).start_ns, "XX_B": window(0).start_ns}

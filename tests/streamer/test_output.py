@@ -1,0 +1,100 @@
+"""The output stage: stitching, picks, markers, idle flush (no sockets)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from streamer.ack import AckMarker
+from streamer.config import load_settings
+from streamer.output import OutputStage
+from streamer.records import NS_PER_S
+
+from service_helpers import N, S, T0, Sink, result, window
+
+@pytest.fixture
+def settings():
+    return load_settings(environ={})
+
+
+# ------------------------------------------------------------------------------------ OutputStage
+def test_output_stage_stitches_queues_outputs_then_a_marker(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    out.handle(result([window(0)]))
+    # after window 0 the first stride is final (overlap-add hold = one stride); picks stitcher too
+    assert [s.start_ns for s in sink.segments] == [T0]
+    assert sink.segments[0].n_samples == S
+    np.testing.assert_allclose(sink.segments[0].data, 0.5, rtol=1e-6)
+    assert sink.items[-1].kind == "marker"
+    # probabilities need d more samples of right context before the detector is done with them
+    d = out.detector.latency_samples
+    assert sink.markers[-1].safe_ns == {"XX.STA.": T0 + (S - d) * NS_PER_S // 100}
+    out.handle(result([window(1), window(2)]))
+    assert [s.start_ns for s in sink.segments] == [T0 + k * 10 * NS_PER_S for k in range(3)]
+    assert sink.markers[-1].safe_ns["XX.STA."] == T0 + (3 * S - d) * NS_PER_S // 100
+
+
+def test_output_stage_without_probabilities_acks_at_the_stitched_end(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    out.handle(result([window(0), window(1)], probs=False), result_ids=("1-0", "2-0"))
+    assert sink.markers[-1] == AckMarker({"XX.STA.": T0 + 2 * S * NS_PER_S // 100}, result_ids=("1-0", "2-0"))
+
+
+def test_flush_emits_the_held_tail_and_acknowledges_up_to_the_next_window(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    out.handle(result([window(0), window(1)]))
+    out.flush_all()
+    segs = sink.segments
+    assert segs[-1].end_ns == window(1).end_ns  # the tail of the last window is out
+    assert sum(s.n_samples for s in segs) == 4000
+    assert sink.markers[-1] == AckMarker({"XX.STA.": window(2).start_ns}, flushed=True)
+
+
+def test_picks_from_stacked_probabilities_carry_provenance(settings, metrics):
+    sink = Sink()
+    picks = []
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0, on_pick=picks.append)
+    ws = [window(k) for k in range(4)]
+    res = result(ws)
+    assert res.probs is not None
+    res.probs[:, 0] = 0.0
+    # a P peak at absolute second 25 + 15 = 40 s after T0, seen by every window that covers it
+    for i, w in enumerate(ws):
+        idx = 4000 - i * 1000
+        if 0 <= idx < N:
+            res.probs[i, 0, idx - 50 : idx + 51] = np.hanning(101) * 0.9
+    out.handle(res)
+    out.flush_all()
+    got = [i.pick for i in sink.items if i.kind == "pick"]
+    assert len(got) == 1 and got == picks
+    p = got[0]
+    assert (p.phase, p.time_ns, p.source) == ("P", T0 + 40 * NS_PER_S, "denoised")
+    assert (p.denoiser, p.denoiser_version, p.picker) == ("m", "v1", "PhaseNet/original")
+
+
+
+
+def test_a_station_that_goes_quiet_is_flushed_while_others_keep_flowing(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0, idle_flush_s=0.3)
+    out.start()
+    try:
+        out.submit(result([window(0, "XX.QUIET."), window(0, "XX.BUSY.")]))
+        deadline = time.monotonic() + 5
+        k = 1
+        while time.monotonic() < deadline:
+            out.submit(result([window(k, "XX.BUSY.")]))
+            k += 1
+            time.sleep(0.1)
+            if any(m.flushed and "XX.QUIET." in m.safe_ns for m in sink.markers):
+                break
+    finally:
+        out.stop(timeout_s=5)
+    quiet = [s for s in sink.segments if s.station_id == "XX.QUIET."]
+    assert sum(s.n_samples for s in quiet) == N  # its held tail was emitted
+    assert "XX.QUIET." not in out.stations and "XX.BUSY." in out.stations
