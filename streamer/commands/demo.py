@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def write_resume_state(state_file: Path, server: str, station_keys: list[str], begin_ns: int) -> None:
     """A SeedLink state that asks ``server`` for every station from ``begin_ns`` on (a replay that
     started before the client connected would otherwise only send what comes next)."""
-    from streamer.seedlink import StateStore, StationState
+    from streamer.seedlink_state import StateStore, StationState
 
     states = {server: {key: StationState(RESUME_SEQ, begin_ns) for key in station_keys}}
     StateStore(state_file).save(states)

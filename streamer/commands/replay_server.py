@@ -84,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _iso(t_ns: int) -> str:
-    from streamer.seedlink import ns_to_iso
+    from streamer.seedlink_state import ns_to_iso
 
     return ns_to_iso(t_ns)

@@ -20,7 +20,7 @@ from streamer.commands.demo import write_resume_state
 from streamer.demo_data.build import load_catalogue, recording_path
 from streamer.replay import ReplayServerThread
 from streamer.service import Service, run_in_thread
-from streamer.seedlink import StateStore
+from streamer.seedlink_state import StateStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

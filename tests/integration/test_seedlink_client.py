@@ -17,14 +17,8 @@ from streamer.config import SeedLinkServer, SeedLinkSettings
 from streamer.metrics import Metrics
 from streamer.records import PacketRef
 from streamer.replay import ReplayServerThread
-from streamer.seedlink import (
-    SeedLinkSource,
-    StateStore,
-    StateTracker,
-    StationState,
-    parse_packet_header,
-    save_state_periodically,
-)
+from streamer.seedlink import SeedLinkSource, parse_packet_header
+from streamer.seedlink_state import StateStore, StateTracker, StationState, save_state_periodically
 
 pytestmark = pytest.mark.integration
 

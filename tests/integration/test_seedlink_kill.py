@@ -14,7 +14,7 @@ import pytest
 from test_replay_server import write_archive
 
 from streamer.replay import ReplayServerThread
-from streamer.seedlink import StateStore
+from streamer.seedlink_state import StateStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,7 +25,8 @@ import asyncio, sys
 from pathlib import Path
 from streamer.config import SeedLinkServer, SeedLinkSettings
 from streamer.metrics import Metrics
-from streamer.seedlink import SeedLinkSource, StateTracker, parse_packet_header, save_state_periodically
+from streamer.seedlink import SeedLinkSource, parse_packet_header
+from streamer.seedlink_state import StateTracker, save_state_periodically
 
 port, state_file, out_file = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 settings = SeedLinkSettings(

@@ -8,7 +8,7 @@ from streamer.config import ConfigError
 from streamer.errors import StreamerError
 from streamer.mseed import IngestError, RecordDecodeError
 from streamer.replay import ReplayError
-from streamer.seedlink import SeedLinkStateError
+from streamer.seedlink_state import SeedLinkStateError
 from streamer.stitch import StitchError
 from streamer.worker import WorkerError
 

@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 
 from streamer.config import SeedLinkServer, SeedLinkSettings
 from streamer.records import PacketRef
-from streamer.seedlink import (
-    SeedLinkSource,
-    SeedLinkStateError,
-    StateStore,
-    StateTracker,
-    StationState,
-    iso_to_ns,
-    ns_to_iso,
-    parse_stream_spec,
-)
+from streamer.seedlink import SeedLinkSource, parse_stream_spec
+from streamer.seedlink_state import SeedLinkStateError, StateStore, StateTracker, StationState, iso_to_ns, ns_to_iso
 
 SERVER = "127.0.0.1:18000"
 

@@ -1,0 +1,364 @@
+"""SeedLink resume state: what was delivered, what downstream acknowledged, and the state file.
+
+- ``StateStore``: the JSON state file (per server, per station ``NET_STA``: the acknowledged sequence
+  number and the end time of that packet), written atomically (temp file in the same directory,
+  fsync, ``os.replace``, fsync of the directory).
+- ``StateTracker``: in-memory bookkeeping of packets handed downstream and of how far downstream
+  has acknowledged them. ``acknowledge(station_key, safe_ns)`` is the only way the saved state
+  advances: it moves the acknowledged sequence over the longest prefix (in arrival order) of
+  delivered packets whose data end at or before ``safe_ns``. A packet that is delivered but not
+  yet acknowledged is therefore asked for again after a restart (a duplicate, absorbed by
+  idempotent output IDs downstream), never skipped (a gap).
+- ``save_state_periodically``: the task that writes the file every ``save_interval_s`` while
+  something was acknowledged.
+
+Limitations: pending (delivered, unacknowledged) packets are kept in memory, about 100 bytes each,
+until acknowledged; the file holds one resume point per server and station (not per channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.config import SeedLinkSettings
+from streamer.errors import StreamerError
+from streamer.metrics import Metrics
+from streamer.records import NS_PER_S, PacketRef
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "coldstream-seedlink-state"
+STATE_VERSION = 1
+
+class SeedLinkStateError(StreamerError):
+    """The state file cannot be read or written."""
+
+
+# ---------------------------------------------------------------------------------------------
+# time helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def ns_to_iso(t_ns: int) -> str:
+    """``2026-11-25T12:00:05.120000Z`` (microsecond resolution, UTC)."""
+    sec, rem = divmod(int(t_ns), NS_PER_S)
+    d = dt.datetime.fromtimestamp(sec, tz=dt.timezone.utc) + dt.timedelta(microseconds=rem // 1000)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def iso_to_ns(text: str) -> int:
+    """Inverse of ``ns_to_iso`` (accepts any ISO 8601 UTC time)."""
+    d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    delta = d - epoch
+    return (delta.days * 86400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# state file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StationState:
+    """A resume point: SeedLink sequence number ``seq`` and the end time of that packet."""
+
+    seq: int
+    end_ns: int
+
+
+ServerStates = dict[str, dict[str, StationState]]  # server "host:port" -> station "NET_STA" -> state
+
+
+class StateStore:
+    """The SeedLink state file: JSON, written atomically.
+
+    Format (``docs/seedlink.md``)::
+
+        {"format": "coldstream-seedlink-state", "version": 1, "saved_at": "...Z",
+         "servers": {"host:port": {"NET_STA": {"seq": 1234, "end": "2026-...Z", "end_ns": 17...}}}}
+
+    ``seq`` is the last acknowledged sequence number (decimal), ``end``/``end_ns`` the end time of
+    that packet (the ISO string is for people; ``end_ns`` is what is read back).
+    """
+
+    def __init__(self, path: Path | str, metrics: Metrics | None = None) -> None:
+        self.path = Path(path)
+        self.metrics = metrics
+
+    def load(self) -> ServerStates:
+        """The saved states; empty when the file does not exist.
+
+        A corrupt or unreadable file is logged as an error, counted, moved aside to
+        ``<name>.corrupt-<unix time>`` for inspection, and an empty state is returned: the
+        client then starts from real time rather than crashing.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            log.info("no SeedLink state file at %s: starting without resume points", self.path)
+            return {}
+        except OSError as exc:
+            self._corrupt(f"cannot read: {exc}", move=False)
+            return {}
+        try:
+            return self._parse(json.loads(raw.decode("utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+            self._corrupt(str(exc), move=True)
+            return {}
+
+    @staticmethod
+    def _parse(data: Any) -> ServerStates:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError("not a coldstream SeedLink state file")
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        out: ServerStates = {}
+        for server, stations in data["servers"].items():
+            per: dict[str, StationState] = {}
+            for key, entry in stations.items():
+                seq = entry["seq"]
+                end_ns = entry["end_ns"]
+                if not isinstance(seq, int) or not isinstance(end_ns, int) or seq < 0:
+                    raise ValueError(f"bad entry for {server} {key}: {entry!r}")
+                per[str(key)] = StationState(seq, end_ns)
+            out[str(server)] = per
+        return out
+
+    def _corrupt(self, why: str, move: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.state_file_errors.inc()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        if move:
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = self.path
+        log.error(
+            "SeedLink state file %s is unusable (%s); kept as %s; starting from real time without resume points",
+            self.path, why, aside,
+        )
+
+    def save(self, states: ServerStates) -> None:
+        """Write ``states`` atomically: a crash at any point leaves the old file or the new one.
+
+        Raises ``SeedLinkStateError`` when the file cannot be written (the old file stays).
+        """
+        data = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "saved_at": ns_to_iso(time.time_ns()),
+            "servers": {
+                server: {
+                    key: {"seq": st.seq, "end": ns_to_iso(st.end_ns), "end_ns": st.end_ns}
+                    for key, st in sorted(stations.items())
+                }
+                for server, stations in sorted(states.items())
+            },
+        }
+        text = json.dumps(data, indent=1) + "\n"
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        tmp_name: str | None = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.path)
+            tmp_name = None
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise SeedLinkStateError(f"cannot write SeedLink state file {self.path}: {exc}") from exc
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# acknowledgement bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+
+class StateTracker:
+    """Delivered and acknowledged SeedLink positions, per server and station.
+
+    ``record()`` is called by the source for every packet it hands downstream; ``acknowledge()``
+    by the service once every output that needs data before ``safe_ns`` has been published.
+    Thread-safe (acknowledgements may come from a publisher thread).
+    """
+
+    def __init__(
+        self,
+        store: StateStore | None = None,
+        save_interval_s: float = 5.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.save_interval_s = save_interval_s
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._acked: ServerStates = {}
+        self._delivered: ServerStates = {}
+        # station key -> server -> delivered, unacknowledged packets in arrival order
+        self._pending: dict[str, dict[str, deque[StationState]]] = {}
+        self._dirty = False
+        self._last_save_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SeedLinkSettings, metrics: Metrics | None = None) -> StateTracker:
+        """A tracker on ``settings.state_file``, already loaded."""
+        tracker = cls(StateStore(settings.state_file, metrics), settings.state_save_interval_s, metrics)
+        tracker.load()
+        return tracker
+
+    def load(self) -> None:
+        """Read the acknowledged positions from the store (replacing what is in memory)."""
+        loaded = self.store.load() if self.store is not None else {}
+        with self._lock:
+            self._acked = {server: dict(st) for server, st in loaded.items()}
+            self._delivered = {}
+            self._pending.clear()
+            self._dirty = False
+        n = sum(len(v) for v in loaded.values())
+        if n:
+            log.info("SeedLink state: %d station resume points loaded from %s", n, self.store.path if self.store else "-")
+
+    def record(self, ref: PacketRef, start_ns: int, end_ns: int) -> None:
+        """A packet was handed downstream (not yet acknowledged)."""
+        st = StationState(ref.sequence, end_ns)
+        with self._lock:
+            self._delivered.setdefault(ref.server, {})[ref.station_key] = st
+            self._pending.setdefault(ref.station_key, {}).setdefault(ref.server, deque()).append(st)
+
+    def acknowledge(self, station_key: str, safe_ns: int, server: str | None = None) -> int:
+        """Advance the acknowledged position of ``station_key`` (on ``server``, or on every server).
+
+        Moves over the longest run, in arrival order, of delivered packets whose data end at or
+        before ``safe_ns``; stops at the first that ends later, even if packets after it (other
+        channels) end earlier, so a restart never skips data that was not yet published.
+        Returns the number of packets acknowledged.
+        """
+        done = 0
+        with self._lock:
+            for srv, pending in self._pending.get(station_key, {}).items():
+                if server is not None and srv != server:
+                    continue
+                last: StationState | None = None
+                while pending and pending[0].end_ns <= safe_ns:
+                    last = pending.popleft()
+                    done += 1
+                if last is not None:
+                    self._acked.setdefault(srv, {})[station_key] = last
+                    self._dirty = True
+        return done
+
+    def acknowledge_all(self, safe_ns: int) -> int:
+        """``acknowledge`` for every station seen (e.g. on a drain where everything was published)."""
+        with self._lock:
+            keys = list(self._pending)
+        return sum(self.acknowledge(key, safe_ns) for key in keys)
+
+    def acked(self, server: str, station_key: str) -> StationState | None:
+        with self._lock:
+            return self._acked.get(server, {}).get(station_key)
+
+    def acked_states(self) -> ServerStates:
+        with self._lock:
+            return {srv: dict(st) for srv, st in self._acked.items()}
+
+    def pending_count(self, server: str | None = None, station_key: str | None = None) -> int:
+        """Delivered packets not yet acknowledged."""
+        with self._lock:
+            return sum(
+                len(p)
+                for key, per_server in self._pending.items()
+                for srv, p in per_server.items()
+                if (server is None or srv == server) and (station_key is None or key == station_key)
+            )
+
+    def resume_points(self, server: str) -> dict[str, StationState]:
+        """Where to ask ``server`` to continue, per station.
+
+        Within one process a reconnect continues after the last *delivered* packet (those data
+        are already in the pipeline); after a restart only the *acknowledged* position exists.
+        """
+        with self._lock:
+            out = dict(self._acked.get(server, {}))
+            out.update(self._delivered.get(server, {}))
+            return out
+
+    def last_delivered(self, server: str, station_key: str) -> StationState | None:
+        with self._lock:
+            return self._delivered.get(server, {}).get(station_key)
+
+    def save(self, now_s: float | None = None) -> bool:
+        """Write the acknowledged positions now; False (logged) when the write failed."""
+        if self.store is None:
+            return False
+        with self._lock:
+            snapshot = {srv: dict(st) for srv, st in self._acked.items()}
+            self._dirty = False
+        try:
+            self.store.save(snapshot)
+        except SeedLinkStateError as exc:
+            log.error("%s", exc)
+            with self._lock:
+                self._dirty = True
+            return False
+        self._last_save_s = time.monotonic() if now_s is None else now_s
+        if self.metrics is not None:
+            self.metrics.state_saves.inc()
+            self.metrics.state_save_timestamp.set(time.time())
+        return True
+
+    def save_if_due(self, now_s: float | None = None) -> bool:
+        """Save when something was acknowledged and ``save_interval_s`` has passed since the last
+        save (``now_s`` is a monotonic time in seconds). Returns True if a save happened."""
+        now = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            dirty = self._dirty
+        if not dirty:
+            return False
+        if self._last_save_s is not None and now - self._last_save_s < self.save_interval_s:
+            return False
+        return self.save(now)
+
+
+
+async def save_state_periodically(tracker: StateTracker, stop: asyncio.Event, tick_s: float = 0.5) -> None:
+    """Call ``tracker.save_if_due()`` until ``stop`` is set (no final save: the caller decides)."""
+    while not stop.is_set():
+        tracker.save_if_due()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=tick_s)
