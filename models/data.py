@@ -77,6 +77,7 @@ class Recording:
     p_sample: int | None
     s_sample: int | None
     three_component: bool = True
+    source: str = ""
 
     @property
     def is_event(self) -> bool:
@@ -133,7 +134,8 @@ def snr_db(signal_z: np.ndarray, p_sample: int, noise_z: np.ndarray, sampling_ra
 
 def event_snr_db(rec: Recording, sampling_rate_hz: float = 100.0) -> float:
     """The recording's own Z SNR: after P against its pre-event noise."""
-    noise = rec.noise_segment()
+    # Short pre-event stretches (STEAD-type traces with P a second into the trace) still give an SNR.
+    noise = rec.noise_segment(min_samples=200)
     if rec.p_sample is None or noise is None:
         return -math.inf
     return snr_db(rec.data[2], rec.p_sample, noise[2], sampling_rate_hz)
@@ -282,6 +284,13 @@ class PairConfig:
     microseism_db: tuple[float, float] = (-5.0, 20.0)
     high_freq_share: float = 0.15
     high_freq_db: tuple[float, float] = (-10.0, 5.0)
+    short_period_share: float = 0.25
+    strong_motion_share: float = 0.1
+    en_swap_share: float = 0.2
+    component_flip_share: float = 0.1
+    z_only_share: float = 0.08
+    one_horizontal_missing_share: float = 0.05
+    source_balanced: bool = True
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -362,6 +371,43 @@ def _stretch(x: np.ndarray, factor: float) -> np.ndarray:
     return np.stack([np.interp(src, np.arange(m), ch) for ch in x]).astype(np.float32)
 
 
+def instrument_response(x: np.ndarray, kind: str, sampling_rate_hz: float = 100.0) -> np.ndarray:
+    """Make ``(3, n)`` data look as if another instrument had recorded it (applied to event and noise alike):
+    ``"broadband"`` unchanged; ``"short-period"`` a causal 2-pole 1-Hz high-pass (a 1-Hz geophone's velocity
+    response); ``"strong-motion"`` the time derivative (acceleration), which tilts the spectrum towards high
+    frequencies. Output keeps the input's RMS, so only the spectrum's shape changes."""
+    if kind == "broadband":
+        return x
+    from scipy.signal import butter, sosfilt
+
+    x64 = np.asarray(x, np.float64)
+    if kind == "short-period":
+        sos = butter(2, 1.0, btype="highpass", fs=sampling_rate_hz, output="sos")
+        out = sosfilt(sos, x64 - x64[:, :1], axis=-1)
+    elif kind == "strong-motion":
+        out = np.diff(x64, axis=-1, prepend=x64[:, :1]) * sampling_rate_hz
+    else:
+        raise ValueError(f"unknown instrument kind {kind!r}")
+    rms_in = np.sqrt(np.mean(x64**2)) + 1e-30
+    rms_out = np.sqrt(np.mean(out**2)) + 1e-30
+    return (out * (rms_in / rms_out)).astype(np.float32)
+
+
+def _groups(keys: Sequence[str], balanced: bool) -> list[np.ndarray]:
+    """Indices grouped by key (one group of everything when not balanced)."""
+    if not balanced:
+        return [np.arange(len(keys))]
+    by: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by.setdefault(k, []).append(i)
+    return [np.array(v) for _, v in sorted(by.items())]
+
+
+def _pick(groups: list[np.ndarray], rng: np.random.Generator) -> int:
+    g = groups[int(rng.integers(len(groups)))]
+    return int(g[int(rng.integers(len(g)))])
+
+
 class PairSampler:
     """Draws noisy/clean pairs from events and a noise pool, reproducibly under ``seed``."""
 
@@ -378,6 +424,9 @@ class PairSampler:
             if seg is not None and np.any(seg[2] != 0):
                 self.noise.append((i, seg, r.three_component))
         self._names = [r.name for r in recordings]
+        # Source balance: each source with events (noise) is drawn equally often, whatever its size.
+        self._event_groups = _groups([r.source for r in self.events], self.cfg.source_balanced)
+        self._noise_groups = _groups([recordings[i].source for i, _, _ in self.noise], self.cfg.source_balanced)
         if not self.events:
             raise DataError(f"no events with Z SNR >= {self.cfg.min_event_snr_db} dB for training targets")
         if len(self.noise) < 2:
@@ -387,7 +436,7 @@ class PairSampler:
     def _noise_window(self, exclude: str | None, need_3c: bool) -> np.ndarray:
         n = self.cfg.window_samples
         for _ in range(50):
-            i, seg, three_c = self.noise[self.rng.integers(len(self.noise))]
+            i, seg, three_c = self.noise[_pick(self._noise_groups, self.rng)]
             if self._names[i] != exclude and (three_c or not need_3c):
                 break
         ext = _extend(seg, 2 * n)
@@ -421,11 +470,14 @@ class PairSampler:
     def draw_one(self) -> tuple[np.ndarray, np.ndarray, int, int, float, bool]:
         """One pair: ``(y, x0, p, s, snr_db, noise_only)`` with ``(3, window)`` arrays in counts."""
         n, sr = self.cfg.window_samples, self.cfg.sampling_rate_hz
+        instrument = self._draw_instrument()
         if self.rng.random() < self.cfg.noise_only_share:
-            y = self._noise_window(None, need_3c=False) * np.float32(10 ** self.rng.uniform(-2, 4))
-            return y, np.zeros_like(y), -1, -1, math.nan, True
-        ev = self.events[self.rng.integers(len(self.events))]
-        data, p, s = ev.data, int(ev.p_sample), ev.s_sample
+            y = instrument_response(self._noise_window(None, need_3c=False), instrument, sr)
+            y = y * np.float32(10 ** self.rng.uniform(-2, 4))
+            y, x0 = self._channel_augment(y, np.zeros_like(y))
+            return y, x0, -1, -1, math.nan, True
+        ev = self.events[_pick(self._event_groups, self.rng)]
+        data, p, s = instrument_response(ev.data, instrument, sr), int(ev.p_sample), ev.s_sample
         if self.rng.random() < self.cfg.stretch_share:
             f = float(self.rng.uniform(*self.cfg.stretch_range))
             data = _stretch(data, f)
@@ -439,7 +491,7 @@ class PairSampler:
         raw = data[:, start : start + n]
         mute = onset_mute(data.shape[1], p, sr)[start : start + n]
         x0 = raw * mute
-        noise = self._noise_window(ev.name, need_3c=ev.three_component)
+        noise = instrument_response(self._noise_window(ev.name, need_3c=ev.three_component), instrument, sr)
         if not ev.three_component:
             noise[:2] = 0.0
         snr = self._draw_snr()
@@ -447,10 +499,38 @@ class PairSampler:
         p_noise = np.mean(noise[2].astype(np.float64) ** 2)
         k = math.sqrt(p_sig / (p_noise * 10 ** (snr / 10))) if p_noise > 0 else 0.0
         y = raw + np.float32(k) * noise
+        gain = np.float32(10 ** self.rng.uniform(-3, 3))
+        y, x0 = self._channel_augment(y * gain, x0 * gain)
         pw, sw = p - start, (s - start) if s is not None else -1
         pw = pw if 0 <= pw < n else -1
         sw = sw if 0 <= sw < n else -1
         return y.astype(np.float32), x0.astype(np.float32), pw, sw, snr, False
+
+    def _draw_instrument(self) -> str:
+        u = self.rng.random()
+        if u < self.cfg.short_period_share:
+            return "short-period"
+        if u < self.cfg.short_period_share + self.cfg.strong_motion_share:
+            return "strong-motion"
+        return "broadband"
+
+    def _channel_augment(self, y: np.ndarray, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What real stations send besides clean ENZ: swapped horizontals, a reversed component, missing
+        components (zero in input and target alike)."""
+        cfg, rng = self.cfg, self.rng
+        y, x0 = y.copy(), x0.copy()
+        if rng.random() < cfg.en_swap_share:
+            y[[0, 1]], x0[[0, 1]] = y[[1, 0]], x0[[1, 0]]
+        if rng.random() < cfg.component_flip_share:
+            c = int(rng.integers(3))
+            y[c], x0[c] = -y[c], -x0[c]
+        u = rng.random()
+        if u < cfg.z_only_share:
+            y[:2], x0[:2] = 0.0, 0.0
+        elif u < cfg.z_only_share + cfg.one_horizontal_missing_share:
+            c = int(rng.integers(2))
+            y[c], x0[c] = 0.0, 0.0
+        return y, x0
 
     def draw(self, batch_size: int) -> PairBatch:
         items = [self.draw_one() for _ in range(batch_size)]
@@ -506,13 +586,16 @@ def build_eval_set(
     sampling_rate_hz: float = 100.0,
     min_event_snr_db: float = 15.0,
     p_position_range: tuple[int, int] = (500, 2500),
+    noise_recordings: Sequence[Recording] | None = None,
 ) -> EvalSet:
     """Deterministic noisy/clean windows: every event x every SNR level, noise from another recording of the
-    same split, P placed at a seeded position; plus ``n_noise_only`` noise-only windows."""
+    same split (of ``noise_recordings`` when given), P placed at a seeded position; plus ``n_noise_only``
+    noise-only windows."""
     rng = np.random.default_rng(seed)
     n = window_samples
     events = [r for r in recordings if r.is_event and event_snr_db(r, sampling_rate_hz) >= min_event_snr_db]
-    noise = [(r.name, r.noise_segment(), r.three_component) for r in recordings]
+    noise_from = recordings if noise_recordings is None else noise_recordings
+    noise = [(r.name, r.noise_segment(), r.three_component) for r in noise_from]
     noise = [(nm, seg, c) for nm, seg, c in noise if seg is not None and np.any(seg[2] != 0)]
     if not events or len(noise) < 2:
         raise DataError("evaluation needs at least one clean event and two noise segments in the split")

@@ -1,0 +1,135 @@
+"""Source loaders (single-component STEAD-type files, continuous miniSEED with events screened out) and the
+per-source station split, on small files the tests write themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.data import Recording
+from models.sources import (
+    CONTINUOUS,
+    NCEDC,
+    STEAD,
+    load_continuous_folder,
+    load_single_component_folder,
+    load_source,
+    make_source_split,
+    noise_pieces,
+    read_source_split,
+    screen_events,
+    select_split,
+    write_source_split,
+)
+
+
+def _write_single(folder, name, data, p=None, s=None):
+    kw = {"data": np.asarray(data, np.float64)}
+    if p is not None:
+        kw |= {"itp": np.int64(p), "its": np.int64(s)}
+    np.savez(folder / f"{name}.npz", **kw)
+
+
+def test_single_component_files_group_into_recordings(tmp_path, rng):
+    for cha, scale in (("BHE", 1.0), ("BHN", 2.0), ("BHZ", 3.0)):
+        _write_single(tmp_path, f"XX_AAA_{cha}_1001", scale + rng.standard_normal(500), 100, 200)
+    _write_single(tmp_path, "XX_AAA_HHZ_1001", rng.standard_normal(500), 120, 220)  # other instrument: own group
+    _write_single(tmp_path, "YY_BBB_EH1_77", np.ones(500) + rng.standard_normal(500))  # 1 -> N
+    _write_single(tmp_path, "YY_BBB_EH2_77", rng.standard_normal(500))  # 2 -> E
+    recs = {r.name: r for r in load_single_component_folder(tmp_path)}
+    assert set(recs) == {"XX_AAA_BH_1001", "XX_AAA_HH_1001", "YY_BBB_EH_77"}
+    bh = recs["XX_AAA_BH_1001"]
+    assert bh.station == "XX.AAA" and bh.p_sample == 100 and bh.s_sample == 200 and bh.three_component
+    assert bh.data.shape == (3, 500) and bh.source == STEAD
+    assert np.allclose(bh.data.mean(axis=1), 0, atol=1e-5)
+    hh = recs["XX_AAA_HH_1001"]
+    assert not hh.three_component and not np.any(hh.data[:2]) and hh.p_sample == 120
+    bbb = recs["YY_BBB_EH_77"]
+    assert bbb.p_sample is None and not bbb.is_event and not np.any(bbb.data[2])  # no Z channel
+
+
+def test_screen_events_and_noise_pieces_keep_events_out():
+    n = 60_000
+    data = np.random.default_rng(0).standard_normal((3, n)).astype(np.float32)
+    true_p = [20_000, 45_000]
+
+    def predict(x):  # a fake picker: P probability 1 at the true onsets
+        out = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        for b, w in enumerate(x):
+            for p in true_p:
+                hit = np.flatnonzero(np.isclose(w[2], data[2, p]))
+                for i in hit:
+                    out[b, 0, i] = 1.0
+        return out
+
+    picks = screen_events(data, predict)
+    assert picks == true_p
+    rec = Recording("CX_AA_x", "CX.AA", data, None, None, True, source=CONTINUOUS)
+    pieces = noise_pieces(rec, picks, before_s=10, after_s=60, min_s=35)
+    covered = np.zeros(n, bool)
+    for pc in pieces:
+        start = int(pc.name.split("+")[1])
+        covered[start : start + pc.data.shape[1]] = True
+        assert pc.p_sample is None and pc.source == CONTINUOUS
+    for p in true_p:
+        assert not covered[p - 1000 : p + 6000].any()
+    assert covered[:15_000].all()
+
+
+def test_continuous_miniseed_loads_and_needs_screening(tmp_path):
+    import obspy
+
+    rng = np.random.default_rng(3)
+    st = obspy.Stream()
+    for cha in ("HHZ", "HHN", "HHE"):
+        st.append(obspy.Trace(rng.standard_normal(12_000).astype(np.int32) * 10,
+                              header={"network": "CX", "station": "PB09", "channel": cha, "sampling_rate": 100.0,
+                                      "starttime": obspy.UTCDateTime(2014, 3, 1, 2)}))
+    st.write(str(tmp_path / "20140301.CX.PB09..HH.mseed"), format="MSEED", reclen=512, encoding="STEIM2")
+    raw, noise = load_continuous_folder(tmp_path)
+    assert len(raw) == 1 and raw[0].station == "CX.PB09" and raw[0].data.shape == (3, 12_000)
+    assert noise == []  # never noise unchecked
+
+    def quiet(x):
+        return np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+
+    raw, noise = load_continuous_folder(tmp_path, predict=quiet, screen_cache=tmp_path / "screen.json")
+    assert len(noise) == 1 and noise[0].data.shape == (3, 12_000)
+    assert (tmp_path / "screen.json").exists()
+
+
+def test_load_source_rejects_unknown(tmp_path):
+    (tmp_path / "other").mkdir()
+    from models.errors import DataError
+
+    with pytest.raises(DataError):
+        load_source(tmp_path, "other")
+    with pytest.raises(DataError):
+        load_source(tmp_path, NCEDC)
+
+
+def _rec(name, station, source, event=True):
+    data = np.zeros((3, 100), np.float32)
+    return Recording(name, station, data, 10 if event else None, 20 if event else None, True, source=source)
+
+
+def test_source_split_is_by_station_within_source_and_round_trips(tmp_path):
+    by_source = {
+        NCEDC: [_rec(f"n{i}", f"NC.S{i % 10}", NCEDC) for i in range(30)],
+        STEAD: [_rec(f"s{i}", f"XX.T{i % 5}", STEAD) for i in range(20)]
+        + [_rec(f"RN_BAVN_EH_2018010{i}", "RN.BAVN", STEAD, event=False) for i in range(10)],
+        CONTINUOUS: [_rec("c1", "CX.PB01", CONTINUOUS, False), _rec("c2", "CX.PB02", CONTINUOUS, False)],
+    }
+    split = make_source_split(by_source, seed=0)
+    write_source_split(tmp_path / "split.json", split)
+    split = read_source_split(tmp_path / "split.json")
+    for src, e in split["sources"].items():
+        assert not set(e["train"]) & set(e["test"]) and not set(e["train"]) & set(e["val"])
+    assert split["sources"][CONTINUOUS]["train"] and split["sources"][CONTINUOUS]["test"]
+    nbt = split["sources"][STEAD]["noise_by_time"]
+    assert nbt["station"] == "RN.BAVN" and len(nbt["train"]) == 7 and len(nbt["test"]) == 2
+    assert nbt["train"][-1] < nbt["test"][0]  # oldest in training
+    recs = [r for rs in by_source.values() for r in rs]
+    train, test = select_split(recs, split, "train"), select_split(recs, split, "test")
+    assert not {(r.source, r.station) for r in train if r.is_event} & {(r.source, r.station) for r in test}
+    assert not {r.name for r in train} & {r.name for r in test}
