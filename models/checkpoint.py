@@ -16,7 +16,11 @@ from typing import Any
 import torch
 
 from models.errors import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
+from models.masknet import STFTMaskNet
 from models.unet import UNet1D
+
+MODEL_CLASSES: dict[str, type[torch.nn.Module]] = {"UNet1D": UNet1D, "STFTMaskNet": STFTMaskNet}
+"""The network classes a sidecar may name (``model_class``), each rebuilt from ``model_args``."""
 
 __all__ = [
     "FORMAT",
@@ -72,7 +76,7 @@ def code_version() -> str:
 
 def save_checkpoint(
     path: str | Path,
-    model: UNet1D,
+    model: torch.nn.Module,
     *,
     schedule_kind: str,
     n_train_steps: int,
@@ -86,7 +90,7 @@ def save_checkpoint(
     torch.save(state, path)
     meta = {
         "format": FORMAT,
-        "model_class": "UNet1D",
+        "model_class": type(model).__name__,
         "model_args": model.config,
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "schedule": {"kind": schedule_kind, "n_train_steps": n_train_steps},
@@ -100,7 +104,7 @@ def save_checkpoint(
     return meta
 
 
-def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[UNet1D, dict[str, Any]]:
+def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``path`` and its sidecar; verify the sha256 (the given one, else the sidecar's).
 
     Raises :class:`WeightsNotFoundError`, :class:`ChecksumMismatchError` or :class:`ShapeMismatchError`.
@@ -117,13 +121,14 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[UNet1D
     if expected and actual != expected:
         raise ChecksumMismatchError(f"{path}: sha256 {actual} does not match the expected {expected}")
     meta["sha256"] = actual
-    if meta.get("model_class") != "UNet1D":
+    cls = MODEL_CLASSES.get(str(meta.get("model_class")))
+    if cls is None:
         raise ShapeMismatchError(f"{path}: unknown model class {meta.get('model_class')!r}")
     args = dict(meta["model_args"])
-    for key in ("channel_mults", "bottleneck_dilations"):
+    for key in ("channel_mults", "bottleneck_dilations", "widths"):
         if key in args:
             args[key] = tuple(args[key])
-    model = UNet1D(**args)
+    model = cls(**args)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

@@ -12,7 +12,29 @@ HELP = "train the cold-diffusion denoiser (CPU or CUDA; bounded by steps and min
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="folder of labelled .npz events, or a SeisBench dataset folder")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="folder of labelled .npz events, a SeisBench dataset folder, or (with --sources) the data folder "
+        "holding the source folders",
+    )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        default=None,
+        help="train on these sources under --data together (phasenet-ncedc seisdae-stead cx-continuous-1h), "
+        "split by station within each",
+    )
+    parser.add_argument("--architecture", choices=["unet", "mask"], default="unet",
+                        help="unet: waveform U-Net (v1); mask: bounded STFT gain on the observation (v2)")
+    parser.add_argument("--chain-steps", type=int, nargs="+", default=[],
+                        help="train the sampler's chains as used: step counts K drawn per batch (e.g. 1 2 4)")
+    parser.add_argument("--chain-probabilities", type=float, nargs="+", default=[],
+                        help="probability of each --chain-steps value (default equal)")
+    parser.add_argument("--snapshot-minutes", type=float, nargs="+", default=[],
+                        help="also export the weights as they are after these many minutes (budget-matched copies)")
+    parser.add_argument("--asym-weight", type=float, default=0.0,
+                        help="weight of the asymmetric STFT-magnitude term (erased signal costs more)")
     parser.add_argument("--out", required=True, help="run folder: split.json, checkpoints, exported weights, log")
     parser.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock bound (default 45)")
     parser.add_argument("--max-steps", type=int, default=1_000_000, help="optimizer-step bound")
@@ -81,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         false_pick_weight=args.false_pick_weight,
         init_weights=args.init_weights,
         pairs=pairs,
+        architecture=args.architecture,
+        sources=tuple(args.sources) if args.sources else None,
+        chain_steps=tuple(args.chain_steps),
+        chain_probabilities=tuple(args.chain_probabilities),
+        asym_weight=args.asym_weight,
+        snapshot_minutes=tuple(args.snapshot_minutes),
         picker_cache=args.picker_cache or default_picker_cache(),
         device=args.device,
         threads=args.threads,

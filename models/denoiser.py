@@ -141,13 +141,17 @@ class Denoiser:
         return den
 
     # ------------------------------------------------------------------------------------- windows
-    def _model_fn(self, x: torch.Tensor, t_frac: torch.Tensor) -> torch.Tensor:
+    def _model_fn(self, x: torch.Tensor, t_frac: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One network call; models that condition on the observation (``conditions_on_observation``) get ``y``
+        as well as the state ``x``."""
         ctx = (
             torch.autocast("cuda", dtype=torch.float16)
             if self.mixed_precision
             else contextlib.nullcontext()
         )
         with ctx:
+            if y is not None and getattr(self.model, "conditions_on_observation", False):
+                return self.model(x, t_frac, y).float()
             return self.model(x, t_frac).float()
 
     def denoise_windows(
@@ -192,11 +196,14 @@ class Denoiser:
                 def cb(i: int, x0n: torch.Tensor) -> None:
                     callback(i, finish(x0n))
 
+            def model_fn(xs: torch.Tensor, t_frac: torch.Tensor) -> torch.Tensor:
+                return self._model_fn(xs, t_frac, yn)
+
             if k == 1:
-                res = sample_direct(self._model_fn, yn, self.gammas, callback=cb)
+                res = sample_direct(model_fn, yn, self.gammas, callback=cb)
             else:
                 steps_list = make_step_list(self.n_train_steps, k)
-                res = sample_cold(self._model_fn, yn, self.gammas, steps_list, callback=cb, budget_ms=budget_ms)
+                res = sample_cold(model_fn, yn, self.gammas, steps_list, callback=cb, budget_ms=budget_ms)
             out = finish(res.x0)
         return DenoiseResult(out, res.steps_done, (time.perf_counter() - start) * 1e3)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PickerLoss", "multires_stft_loss", "onset_weight", "onset_weighted_l1"]
+__all__ = ["PickerLoss", "asymmetric_magnitude_loss", "multires_stft_loss", "onset_weight", "onset_weighted_l1"]
 
 
 def onset_weight(
@@ -75,3 +75,17 @@ class PickerLoss(torch.nn.Module):
             # false pick on noise is what an early-warning consumer cannot tolerate.
             w = w * (1.0 + self.false_pick_weight * (p.detach() - t).clamp(min=0))
         return (F.binary_cross_entropy(p, t, reduction="none") * w).mean()
+
+
+def asymmetric_magnitude_loss(
+    pred: torch.Tensor, target: torch.Tensor, under_weight: float = 3.0, n_fft: int = 64, hop_length: int = 16
+) -> torch.Tensor:
+    """Mean |(|S_pred| - |S_target|)| over time-frequency cells, with cells where the output has *less* energy
+    than the clean target weighted ``1 + under_weight``: erasing signal costs more than leaving noise."""
+    b, c, n = pred.shape
+    win = torch.hann_window(n_fft, device=pred.device)
+    x = torch.cat([pred, target]).reshape(2 * b * c, n).float()
+    mag = torch.stft(x, n_fft, hop_length, window=win, return_complex=True).abs()
+    mp, mt = mag[: b * c], mag[b * c :]
+    w = 1.0 + under_weight * (mt > mp).float()
+    return ((mp - mt).abs() * w).mean()

@@ -34,7 +34,15 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import PairConfig, PairSampler, load_recordings, make_station_split, read_split, select, write_split
 from models.degradation import degrade, make_schedule, normalize_window
 from models.errors import DataError
-from models.losses import PickerLoss, multires_stft_loss, onset_weight, onset_weighted_l1
+from models.losses import (
+    PickerLoss,
+    asymmetric_magnitude_loss,
+    multires_stft_loss,
+    onset_weight,
+    onset_weighted_l1,
+)
+from models.masknet import STFTMaskNet
+from models.sampler import make_step_list
 from models.spec import DEFAULT_SPEC
 from models.unet import UNet1D
 
@@ -73,6 +81,14 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     pairs: PairConfig = field(default_factory=PairConfig)
+    architecture: str = "unet"
+    sources: tuple[str, ...] | None = None
+    chain_steps: tuple[int, ...] = ()
+    chain_probabilities: tuple[float, ...] = ()
+    chain_intermediate_weight: float = 0.5
+    asym_weight: float = 0.0
+    mask_widths: tuple[int, ...] = (48, 96, 160)
+    snapshot_minutes: tuple[float, ...] = ()
 
 
 def _device(name: str) -> torch.device:
@@ -90,16 +106,20 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        recs = load_recordings(cfg.data, DEFAULT_SPEC)
+        self.picker = None
         split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
-        if split_path.exists():
-            self.split = read_split(split_path)
+        if cfg.sources:
+            train_recs, val_recs = self._load_sources(split_path)
         else:
-            self.split = make_station_split([r.station for r in recs], cfg.seed)
-            write_split(split_path, self.split, cfg.seed, str(cfg.data))
+            recs = load_recordings(cfg.data, DEFAULT_SPEC)
+            if split_path.exists():
+                self.split = read_split(split_path)
+            else:
+                self.split = make_station_split([r.station for r in recs], cfg.seed)
+                write_split(split_path, self.split, cfg.seed, str(cfg.data))
+            train_recs = select(recs, self.split["train"])
+            val_recs = select(recs, self.split["val"])
         self.split_path = split_path
-        train_recs = select(recs, self.split["train"])
-        val_recs = select(recs, self.split["val"])
         if not train_recs:
             raise DataError("training split is empty")
         self.sampler = PairSampler(train_recs, cfg.pairs, seed=cfg.seed)
@@ -110,8 +130,8 @@ class _Trainer:
             except DataError as exc:
                 log.warning("no validation pairs: %s", exc)
         self.gammas = make_schedule(cfg.schedule, cfg.n_train_steps).to(self.device)
-        self.model = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
-        self.ema = UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults)).to(self.device)
+        self.model = self._build().to(self.device)
+        self.ema = self._build().to(self.device)
         self.init_meta: dict[str, Any] | None = None
         if cfg.init_weights:
             self._init_from(cfg.init_weights)
@@ -120,13 +140,55 @@ class _Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.picker_loss = None
         if cfg.picker_weight > 0:
-            from models.picker import Picker
-
-            picker = Picker(cache_root=cfg.picker_cache, device=str(self.device))
+            picker = self._picker()
             self.picker_loss = PickerLoss(picker.probabilities, cfg.false_pick_weight)
         self.step = 0
         self.elapsed_s = 0.0
         self.history: list[dict[str, Any]] = []
+
+    def _build(self) -> torch.nn.Module:
+        cfg = self.cfg
+        if cfg.architecture == "mask":
+            return STFTMaskNet(widths=tuple(cfg.mask_widths))
+        if cfg.architecture == "unet":
+            return UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults))
+        raise DataError(f"unknown architecture {cfg.architecture!r} (unet or mask)")
+
+    def _picker(self):
+        if self.picker is None:
+            from models.picker import Picker
+
+            self.picker = Picker(cache_root=self.cfg.picker_cache, device=str(self.device))
+        return self.picker
+
+    def _load_sources(self, split_path: Path):
+        """Several sources under the data folder (``cfg.sources``), split by station within each."""
+        from models.sources import CONTINUOUS, load_sources, make_source_split, read_source_split, select_split
+        from models.sources import write_source_split
+
+        cfg = self.cfg
+        predict = None
+        if CONTINUOUS in cfg.sources:
+            picker = self._picker()
+            predict = picker.predict
+        by_source = load_sources(cfg.data, cfg.sources, predict=predict, screen_cache=self.out / "screen.json")
+        if split_path.exists():
+            self.split = read_source_split(split_path)
+        else:
+            self.split = make_source_split(by_source, cfg.seed)
+            write_source_split(split_path, self.split)
+        recs = [r for rs in by_source.values() for r in rs]
+        train_recs, val_recs = select_split(recs, self.split, "train"), select_split(recs, self.split, "val")
+        for src in cfg.sources:
+            n_tr = sum(r.source == src for r in train_recs)
+            log.info("source %s: %d training, %d validation recordings", src, n_tr,
+                     sum(r.source == src for r in val_recs))
+        return train_recs, val_recs
+
+    def _call(self, model: torch.nn.Module, x: torch.Tensor, t_frac: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if getattr(model, "conditions_on_observation", False):
+            return model(x, t_frac, y)
+        return model(x, t_frac)
 
     def _init_from(self, path: str) -> None:
         """Start from exported weights (fine-tuning); their architecture and schedule must match this run's."""
@@ -172,16 +234,46 @@ class _Trainer:
         log.info("resumed from step %d (%.1f min)", self.step, self.elapsed_s / 60)
 
     # -------------------------------------------------------------------------------------- loss
-    def _loss(self, pred: torch.Tensor, x0: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _loss(self, pred: torch.Tensor, x0: torch.Tensor, w: torch.Tensor, picker: bool = True
+              ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         parts = {"l1": onset_weighted_l1(pred, x0, w)}
         if cfg.stft_weight > 0:
             parts["stft"] = multires_stft_loss(pred, x0)
-        if self.picker_loss is not None:
+        if cfg.asym_weight > 0:
+            parts["asym"] = asymmetric_magnitude_loss(pred, x0)
+        if self.picker_loss is not None and picker:
             parts["pick"] = self.picker_loss(pred, x0)
-        total = parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.picker_weight * parts.get("pick", 0.0)
+        total = (parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.asym_weight * parts.get("asym", 0.0)
+                 + cfg.picker_weight * parts.get("pick", 0.0))
         parts["total"] = total
         return parts
+
+    def chain_step(self, yn: torch.Tensor, x0n: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Train the sampler's steps as they are used: draw a step count K, run ``sample_cold``'s chain over
+        ``make_step_list(T, K)`` from x = y, and score every estimate (the last with weight 1 and the picker term,
+        the others with ``chain_intermediate_weight``). The state between steps is detached."""
+        cfg = self.cfg
+        T = cfg.n_train_steps
+        probs = np.asarray(cfg.chain_probabilities or [1.0] * len(cfg.chain_steps), np.float64)
+        K = int(cfg.chain_steps[int(self.sampler.rng.choice(len(cfg.chain_steps), p=probs / probs.sum()))])
+        steps = make_step_list(T, K)
+        b = yn.shape[0]
+        x = yn
+        loss = yn.new_zeros(())
+        parts: dict = {}
+        for k in range(len(steps) - 1):
+            s, s_next = steps[k], steps[k + 1]
+            last = k == len(steps) - 2
+            pred = self._call(self.model, x, torch.full((b,), s / T, device=self.device), yn).float()
+            p = self._loss(pred, x0n, w, picker=last)
+            loss = loss + (1.0 if last else cfg.chain_intermediate_weight) * p["total"]
+            if last:
+                parts = p
+            if s_next > 0:
+                x = (x - degrade(pred, yn, self.gammas[s]) + degrade(pred, yn, self.gammas[s_next])).detach()
+        parts["k"] = torch.tensor(float(K))
+        return loss, parts
 
     def _batch(self, batch) -> tuple[torch.Tensor, ...]:
         y = torch.from_numpy(batch.y).to(self.device)
@@ -198,6 +290,9 @@ class _Trainer:
         T = cfg.n_train_steps
         yn, x0n, w = self._batch(self.sampler.draw(cfg.batch_size))
         b = yn.shape[0]
+        if cfg.chain_steps:
+            loss, parts = self.chain_step(yn, x0n, w)
+            return self._optimize(loss, parts)
         top = torch.rand(b, device=self.device) < cfg.p_top
         t = torch.where(top, torch.full((b,), T, device=self.device), torch.randint(1, T, (b,), device=self.device))
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
@@ -214,6 +309,9 @@ class _Trainer:
                 pred2 = self.model(x2, t2.float() / T).float()
             parts2 = self._loss(pred2, x0n, w)
             loss = loss + cfg.unfold_weight * parts2["total"]
+        return self._optimize(loss, parts)
+
+    def _optimize(self, loss: torch.Tensor, parts: dict) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -234,7 +332,7 @@ class _Trainer:
             return {}
         yn, x0n, w = self._batch(self.val_batch)
         T = self.cfg.n_train_steps
-        pred = self.ema(yn, torch.ones(yn.shape[0], device=self.device))
+        pred = self._call(self.ema, yn, torch.ones(yn.shape[0], device=self.device), yn)
         l1 = onset_weighted_l1(pred, x0n, w)
         err = ((pred - x0n) ** 2).sum(dim=(1, 2))
         ref = ((yn - x0n) ** 2).sum(dim=(1, 2))
@@ -247,7 +345,10 @@ class _Trainer:
         path = self.out / f"{name}.pt"
         training = {
             "data": Path(cfg.data).name,
-            "split": {k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed},
+            "split": ({k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed}
+                      if "sources" not in self.split else
+                      {src: {k: len(e[k]) for k in ("train", "val", "test")} for src, e in self.split["sources"].items()}
+                      | {"by": "station within source", "seed": cfg.seed}),
             "split_stations": self.split,
             "steps": self.step,
             "minutes": round(self.elapsed_s / 60, 1),
@@ -279,6 +380,7 @@ class _Trainer:
         last_ckpt = time.perf_counter()
         bar = _progress(cfg.progress, cfg.max_steps, self.step)
         log_file = open(self.out / "train_log.jsonl", "a")
+        snapshots_done = {m for m in cfg.snapshot_minutes if self.elapsed_s >= m * 60}
         try:
             while self.step < cfg.max_steps and self.elapsed_s < budget_s:
                 progress = max(self.step / cfg.max_steps, self.elapsed_s / budget_s)
@@ -298,6 +400,11 @@ class _Trainer:
                         rec |= self.validate()
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
+                for m in cfg.snapshot_minutes:
+                    if m not in snapshots_done and self.elapsed_s >= m * 60:
+                        # A budget-matched copy, e.g. to compare with a shorter run on fewer sources.
+                        self.export(f"{cfg.export_name}-{m:g}min")
+                        snapshots_done.add(m)
                 if time.perf_counter() - last_ckpt > cfg.checkpoint_every_minutes * 60:
                     self.save_state()
                     self.export(cfg.export_name)

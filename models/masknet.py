@@ -1,0 +1,136 @@
+"""A denoiser that can only attenuate: a bounded time-frequency gain on the observation.
+
+``STFTMaskNet(x_t, t_frac, y) -> x0_hat`` with
+
+    x0_hat = iSTFT( M(x_t, y, t) * STFT(y) ),   0 <= M <= 1 (a sigmoid),
+
+so every time-frequency cell of the output is the observation's cell scaled down, never up: the network cannot
+invent energy where the observation has none, and its output is the observation's own phase. It sees the current
+cold-diffusion state x_t (x_t = x0 + gamma_t (y - x0), see :mod:`models.degradation`) *and* the observation y, so
+every sampler step can refine the gain with the first estimate in view (``sample_cold`` gives the model x_t; the
+:class:`models.denoiser.Denoiser` binds y). With no ``y`` given, ``y = x`` (the first step, where x_T = y).
+
+Features: log STFT magnitudes of x_t and y for the three components, stacked as channels over STFT frames
+(``3 * (n_fft / 2 + 1)`` bins each); a 1-D U-Net over frames (residual blocks with FiLM from the step embedding,
+two down-samplings, a dilated bottleneck and a squeeze-and-excitation gate) gives the gain's logits per component
+and bin. Erasing is still possible (M = 0); it is what the training loss penalises most (see
+:func:`models.losses.asymmetric_magnitude_loss`), and the output can be floored towards y with
+``Denoiser.residual_mix``.
+
+Input and output are ``(batch, 3, window_samples)`` in normalized units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.unet import _ContextGate, _ResBlock, _TimeEmbedding
+
+__all__ = ["STFTMaskNet"]
+
+
+class STFTMaskNet(nn.Module):
+    """Bounded STFT gain predictor.
+
+    Args:
+        in_channels: components (3).
+        n_fft: STFT size (samples); hop_length: STFT hop (samples). Hann window, centred frames.
+        widths: channels of the three frame-resolution levels.
+        bottleneck_dilations: dilations of the bottleneck residual blocks.
+        time_dim: size of the step embedding.
+    """
+
+    conditions_on_observation = True
+    downsampling_factor = 1
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        n_fft: int = 64,
+        hop_length: int = 16,
+        widths: tuple[int, ...] = (48, 96, 160),
+        bottleneck_dilations: tuple[int, ...] = (1, 2, 4),
+        time_dim: int = 32,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "in_channels": in_channels,
+            "n_fft": n_fft,
+            "hop_length": hop_length,
+            "widths": list(widths),
+            "bottleneck_dilations": list(bottleneck_dilations),
+            "time_dim": time_dim,
+        }
+        self.n_fft, self.hop = n_fft, hop_length
+        self.n_bins = n_fft // 2 + 1
+        self.c = in_channels
+        feat = 2 * in_channels * self.n_bins
+        t_dim = 2 * time_dim
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.time_embedding = _TimeEmbedding(time_dim)
+        self.stem = nn.Conv1d(feat, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, w in enumerate(widths):
+            c_in = widths[i - 1] if i > 0 else widths[0]
+            self.down_blocks.append(_ResBlock(c_in, w, t_dim, 5))
+            if i < len(widths) - 1:
+                self.downsamplers.append(nn.Conv1d(w, w, 4, stride=2, padding=1))
+        self.mid_blocks = nn.ModuleList([_ResBlock(widths[-1], widths[-1], t_dim, 3, d) for d in bottleneck_dilations])
+        self.context = _ContextGate(widths[-1])
+        self.up_blocks = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i in range(len(widths) - 2, -1, -1):
+            self.upsamplers.append(nn.ConvTranspose1d(widths[i + 1], widths[i], 4, stride=2, padding=1))
+            self.up_blocks.append(_ResBlock(2 * widths[i], widths[i], t_dim, 5))
+        self.head = nn.Sequential(
+            nn.GroupNorm(8 if widths[0] % 8 == 0 else 1, widths[0]), nn.SiLU(),
+            nn.Conv1d(widths[0], in_channels * self.n_bins, 3, padding=1),
+        )
+        # Start near "keep everything": an untrained model passes the observation through.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.constant_(self.head[-1].bias, 3.0)
+        self._frame_multiple = 2 ** (len(widths) - 1)
+
+    def _stft(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, n = x.shape
+        return torch.stft(x.reshape(b * c, n).float(), self.n_fft, self.hop, window=self.window, center=True,
+                          return_complex=True)
+
+    def mask(self, x: torch.Tensor, t_frac: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gain (batch, 3, bins, frames) in [0, 1], STFT of y (batch*3, bins, frames))``."""
+        y = x if y is None else y
+        b = x.shape[0]
+        sx, sy = self._stft(x), self._stft(y)
+        frames = sx.shape[-1]
+        feats = torch.cat([torch.log(sx.abs() + 1e-3), torch.log(sy.abs() + 1e-3)], dim=0)
+        feats = feats.reshape(2, b, self.c * self.n_bins, frames).permute(1, 0, 2, 3).reshape(b, -1, frames)
+        pad = (-frames) % self._frame_multiple
+        if pad:
+            feats = nn.functional.pad(feats, (0, pad), mode="replicate")
+        temb = self.time_embedding(t_frac)
+        h = self.stem(feats)
+        skips = []
+        for i, block in enumerate(self.down_blocks):
+            h = block(h, temb)
+            if i < len(self.downsamplers):
+                skips.append(h)
+                h = self.downsamplers[i](h)
+        for block in self.mid_blocks:
+            h = block(h, temb)
+        h = self.context(h)
+        for up, block in zip(self.upsamplers, self.up_blocks):
+            h = up(h)
+            h = block(torch.cat([h, skips.pop()], dim=1), temb)
+        logits = self.head(h)[..., :frames].float()
+        return torch.sigmoid(logits).reshape(b, self.c, self.n_bins, frames), sy
+
+    def forward(self, x: torch.Tensor, t_frac: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: state ``(batch, 3, time)``; ``t_frac``: ``(batch,)`` t / T; ``y``: the observation (default x)."""
+        n = x.shape[-1]
+        m, sy = self.mask(x, t_frac, y)
+        b = x.shape[0]
+        spec = sy * m.reshape(b * self.c, self.n_bins, -1)
+        out = torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=n)
+        return out.reshape(b, self.c, n).to(x.dtype)
