@@ -1,0 +1,105 @@
+"""The do-no-harm gate and the per-source report, on synthetic data with a threshold picker standing in for
+PhaseNet: the gate fails a model that zeroes its input and one that halves it, and the identity passes the harm
+checks (it cannot pass the benefit check: it picks exactly what the raw input picks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.data import Recording
+from models.gate import gate, gate_markdown
+from models.picker import find_picks
+from models.source_eval import build_source_sets, evaluate_sources, real_windows, write_source_report
+
+
+class ThresholdPicker:
+    """P 'probability' 1 around the first sample where |Z| exceeds 3 times the window's Z standard deviation."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        for b, w in enumerate(x):
+            z = w[2] - w[2].mean()
+            sd = z.std()
+            if sd <= 0:
+                continue
+            hit = np.flatnonzero(np.abs(z) > 3 * sd)
+            if hit.size:
+                out[b, 0, max(0, hit[0] - 5) : hit[0] + 5] = 1.0
+        return out
+
+    def find_picks(self, probs, p_threshold, s_threshold):
+        return find_picks(probs, p_threshold, s_threshold)
+
+
+def _event(i: int, rng) -> Recording:
+    n, p = 9000, 3000
+    data = 0.05 * rng.standard_normal((3, n))
+    t = np.arange(n - p) / 100.0
+    wavelet = 30 * np.exp(-t / 4.0) * np.sin(2 * np.pi * 5 * t)
+    data[:, p:] += wavelet * np.array([[0.5], [0.7], [1.0]])
+    return Recording(f"XX_E{i}_1", f"XX.E{i}", data.astype(np.float32), p, p + 500, True, source="syn-a")
+
+
+def _noise(i: int, rng, source: str) -> Recording:
+    return Recording(f"{source}_N{i}", f"XX.N{i}", rng.standard_normal((3, 9000)).astype(np.float32), None, None,
+                     True, source=source)
+
+
+@pytest.fixture(scope="module")
+def sets():
+    rng = np.random.default_rng(7)
+    test_by_source = {
+        "syn-a": [_event(i, rng) for i in range(6)] + [_noise(i, rng, "syn-a") for i in range(3)],
+        "syn-b": [_noise(i, rng, "syn-b") for i in range(3)],  # no events of its own: the others' are mixed in
+    }
+    mixtures = build_source_sets(test_by_source, snr_levels_db=(-10, 0, 10, 20), n_noise_only=6, seed=1)
+    reals = {"syn-a": real_windows(test_by_source["syn-a"])}
+    return mixtures, reals
+
+
+def _fn(gain: float):
+    return lambda x, k: gain * x
+
+
+def test_every_source_gets_a_mixture_set(sets):
+    mixtures, reals = sets
+    assert set(mixtures) == {"syn-a", "syn-b"}
+    assert (~mixtures["syn-b"].noise_only).sum() == 6 * 4
+    assert reals["syn-a"].labelled and len(reals["syn-a"].x) == 6
+
+
+@pytest.mark.parametrize("gain, harm_ok", [(0.0, False), (0.5, False), (1.0, True)])
+def test_gate_fails_zeroing_and_halving_and_passes_identity(sets, gain, harm_ok):
+    mixtures, reals = sets
+    result = evaluate_sources(mixtures, reals, {"model": (_fn(gain), [1])}, ThresholdPicker())
+    g = gate(result, "model/1")
+    assert g.harm_passed is harm_ok
+    failed = {c.name for c in g.failed()}
+    if gain < 1.0:
+        assert any(name.startswith("peak") for name in failed)
+        assert "real-peak" in failed
+    if gain == 0.0:
+        assert any(name.startswith("recall>=raw") for name in failed)
+    if gain == 1.0:
+        assert failed == {"recall>raw below 0 dB"}  # no benefit over the raw input, no harm either
+        assert not g.passed
+
+
+def test_per_source_report_json_markdown_png(sets, tmp_path):
+    mixtures, reals = sets
+    den = {"half": (_fn(0.5), [1, 2]), "same": (_fn(1.0), [1])}
+    result = evaluate_sources(mixtures, reals, den, ThresholdPicker(), only={"half": ["syn-b"]})
+    assert set(result["sources"]["syn-a"]["mixtures"]) == {"raw", "bandpass", "same/1"}
+    assert set(result["sources"]["syn-b"]["mixtures"]) == {"raw", "bandpass", "half/1", "half/2", "same/1"}
+    by = result["sources"]["syn-a"]["mixtures"]["raw"]["by_snr"]
+    assert set(by) == {"-10", "0", "10", "20"} and by["20"]["p_recall"] == 1.0
+    result["gate"] = [gate(result, "same/1").to_dict()]
+    paths = write_source_report(result, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## syn-a" in md and "## syn-b" in md and "Do-no-harm gate" in md and "same/1" in md
+    assert paths["png"].stat().st_size > 1000
+    import json
+
+    assert json.loads(paths["json"].read_text())["sources"]["syn-b"]["mixture_counts"]["noise_windows"] == 6
+    assert "FAIL" in gate_markdown(gate(result, "half/1").to_dict())
