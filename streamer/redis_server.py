@@ -7,8 +7,9 @@ tests). With ``password`` it requires AUTH (``--requirepass``); the password nev
 ``url`` or in the repr.
 
 Limitations: the free port is found by binding port 0 and closing the socket, so another process
-may take it before the server binds (a clear start-up error, not a silent clash); stdout and stderr
-of the server are discarded.
+may take it before the server binds: usually a clear start-up error, but if that process is itself a
+Redis server that answers PING before ours exits, ``start`` may return as if ours were up. stdout and
+stderr of the server are discarded.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class RedisServer:
                 code = self.proc.returncode
                 self.proc = None
                 raise RedisServerError(f"redis-server exited with code {code} at start-up on {HOST}:{self.port}")
-            if self._answers_ping():
+            if self._answers_ping() and self.proc.poll() is None:
                 return
             time.sleep(0.05)
         self.stop()
