@@ -1,14 +1,9 @@
-"""The public denoiser: load weights, denoise windows (anytime), denoise ObsPy streams of any length.
+"""The public denoiser: load weights, denoise windows (anytime).
 
-``Denoiser.denoise_windows`` is the service's entry point: ``(batch, 3, window_samples)`` float32 counts in spec
-component order in, the same shape out. ``Denoiser.denoise`` is the offline path: it groups traces by station,
-cuts each contiguous segment into overlapping windows, denoises them and blends them back with a smooth weight
-(see :func:`stitch_windows`), so no seams show.
-
-Limitations: windows at the very start and end of a segment see less context than interior ones; segments
-shorter than a window are zero-padded; rates other than the spec rate are resampled in and out (FFT-based down,
-linear interpolation up), which slightly low-passes the output; components missing from a station are fed as
-zeros and not written out.
+``Denoiser.denoise_windows`` is the one entry point: ``(batch, 3, window_samples)`` float32 counts in spec
+component order in, the same shape out. Recordings of any length are cut into windows, stitched and picked by
+the service's own stages, also offline (``streamer.offline``, ``coldstream denoise``), so the offline tools and
+the daemon run the same code.
 """
 
 from __future__ import annotations
@@ -33,13 +28,10 @@ from models.spec import DEFAULT_SPEC, ModelSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DenoiseResult", "Denoiser", "SHIPPED_WEIGHTS", "stitch_windows"]
+__all__ = ["DenoiseResult", "Denoiser", "SHIPPED_WEIGHTS"]
 
 SHIPPED_WEIGHTS = "coldstream-cdiffsd-v1.pt"
 """File name of the shipped weights inside the ``models.weights`` package."""
-
-_COMPONENT_ALIASES = {"E": "E", "N": "N", "Z": "Z", "1": "N", "2": "E", "3": "Z"}
-
 
 @dataclass
 class DenoiseResult:
@@ -229,129 +221,3 @@ class Denoiser:
                 costs.append(self.denoise_windows(x, steps=1).elapsed_ms)
             self._step_cost_ms[batch_size] = float(np.median(costs))
         return self._step_cost_ms[batch_size]
-
-    # -------------------------------------------------------------------------------------- streams
-    def denoise(self, stream, steps: int | None = None, hop_samples: int | None = None, batch_size: int = 16):
-        """Denoise an ObsPy ``Stream`` of any length; returns a new ``Stream`` with the same trace ids and start
-        times, float32 data, and a ``stats.processing`` entry.
-
-        Traces are grouped by ``NET.STA.LOC`` and band/instrument code; component sets ENZ, Z12 (1 -> N, 2 -> E) or Z
-        alone are mapped to spec order. Each contiguous stretch where any component has data is denoised on its
-        own (gaps are respected); missing components inside it are fed as zeros.
-        """
-        from obspy import Stream
-
-        k = self.default_steps if steps is None else int(steps)
-        hop = hop_samples or self.spec.window_samples // 4
-        out = Stream()
-        groups: dict[tuple[str, str, str, str], list] = {}
-        for tr in stream:
-            s = tr.stats
-            groups.setdefault((s.network, s.station, s.location, s.channel[:-1]), []).append(tr)
-        note = f"coldstream denoise: {self.name} version {self.version}, {k} step(s), hop {hop} samples"
-
-        def fn(w: np.ndarray) -> np.ndarray:
-            return self.denoise_windows(w, steps=k).x0
-
-        for key, traces in groups.items():
-            for tr, data in self._denoise_group(traces, fn, hop, batch_size):
-                new = tr.copy()
-                new.data = data.astype(np.float32)
-                new.stats.processing = list(getattr(tr.stats, "processing", []) or []) + [note]
-                out.append(new)
-            log.debug("denoised %s.%s.%s.%s?", *key)
-        return out
-
-    def _denoise_group(self, traces, fn, hop: int, batch_size: int):
-        sr = self.spec.sampling_rate_hz
-        order = self.spec.component_order
-        t0 = min(tr.stats.starttime for tr in traces)
-        t1 = max(tr.stats.endtime for tr in traces)
-        n_total = int(round((t1 - t0) * sr)) + 1
-        grid = np.zeros((len(order), n_total), np.float32)
-        present = np.zeros(n_total, bool)
-        placed = []
-        for tr in traces:
-            comp = _COMPONENT_ALIASES.get(tr.stats.channel[-1:].upper())
-            if comp is None or comp not in order:
-                log.warning("skipping %s: component not in %s", tr.id, order)
-                continue
-            data = np.nan_to_num(np.asarray(tr.data, dtype=np.float64))
-            rate = float(tr.stats.sampling_rate)
-            if abs(rate - sr) > 1e-6:
-                data = _resample(data, rate, sr)
-            i0 = int(round((tr.stats.starttime - t0) * sr))
-            m = min(len(data), n_total - i0)
-            grid[order.index(comp), i0 : i0 + m] = data[:m]
-            present[i0 : i0 + m] = True
-            placed.append((tr, i0, m, rate))
-        den = np.zeros_like(grid)
-        for a, b in _runs(present):
-            den[:, a:b] = stitch_windows(grid[:, a:b], fn, self.spec.window_samples, hop, batch_size)
-        for tr, i0, m, rate in placed:
-            comp = _COMPONENT_ALIASES[tr.stats.channel[-1:].upper()]
-            seg = den[order.index(comp), i0 : i0 + m].astype(np.float64)
-            if abs(rate - sr) > 1e-6:
-                seg = _resample_back(seg, sr, rate, tr.stats.npts)
-            yield tr, seg[: tr.stats.npts]
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Start/stop indices of the True runs of a boolean array."""
-    if not mask.any():
-        return []
-    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
-
-
-def _resample(data: np.ndarray, rate: float, target: float) -> np.ndarray:
-    from scipy.signal import resample
-
-    n = int(round(len(data) * target / rate))
-    return resample(data, max(n, 1))
-
-
-def _resample_back(seg: np.ndarray, rate: float, target: float, npts: int) -> np.ndarray:
-    t_src = np.arange(len(seg)) / rate
-    t_dst = np.arange(npts) / target
-    return np.interp(t_dst, t_src, seg)
-
-
-def blend_weight(window_samples: int, floor: float = 1e-3) -> np.ndarray:
-    """Hann-shaped blending weight with a small floor so every covered sample has a positive weight."""
-    i = np.arange(window_samples)
-    return np.maximum(np.sin(np.pi * (i + 0.5) / window_samples) ** 2, floor).astype(np.float64)
-
-
-def stitch_windows(
-    data: np.ndarray,
-    fn: Callable[[np.ndarray], np.ndarray],
-    window_samples: int,
-    hop_samples: int,
-    batch_size: int = 16,
-) -> np.ndarray:
-    """Apply ``fn`` (``(batch, C, window)`` -> same) over ``data`` ``(C, n)`` in overlapping windows and blend.
-
-    Windows start every ``hop_samples`` (the last one is aligned to the end); overlapping outputs are averaged
-    with a Hann-shaped weight, so a function that returns its input reproduces ``data`` exactly. Data shorter than
-    a window is zero-padded at the end and cropped back.
-    """
-    c, n = data.shape
-    if n < window_samples:
-        padded = np.zeros((c, window_samples), np.float32)
-        padded[:, :n] = data
-        return fn(padded[None])[0, :, :n]
-    starts = list(range(0, n - window_samples + 1, hop_samples))
-    if starts[-1] != n - window_samples:
-        starts.append(n - window_samples)
-    w = blend_weight(window_samples)
-    acc = np.zeros((c, n), np.float64)
-    wsum = np.zeros(n, np.float64)
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i : i + batch_size]
-        batch = np.stack([data[:, s : s + window_samples] for s in chunk]).astype(np.float32)
-        res = fn(batch)
-        for s, r in zip(chunk, res):
-            acc[:, s : s + window_samples] += r * w
-            wsum[s : s + window_samples] += w
-    return (acc / wsum).astype(np.float32)

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -506,7 +506,16 @@ def build_protocol_cases(
                    cols["names"])
 
 
-_PROTOCOL_T0 = "2020-01-01T00:00:00"
+_PROTOCOL_T0 = "2020-01-01T00:00:00"  # on every grid: the cases' windows cover them completely
+
+StreamDenoiser = Callable[[Any, Any, int], Any]
+"""``(obspy_stream, denoiser, steps) -> denoised obspy_stream``: the offline path (``streamer.offline``)."""
+
+
+def obspy_time(text: str) -> Any:
+    import obspy
+
+    return obspy.UTCDateTime(text)
 
 
 def _cases_stream(x: np.ndarray, sampling_rate_hz: float):
@@ -542,20 +551,24 @@ def classify_picks(picker, x: np.ndarray, p_threshold: float, s_threshold: float
 
 def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (1,), p_threshold: float = 0.3,
                       s_threshold: float = 0.3, sampling_rate_hz: float = 100.0,
-                      classify: bool = True) -> dict[str, Any]:
-    """Run the cases through the offline path (``Denoiser.denoise`` on one multi-station ObsPy stream, as
-    ``coldstream denoise`` does) and score them: SNR gain over the whole window and all components, Z correlation,
-    P recall within 0.5 s at input SNR <= -5 dB, and P picks on noise-only cases; raw and band-pass baselines.
+                      classify: bool = True, *, denoise_stream: StreamDenoiser) -> dict[str, Any]:
+    """Run the cases through the offline path (``denoise_stream(stream, denoiser, steps)`` on one multi-station
+    ObsPy stream: ``streamer.offline``, the code ``coldstream denoise`` and the daemon run) and score them: SNR gain
+    over the whole window and all components, Z correlation, P recall within 0.5 s at input SNR <= -5 dB, and P
+    picks on noise-only cases; raw and band-pass baselines. Samples the stream path leaves uncovered stay 0.
 
     Picks come from SeisBench's ``classify`` on each output stream (``classify=True``, the acceptance protocol's
     picker) or from this project's :meth:`Picker.find_picks` on the same probabilities the service uses."""
     st = _cases_stream(cases.noisy, sampling_rate_hz)
     outs = {"noisy": cases.noisy, "bandpass": bandpass(cases.noisy, sampling_rate_hz)}
     for k in steps:
-        den = denoiser.denoise(st, steps=k)
+        den = denoise_stream(st, denoiser, k)
         arr = np.zeros_like(cases.noisy)
-        for tr in den:
-            arr[int(tr.stats.station[1:]), "ENZ".index(tr.stats.channel[-1])] = tr.data
+        t0 = obspy_time(_PROTOCOL_T0)
+        for tr in den.split():
+            i0 = int(round((tr.stats.starttime - t0) * sampling_rate_hz))
+            data = np.asarray(tr.data, np.float32)[: max(0, arr.shape[-1] - i0)]
+            arr[int(tr.stats.station[1:]), "ENZ".index(tr.stats.channel[-1]), i0 : i0 + data.size] = data
         outs[f"denoised_{k}"] = arr
     ev = np.flatnonzero(~cases.noise_only)
     nz = np.flatnonzero(cases.noise_only)

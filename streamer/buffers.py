@@ -42,6 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from models.components import COMPONENT_ALIASES
 from models.spec import ModelSpec
 from streamer.config import BufferSettings
 from streamer.records import NS_PER_S, SampleBlock
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 MAX_RATE_HZ = 10_000.0
-# Components mapped to the model's E/N slots when a station has no E/N: "1" to E and "2" to N,
-# in the order given (SEED: 1 and 2 are orthogonal horizontals of unknown azimuth).
-COMPONENT_ALIASES = {"E": "E", "N": "N", "Z": "Z", "1": "E", "2": "N"}
 # Instrument codes (second channel letter) that carry ground motion: high/low-gain seismometer,
 # accelerometer, geophone. Preference order when several groups are equally current.
 INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}

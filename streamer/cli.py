@@ -24,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streamer.commands.worker", "scale-out: windows from Redis -> denoise, pick, publish"),
     "tail": ("streamer.commands.tail", "print picks and per-station latency from Redis live"),
     "config": ("streamer.commands.show_config", "print the effective configuration (secrets masked)"),
-    "denoise": ("models.cli_denoise", "denoise miniSEED/SAC files offline"),
+    "denoise": ("streamer.commands.denoise", "denoise miniSEED/SAC files offline with the live pipeline's code"),
     "train": ("models.cli_train", "train the cold-diffusion denoiser"),
-    "evaluate": ("models.cli_evaluate", "evaluate the denoiser against raw and band-pass baselines"),
+    "evaluate": ("streamer.commands.evaluate", "evaluate the denoiser against raw and band-pass baselines"),
 }
 
 

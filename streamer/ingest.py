@@ -157,6 +157,14 @@ class Ingestor:
                 log.info("%s: no data for %.0f s, buffers released", station_id, silent_ns / NS_PER_S)
         return out
 
+    def flush(self) -> list[Window]:
+        """Decide every window that the buffered data covers, for all stations (the end of a
+        finished recording; the live path does this per station in :meth:`poll`)."""
+        out: list[Window] = []
+        for station in list(self._stations.values()):
+            out.extend(self._emit(self.windower.collect(station, flush=True)))
+        return out
+
     # -- state -----------------------------------------------------------------------------------
 
     def stations(self) -> list[str]:

@@ -3,12 +3,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import obspy
 import pytest
 import torch
 
 from models import DEFAULT_SPEC, Denoiser, ShapeMismatchError
-from models.denoiser import stitch_windows
 
 from denoiser_fixtures import IdentityModel, make_tiny_unet
 
@@ -72,59 +70,6 @@ def test_step_cost_is_measured_and_cached(tiny_denoiser):
     tiny_denoiser.warm_up(2)
     a = tiny_denoiser.step_cost_ms(2)
     assert a > 0 and tiny_denoiser.step_cost_ms(2) == a
-
-
-def test_stitcher_identity_reproduces_input(rng):
-    data = rng.standard_normal((3, 10_001)).astype(np.float32)
-    out = stitch_windows(data, lambda w: w, N, 750)
-    np.testing.assert_allclose(out, data, rtol=1e-6, atol=1e-6)
-    short = data[:, :1234]
-    np.testing.assert_allclose(stitch_windows(short, lambda w: w, N, 750), short, atol=1e-6)
-
-
-def _station_stream(rng, net, sta, start, seconds=60.0, channels=("HHE", "HHN", "HHZ"), rate=100.0):
-    st = obspy.Stream()
-    t = np.arange(int(seconds * rate)) / rate
-    for k, cha in enumerate(channels):
-        data = (1000 * np.sin(2 * np.pi * (1.0 + k) * t) + 200 * rng.standard_normal(t.size)).astype(np.float32)
-        tr = obspy.Trace(data, header={"network": net, "station": sta, "location": "", "channel": cha,
-                                        "sampling_rate": rate, "starttime": start})
-        st.append(tr)
-    return st
-
-
-def test_denoise_stream_keeps_ids_times_and_shows_no_seams(identity_denoiser, rng):
-    t0 = obspy.UTCDateTime(2024, 1, 1)
-    st = _station_stream(rng, "XX", "AAA", t0) + _station_stream(rng, "XX", "BBB", t0 + 0.37)
-    st += _station_stream(rng, "YY", "CCC", t0, channels=("EHZ", "EH1", "EH2"))
-    out = identity_denoiser.denoise(st, steps=2)
-    assert [tr.id for tr in out] == [tr.id for tr in st]
-    for a, b in zip(st, out):
-        assert b.stats.starttime == a.stats.starttime and b.stats.npts == a.stats.npts
-        assert b.data.dtype == np.float32
-        assert "coldstream denoise" in b.stats.processing[-1]
-        np.testing.assert_allclose(b.data, a.data, rtol=1e-4, atol=1e-2)
-
-
-def test_denoise_stream_respects_gaps_and_short_segments(identity_denoiser, rng):
-    t0 = obspy.UTCDateTime(2024, 1, 1)
-    st = _station_stream(rng, "XX", "AAA", t0, seconds=50)
-    st2 = _station_stream(rng, "XX", "AAA", t0 + 70, seconds=12)  # after a 20-s gap, shorter than a window
-    st += st2
-    zonly = _station_stream(rng, "XX", "ZZZ", t0, seconds=40, channels=("HHZ",))
-    out = identity_denoiser.denoise(st + zonly)
-    assert len(out) == 7
-    for a, b in zip(st + zonly, out):
-        assert b.stats.starttime == a.stats.starttime and b.stats.npts == a.stats.npts
-        np.testing.assert_allclose(b.data, a.data, rtol=1e-4, atol=1e-2)
-
-
-def test_denoise_stream_resamples_other_rates(tiny_denoiser, rng):
-    st = _station_stream(rng, "XX", "AAA", obspy.UTCDateTime(2024, 1, 1), seconds=40, rate=200.0)
-    out = tiny_denoiser.denoise(st, steps=1)
-    for a, b in zip(st, out):
-        assert b.stats.sampling_rate == 200.0 and b.stats.npts == a.stats.npts
-        assert np.all(np.isfinite(b.data))
 
 
 @pytest.mark.gpu

@@ -267,7 +267,8 @@ def test_z12_maps_to_spec_order_and_groups_by_band_instrument() -> None:
     for cha in ["HH1", "HH2", "HHZ", "HNE", "HNN", "HNZ"]:
         assert sb.insert(block(cha), NOW).rejected is None
     order = DEFAULT_SPEC.component_order
-    assert sb.channel_codes["HH"] == {order.index("E"): "HH1", order.index("N"): "HH2", order.index("Z"): "HHZ"}
+    # SeisBench's convention, shared with the offline path (models.components): 1 -> N, 2 -> E
+    assert sb.channel_codes["HH"] == {order.index("N"): "HH1", order.index("E"): "HH2", order.index("Z"): "HHZ"}
     assert set(sb.groups) == {"HH", "HN"}
     # both current and complete: the seismometer wins over the accelerometer
     assert sb.active_group(10 * NS_PER_S) == "HH"

@@ -203,13 +203,13 @@ def test_lagging_component_is_waited_for_then_masked() -> None:
 
 def test_z12_station_windows() -> None:
     streams = [blocks_for(c, T0_NS, 45.0) for c in "ENZ"]
-    for stream, cha in zip(streams, ["HH1", "HH2", "HHZ"]):
+    for stream, cha in zip(streams, ["HH2", "HH1", "HHZ"]):  # SeisBench convention: 2 -> E, 1 -> N
         for b in stream:
             b.seed_id = f"XX.STA.00.{cha}"
     emitted, skipped = run(interleave(*streams))
     (w,) = emitted
     assert skipped == [] and w.mask.all()
-    assert w.channels == tuple({"E": "HH1", "N": "HH2", "Z": "HHZ"}[c] for c in ORDER)
+    assert w.channels == tuple({"E": "HH2", "N": "HH1", "Z": "HHZ"}[c] for c in ORDER)
 
 
 def test_dead_component_is_zero_filled() -> None:
