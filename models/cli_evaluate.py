@@ -41,9 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol-steps", type=int, nargs="+", default=[1, 4], help="steps for --protocol")
     parser.add_argument("--protocol-noise-cases", type=int, default=20, help="noise-only cases for --protocol")
     parser.add_argument("--no-progress", action="store_true")
+    from models.cli_evaluate_sources import add_source_arguments
+
+    add_source_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "sources", None):
+        from models.cli_evaluate_sources import run_sources
+
+        return run_sources(args)
     import torch
 
     from models.cli_train import default_picker_cache

@@ -133,3 +133,62 @@ def test_source_split_is_by_station_within_source_and_round_trips(tmp_path):
     train, test = select_split(recs, split, "train"), select_split(recs, split, "test")
     assert not {(r.source, r.station) for r in train if r.is_event} & {(r.source, r.station) for r in test}
     assert not {r.name for r in train} & {r.name for r in test}
+
+
+def test_instrument_responses_keep_rms_and_change_the_spectrum(rng):
+    from models.data import instrument_response
+
+    x = np.cumsum(rng.standard_normal((3, 3000)), axis=1).astype(np.float32)  # red, microseism-like
+    for kind in ("short-period", "strong-motion"):
+        y = instrument_response(x, kind)
+        assert y.shape == x.shape
+        assert np.isclose(np.sqrt(np.mean(y.astype(np.float64) ** 2)), np.sqrt(np.mean(x.astype(np.float64) ** 2)),
+                          rtol=1e-3)
+        f = np.fft.rfftfreq(3000, 0.01)
+        low = lambda a: np.abs(np.fft.rfft(a[2]))[f < 0.5].sum() / np.abs(np.fft.rfft(a[2])).sum()  # noqa: E731
+        assert low(y) < low(x)
+    assert instrument_response(x, "broadband") is x
+
+
+def _pair_sampler(rng, **cfg):
+    from models.data import PairConfig, PairSampler
+
+    recs = []
+    for i in range(4):
+        data = 0.01 * rng.standard_normal((3, 9000))
+        data[:, 3000:3500] += np.sin(np.arange(500) / 3.0) * 5
+        recs.append(Recording(f"XX_E{i}_1", f"XX.E{i}", data.astype(np.float32), 3000, 3300, True,
+                              source="a" if i < 2 else "b"))
+    return PairSampler(recs, PairConfig(**cfg), seed=1)
+
+
+def test_missing_components_are_missing_in_input_and_target(rng):
+    ps = _pair_sampler(rng, z_only_share=1.0, noise_only_share=0.0)
+    b = ps.draw(6)
+    assert not np.any(b.y[:, :2]) and not np.any(b.x0[:, :2]) and np.any(b.y[:, 2])
+
+
+def test_channel_swap_moves_input_and_target_together(rng):
+    ps = _pair_sampler(rng, en_swap_share=1.0, component_flip_share=0.0, z_only_share=0.0,
+                       one_horizontal_missing_share=0.0)
+    y = np.stack([np.ones(10), 2 * np.ones(10), 3 * np.ones(10)]).astype(np.float32)
+    y2, x2 = ps._channel_augment(y, y.copy())
+    assert np.all(y2[0] == 2) and np.all(y2[1] == 1) and np.array_equal(y2, x2)
+
+
+def test_chain_training_step_runs_and_exports_a_mask_model(tmp_path, rng):
+    """One optimizer step of the unfolded chain on synthetic NCEDC-layout files (no picker term)."""
+    from models.checkpoint import load_checkpoint
+    from models.train import TrainConfig, train
+
+    for i in range(6):
+        data = 0.01 * rng.standard_normal((9001, 3))
+        data[3000:3600] += np.sin(np.arange(600) / 3.0)[:, None] * 3
+        np.savez(tmp_path / f"XX_S{i}_2020.npz", data=data, itp=3000, its=3300, channels="HHE_HHN_HHZ")
+    cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), max_steps=1, batch_size=2, picker_weight=0,
+                      architecture="mask", mask_widths=(8, 16, 16), chain_steps=(2,), n_train_steps=4,
+                      asym_weight=1.0, progress=False)
+    path = train(cfg)
+    model, meta = load_checkpoint(path)
+    assert meta["model_class"] == "STFTMaskNet" and meta["schedule"]["n_train_steps"] == 4
+    assert meta["training"]["config"]["chain_steps"] == [2]
