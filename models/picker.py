@@ -158,17 +158,18 @@ class Picker:
 def find_picks(
     probs: np.ndarray, p_threshold: float, s_threshold: float, min_distance_samples: int = 100
 ) -> list[tuple[int, str, int, float]]:
-    """Peaks of the P and S probability curves above the thresholds.
+    """Picks on each window's P and S probability curves, by the live detector's rule
+    (:func:`models.peaks.local_peaks`, ``d = min_distance_samples``; window edges judged with the context
+    there is).
 
     ``probs``: ``(batch, 3, N)`` in (P, S, Noise) order. Returns ``(batch index, "P"|"S", sample, probability)``
-    sorted by batch, phase and sample; peaks closer than ``min_distance_samples`` keep the highest.
+    sorted by batch, phase and sample.
     """
-    from scipy.signal import find_peaks
+    from models.peaks import local_peaks
 
     picks: list[tuple[int, str, int, float]] = []
     for b in range(probs.shape[0]):
         for ch, phase, thr in ((0, "P", p_threshold), (1, "S", s_threshold)):
             curve = probs[b, ch]
-            idx, props = find_peaks(curve, height=thr, distance=max(int(min_distance_samples), 1))
-            picks.extend((b, phase, int(i), float(h)) for i, h in zip(idx, props["peak_heights"]))
+            picks.extend((b, phase, i, float(curve[i])) for i in local_peaks(curve, thr, min_distance_samples))
     return picks

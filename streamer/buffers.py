@@ -43,6 +43,7 @@ from functools import lru_cache
 import numpy as np
 
 from models.components import COMPONENT_ALIASES
+from models.grid import MAX_RATE_HZ, exact_rate, index_of, time_of
 from models.spec import ModelSpec
 from streamer.config import BufferSettings
 from streamer.records import NS_PER_S, SampleBlock
@@ -58,24 +59,10 @@ __all__ = [
     "time_of",
 ]
 
-MAX_RATE_HZ = 10_000.0
 # Instrument codes (second channel letter) that carry ground motion: high/low-gain seismometer,
 # accelerometer, geophone. Preference order when several groups are equally current.
 INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}
 _MAX_BLOCK_ENTRIES = 4096
-
-
-@lru_cache(maxsize=4096)
-def exact_rate(rate_hz: float) -> Fraction | None:
-    """The sampling rate as an exact fraction (``None`` when absurd: not finite, ``<= 0`` or
-    above ``MAX_RATE_HZ``). Rates within 1 ppm of an integer are taken as that integer
-    (header float noise)."""
-    if not math.isfinite(rate_hz) or rate_hz <= 0 or rate_hz > MAX_RATE_HZ:
-        return None
-    nearest = round(rate_hz)
-    if nearest > 0 and abs(rate_hz - nearest) <= 1e-6 * rate_hz:
-        return Fraction(nearest)
-    return Fraction(rate_hz).limit_denominator(10_000)
 
 
 @lru_cache(maxsize=4096)
@@ -91,18 +78,6 @@ def _rate_check(rate_hz: float, model_rate: Fraction, resample: bool) -> tuple[F
     if not resample or ratio.numerator * ratio.denominator > 10_000:
         return None, False  # resampling off, or no practical polyphase ratio
     return rate, True
-
-
-def index_of(t_ns: int, rate: Fraction) -> int:
-    """Nearest absolute sample index of time ``t_ns`` (ns since the epoch) at ``rate``."""
-    p, q = rate.numerator, rate.denominator
-    return (2 * t_ns * p + q * NS_PER_S) // (2 * q * NS_PER_S)
-
-
-def time_of(index: int, rate: Fraction) -> int:
-    """Time (ns since the epoch, rounded) of absolute sample ``index`` at ``rate``."""
-    p, q = rate.numerator, rate.denominator
-    return (2 * index * q * NS_PER_S + p) // (2 * p)
 
 
 @dataclass

@@ -7,7 +7,7 @@ hands over only **final** samples. :class:`PickDetector` finds picks in those fi
 A pick of phase X at sample ``i`` is a local maximum of the stacked probability ``p`` over
 ``[i - d, i + d]`` (``d = round(min_distance_s * rate)``) with ``p[i] >= threshold_X``: strictly greater
 than the ``d`` samples before it and not smaller than the ``d`` after (on a plateau the first sample
-wins). The rule only looks ``d`` samples either side, so the detector holds back the newest ``d``
+wins); the rule is :func:`models.peaks.local_peaks`, which the window evaluation uses too. The rule only looks ``d`` samples either side, so the detector holds back the newest ``d``
 samples until the next segment arrives, and the picks do not depend on how the trace was chunked:
 grid-aligned windows and the same data give the same picks, with the same ``pick_id``, every time
 (restarts and replays included). Masked samples (no valid data) count as probability 0. A hole in the
@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from models.peaks import local_peaks
 from streamer.records import NS_PER_S
 from streamer.stitch import Segment, sample_time_ns
 
@@ -203,16 +204,10 @@ class PickDetector:
         hi = until - trace.start
         if hi <= lo:
             return []
-        d = self.distance_samples
-        n = trace.probs.shape[1]
         found: list[tuple[int, str, float, int]] = []
         for phase_idx, phase in enumerate(PHASES):
             p = trace.probs[phase_idx]
-            for i in (int(j) + lo for j in np.flatnonzero(p[lo:hi] >= self.thresholds[phase])):
-                left = p[max(0, i - d):i]
-                right = p[i + 1:min(n, i + d + 1)]
-                if (left.size and left.max() >= p[i]) or (right.size and right.max() > p[i]):
-                    continue
+            for i in local_peaks(p, self.thresholds[phase], self.distance_samples, lo, hi):
                 found.append((trace.start + i, phase, float(p[i]), int(trace.steps[i])))
         trace.evaluated = until
         found.sort()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+from models.grid import NS_PER_S  # one definition, re-exported for the service
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,13 @@ held for reordering.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Literal
 
 import numpy as np
 
 from streamer.errors import StreamerError
-from streamer.records import NS_PER_S, Window
+from models.grid import sample_index, sample_time_ns
+from streamer.records import Window
 
 StitchMode = Literal["overlap_add", "centre_crop"]
 TaperName = Literal["hann", "boxcar"]
@@ -65,21 +65,6 @@ _KEY_MAX = np.iinfo(np.int64).max
 
 class StitchError(StreamerError, ValueError):
     """A window does not fit the stitcher (wrong shape, bad parameters)."""
-
-
-def sample_index(time_ns: int, sampling_rate_hz: float) -> int:
-    """The absolute sample index of ``time_ns`` (nearest sample of the grid anchored at the epoch)."""
-    return round(Fraction(time_ns) * _rate(sampling_rate_hz) / NS_PER_S)
-
-
-def sample_time_ns(index: int, sampling_rate_hz: float) -> int:
-    """The time in ns since the epoch of absolute sample ``index``."""
-    return round(Fraction(index * NS_PER_S) / _rate(sampling_rate_hz))
-
-
-def _rate(sampling_rate_hz: float) -> Fraction:
-    # exact rational arithmetic: float maths on ~1e20 ns*Hz products loses hundreds of ns
-    return Fraction(repr(float(sampling_rate_hz)))
 
 
 def make_taper(window_samples: int, taper: TaperName = "hann") -> np.ndarray:

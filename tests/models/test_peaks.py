@@ -1,0 +1,36 @@
+"""One pick rule: the window evaluation and the live detector find the same picks on the same curve."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.peaks import local_peaks
+from models.picker import find_picks
+
+
+def test_local_maximum_rule_plateaus_and_edges():
+    p = np.zeros(50)
+    p[10] = 0.5
+    p[12] = 0.6  # within d of 10: only the higher one
+    p[30:33] = 0.7  # plateau: the first sample wins
+    p[49] = 0.9  # at the edge: judged with the context there is
+    assert local_peaks(p, 0.3, 5) == [12, 30, 49]
+    assert local_peaks(p, 0.65, 5) == [30, 49]
+    assert local_peaks(p, 0.3, 5, lo=20, hi=40) == [30]
+
+
+def test_window_evaluation_and_live_detector_agree():
+    from streamer.picks import PickDetector
+    from streamer.stitch import Segment
+
+    rng = np.random.default_rng(3)
+    probs = np.zeros((1, 3, 3000), np.float32)
+    for phase, centre in ((0, 700), (0, 2100), (1, 1500)):
+        probs[0, phase, centre - 60 : centre + 61] += np.hanning(121) * rng.uniform(0.4, 0.95)
+    probs[0, :2] += rng.uniform(0, 0.05, (2, 3000))
+    window = [(phase, sample) for _b, phase, sample, _p in find_picks(probs, 0.3, 0.3, 100)]
+    det = PickDetector(100.0, 0.3, 0.3, min_distance_s=1.0)
+    seg = Segment("XX.A.", 10_000, 100.0, probs[0], np.ones((3, 3000), bool))
+    live = det.process(seg, now_ns=0) + det.flush(now_ns=0)
+    assert sorted(window) == sorted((p.phase, round(p.time_ns / 1e7) - 10_000) for p in live)
+    assert len(window) == 3
