@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, denoise_stream: Any = None) -> int:
+    """``denoise_stream``: the offline stream path (``streamer.offline``) the ``--protocol`` cases go
+    through; the ``coldstream evaluate`` command passes it (``models`` cannot import the service)."""
     if getattr(args, "sources", None):
         from models.cli_evaluate_sources import run_sources
 
@@ -93,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         paths = write_report(result, es, args.out)
         if args.protocol:
             cases = build_protocol_cases(recs, seed=args.seed + 1, n_noise_only=args.protocol_noise_cases)
-            proto = evaluate_protocol(cases, den, picker, args.protocol_steps, args.p_threshold, args.s_threshold)
+            if denoise_stream is None:
+                raise DataError("--protocol needs the stream path: run it as `coldstream evaluate`")
+            proto = evaluate_protocol(cases, den, picker, args.protocol_steps, args.p_threshold, args.s_threshold,
+                                      denoise_stream=denoise_stream)
             (paths["json"].parent / "protocol.json").write_text(json.dumps(proto, indent=1) + "\n")
             with open(paths["markdown"], "a") as f:
                 f.write("\n## Stream protocol\n\n" + protocol_markdown(proto))
