@@ -38,8 +38,7 @@ from streamer.ingest import Ingestor
 from streamer.metrics import Metrics
 from streamer.output import OutputStage
 from streamer.picks import Pick
-from streamer.publish import OutputItem
-from streamer.records import NS_PER_S, SampleBlock, Window
+from streamer.records import NS_PER_S, OutputItem, SampleBlock, Window
 from streamer.stitch import Segment
 from streamer.worker import DenoiserLike, PickerLike, Worker
 

@@ -21,8 +21,7 @@ from streamer.ack import AckMarker
 from streamer.config import Settings
 from streamer.metrics import Metrics
 from streamer.picks import PickDetector, Provenance
-from streamer.publish import OutputItem
-from streamer.records import NS_PER_S, Window
+from streamer.records import NS_PER_S, OutputItem, Window
 from streamer.stitch import Segment, Stitcher, sample_time_ns
 from streamer.worker import BatchResult, PickerLike
 

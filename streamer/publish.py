@@ -27,8 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -37,10 +36,8 @@ from redis.retry import Retry
 
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
-from streamer.picks import Pick
-from streamer.records import NS_PER_S
+from streamer.records import NS_PER_S, OutputItem
 from streamer.schema import PublishError, StreamKeys, encode_pick, encode_segment, flat_fields, segment_entry_id
-from streamer.stitch import Segment
 
 log = logging.getLogger(__name__)
 
@@ -114,36 +111,6 @@ _TRANSIENT_PREFIXES = (
 
 
 # --------------------------------------------------------------------------------- publisher
-
-OutputKind = Literal["segment", "pick", "marker"]
-
-
-@dataclass
-class OutputItem:
-    """One output queued for Redis. ``token`` is opaque to the publisher and comes back in
-    ``on_acked`` (the service puts SeedLink packet references there); a ``marker`` writes nothing
-    and only carries a token through the in-order queue."""
-
-    kind: OutputKind
-    segment: Segment | None = None
-    pick: Pick | None = None
-    model: str = ""
-    model_version: str = ""
-    token: Any = None
-    queued_ns: int = field(default_factory=time.time_ns)
-
-    @classmethod
-    def of_segment(cls, segment: Segment, model: str = "", model_version: str = "", token: Any = None) -> "OutputItem":
-        return cls("segment", segment=segment, model=model, model_version=model_version, token=token)
-
-    @classmethod
-    def of_pick(cls, pick: Pick, token: Any = None) -> "OutputItem":
-        return cls("pick", pick=pick, token=token)
-
-    @classmethod
-    def marker(cls, token: Any) -> "OutputItem":
-        return cls("marker", token=token)
-
 
 class _Transient(Exception):
     """A batch must be retried later (connection lost or a transient server reply)."""

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from models.grid import NS_PER_S  # one definition, re-exported for the service
+
+if TYPE_CHECKING:
+    from streamer.picks import Pick
+    from streamer.stitch import Segment
 
 
 @dataclass(frozen=True)
@@ -81,3 +87,33 @@ class Window:
     def window_id(self) -> str:
         """Stable identity: station and grid start time (replays produce the same id)."""
         return f"{self.station_id}@{self.start_ns}"
+
+
+OutputKind = Literal["segment", "pick", "marker"]
+
+
+@dataclass
+class OutputItem:
+    """One output of the output stage, queued for the publisher (Redis). ``token`` is opaque to the publisher and comes back in
+    ``on_acked`` (the service puts SeedLink packet references there); a ``marker`` writes nothing
+    and only carries a token through the in-order queue."""
+
+    kind: OutputKind
+    segment: Segment | None = None
+    pick: Pick | None = None
+    model: str = ""
+    model_version: str = ""
+    token: Any = None
+    queued_ns: int = field(default_factory=time.time_ns)
+
+    @classmethod
+    def of_segment(cls, segment: Segment, model: str = "", model_version: str = "", token: Any = None) -> "OutputItem":
+        return cls("segment", segment=segment, model=model, model_version=model_version, token=token)
+
+    @classmethod
+    def of_pick(cls, pick: Pick, token: Any = None) -> "OutputItem":
+        return cls("pick", pick=pick, token=token)
+
+    @classmethod
+    def marker(cls, token: Any) -> "OutputItem":
+        return cls("marker", token=token)

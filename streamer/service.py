@@ -55,8 +55,8 @@ from streamer.ingest import Ingestor
 from streamer.loaders import ServiceError, load_denoiser, load_picker
 from streamer.metrics import Metrics, serve_metrics
 from streamer.output import OutputStage
-from streamer.publish import OutputItem, RedisPublisher
-from streamer.records import PacketRef, Window
+from streamer.publish import RedisPublisher
+from streamer.records import OutputItem, PacketRef, Window
 from streamer.sinks import LocalSink, WindowSink
 from streamer.worker import BatchResult, DenoiserLike, PickerLike, Worker
 

@@ -14,7 +14,8 @@ import redis
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
 from streamer.picks import PickDetector, Provenance
-from streamer.publish import OutputItem, RedisPublisher
+from streamer.publish import RedisPublisher
+from streamer.records import OutputItem
 from streamer.schema import StreamKeys
 from streamer.stitch import Stitcher
 from tests.conftest import REPO_ROOT

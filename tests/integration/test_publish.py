@@ -17,7 +17,8 @@ from pydantic import SecretStr
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
 from streamer.picks import Pick, make_pick_id
-from streamer.publish import OutputItem, RedisPublisher, connect, mask_url
+from streamer.publish import RedisPublisher, connect, mask_url
+from streamer.records import OutputItem
 from streamer.schema import StreamKeys, decode_pick, decode_segment, segment_entry_id
 from streamer.stitch import Segment, Stitcher
 from tests.conftest import RedisProcess

@@ -16,7 +16,8 @@ from streamer.commands import tail
 from streamer.config import RedisSettings
 from streamer.metrics import Metrics
 from streamer.picks import Pick, make_pick_id
-from streamer.publish import OutputItem, RedisPublisher
+from streamer.publish import RedisPublisher
+from streamer.records import OutputItem
 from streamer.stitch import Segment
 from tests.conftest import REPO_ROOT
 

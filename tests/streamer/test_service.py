@@ -29,7 +29,7 @@ class FakeTracker:
 
 
 def test_publisher_acks_advance_seedlink_state_only_behind_published_windows(settings, metrics):
-    from streamer.publish import OutputItem
+    from streamer.records import OutputItem
 
     svc = Service(settings, metrics, environ={})
     svc.tracker = FakeTracker()
