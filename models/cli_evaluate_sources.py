@@ -1,7 +1,7 @@
 """``coldstream evaluate --sources ...``: per-source evaluation with the do-no-harm gate.
 
-Loads the named sources under ``--data`` (a data folder holding the source folders), takes each source's test
-split (the per-source station split recorded with ``--weights``, or ``--split-file``), builds the mixtures and the
+Loads the named sources under ``--data`` (a data folder holding the source folders), takes each source's
+``--split`` (test by default) (the per-source station split recorded with ``--weights``, or ``--split-file``), builds the mixtures and the
 real unmixed windows (:mod:`models.source_eval`), scores the raw input, the band-pass, ``--weights`` and every
 ``--compare-weights LABEL=PATH`` at each step count, and every ``--loso SOURCE=PATH`` (a model trained without
 SOURCE) on SOURCE only; then applies the gate (:mod:`models.gate`) to every denoiser method. Writes
@@ -22,7 +22,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-source mode: evaluate on these sources under --data (the data folder), by source "
                         "and input-SNR bin, with the do-no-harm gate")
     parser.add_argument("--compare-weights", nargs="+", default=[], metavar="LABEL=PATH",
-                        help="per-source mode: more denoisers to score side by side (e.g. v1=models/weights/...)")
+                        help="per-source mode: more denoisers to score side by side (e.g. v1=models/weights/...; "
+                        "LABEL=PATH@0.1 sets that one's residual mix)")
     parser.add_argument("--loso", nargs="+", default=[], metavar="SOURCE=PATH",
                         help="per-source mode: a leave-one-source-out model (trained without SOURCE), scored on SOURCE")
     parser.add_argument("--max-events-per-source", type=int, default=40, help="per-source mode: events per source")
@@ -65,17 +66,19 @@ def run_sources(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         by_source = load_sources(args.data, args.sources, predict=picker.predict,
                                  screen_cache=out_dir / "screen.json")
-        test = {src: select_split(recs, split, "test") for src, recs in by_source.items()}
-        for src, recs in test.items():
-            if not recs:
-                raise DataError(f"no test-split recordings of source {src}")
+        test = {src: select_split(recs, split, args.split) for src, recs in by_source.items()}
+        for src in [s for s, recs in test.items() if not recs]:
+            log.warning("source %s has no %s-split recordings; left out", src, args.split)
+            del test[src]
+        if not test:
+            raise DataError(f"no {args.split}-split recordings in any source")
         sets = build_source_sets(test, args.snr_levels, args.noise_windows, seed=args.seed,
                                  max_events=args.max_events_per_source)
         reals = {}
-        for src in args.sources:
+        for src in test:
             if src == CONTINUOUS:
                 raw, _ = load_continuous_folder(Path(args.data) / src)
-                raw = [r for r in raw if r.station in set(split["sources"][src]["test"])]
+                raw = [r for r in raw if r.station in set(split["sources"][src][args.split])]
                 rs = real_windows(raw, predict=picker.predict)
             else:
                 rs = real_windows([r for r in test[src] if r.is_event])
@@ -83,7 +86,8 @@ def run_sources(args: argparse.Namespace) -> int:
                 reals[src] = rs
         denoisers = {main.name: main}
         for label, path in _pairs(args.compare_weights, "--compare-weights").items():
-            denoisers[label] = Denoiser.load(path, device=args.device)
+            path, _, mix = path.partition("@")  # PATH@0.1: with that residual mix
+            denoisers[label] = Denoiser.load(path, device=args.device, residual_mix=float(mix) if mix else None)
         only = {}
         for src, path in _pairs(args.loso, "--loso").items():
             label = f"loso-{src}"
