@@ -156,6 +156,12 @@ class StitchSettings(_Section):
     mode: Literal["overlap_add", "centre_crop"] = "overlap_add"
 
 
+class InventorySettings(_Section):
+    stationxml: Path | None = Field(
+        None, description="StationXML file: channel azimuths and dips rotate each station's components to Z, N, E"
+    )
+
+
 class ServiceSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     drain_timeout_s: float = Field(20.0, gt=0)
@@ -181,6 +187,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     stitch: StitchSettings = Field(default_factory=StitchSettings)
+    inventory: InventorySettings = Field(default_factory=InventorySettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod

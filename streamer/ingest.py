@@ -22,6 +22,7 @@ from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
 from streamer.logutil import RateLimitedLog
+from streamer.inventory import Inventory
 from streamer.metrics import Metrics
 from streamer.mseed import RecordDecodeError, IngestError, decode_payload
 from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
@@ -59,13 +60,14 @@ class Ingestor:
         window_settings: WindowSettings | None = None,
         metrics: Metrics | None = None,
         now_ns: Callable[[], int] = time.time_ns,
+        inventory: Inventory | None = None,
     ) -> None:
         self.spec = spec
         self.buffer_settings = buffer_settings if buffer_settings is not None else BufferSettings()
         self.window_settings = window_settings if window_settings is not None else WindowSettings()
         self.metrics = metrics if metrics is not None else Metrics()
         self.now_ns = now_ns
-        self.windower = Windower(spec, self.window_settings, self.buffer_settings)
+        self.windower = Windower(spec, self.window_settings, self.buffer_settings, inventory)
         self._stations: dict[str, StationBuffer] = {}
         # one line per station and kind of problem, ever (bounded under a flood of bogus codes)
         self._once = RateLimitedLog(log, math.inf, max_keys=MAX_LOGGED_KEYS)

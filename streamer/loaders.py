@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from streamer.config import Settings
 from streamer.errors import StreamerError
+from streamer.inventory import Inventory, InventoryError
 from streamer.worker import DenoiserLike, PickerLike
 
-__all__ = ["ServiceError", "load_denoiser", "load_picker"]
+__all__ = ["ServiceError", "load_denoiser", "load_inventory", "load_picker"]
 
 
 class ServiceError(StreamerError):
@@ -45,3 +46,14 @@ def load_picker(settings: Settings, device: str = "cpu") -> PickerLike:
         return Picker(p.model, p.weights_name, cache_root=p.seisbench_cache, device=device)
     except (ModelsError, OSError) as exc:
         raise ServiceError(f"cannot load the picker: {exc}") from exc
+
+
+def load_inventory(settings: Settings) -> Inventory | None:
+    """The configured StationXML inventory (None when ``inventory.stationxml`` is unset); fails fast."""
+    path = settings.inventory.stationxml
+    if path is None:
+        return None
+    try:
+        return Inventory.from_stationxml(path)
+    except InventoryError as exc:
+        raise ServiceError(str(exc)) from exc

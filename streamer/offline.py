@@ -35,6 +35,7 @@ import numpy as np
 
 from streamer.config import Settings
 from streamer.ingest import Ingestor
+from streamer.inventory import Inventory
 from streamer.metrics import Metrics
 from streamer.output import OutputStage
 from streamer.picks import Pick
@@ -98,11 +99,13 @@ def denoise_stream(
     steps: int | None = None,
     batch_size: int | None = None,
     metrics: Metrics | None = None,
+    inventory: Inventory | None = None,
 ) -> OfflineResult:
     """Denoise (and with ``picker`` pick) an ObsPy ``stream`` through the live stages (module docstring).
 
     ``steps``: sampler steps per window (None: the denoiser's default); ``batch_size``: windows per
-    model call (None: ``worker.batch_size``). ``settings`` supply the buffers, windows, stitching,
+    model call (None: ``worker.batch_size``). ``inventory``: channel orientations (rotation to Z, N, E),
+    as the daemon loads from ``inventory.stationxml``. ``settings`` supply the buffers, windows, stitching,
     picker thresholds and batch padding, as for the daemon.
     """
     m = metrics if metrics is not None else Metrics()
@@ -124,7 +127,7 @@ def denoise_stream(
         queue_max_windows=2**31 - 1, picker=picker, raw_picker=settings.picker.raw_comparison,
         pad_batch_multiple=ws.pad_batch_multiple,
     )
-    ingestor = Ingestor(spec, settings.buffers, settings.windows, m)
+    ingestor = Ingestor(spec, settings.buffers, settings.windows, m, inventory=inventory)
     pending: list[Window] = []
 
     def run(windows: Sequence[Window], final: bool = False) -> None:

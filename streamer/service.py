@@ -52,7 +52,7 @@ import numpy as np
 from streamer.ack import AckBook, AckMarker
 from streamer.config import Settings
 from streamer.ingest import Ingestor
-from streamer.loaders import ServiceError, load_denoiser, load_picker
+from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker
 from streamer.metrics import Metrics, serve_metrics
 from streamer.output import OutputStage
 from streamer.publish import RedisPublisher
@@ -197,7 +197,7 @@ class Service:
                 on_progress=lambda: self.health.progress("worker"),
             )
             self.sink = LocalSink(self.worker, self.output)
-        self.ingestor = Ingestor(spec, s.buffers, s.windows, self.metrics)
+        self.ingestor = Ingestor(spec, s.buffers, s.windows, self.metrics, inventory=load_inventory(s))
         return self.worker
 
     def _on_shed(self, windows: list[Window], reason: str) -> None:

@@ -36,6 +36,10 @@ Deciding a window (per component the station has; "run" = consecutive masked sam
 4. valid fraction over the components with data below ``min_valid_fraction``: skipped
    ("low_valid").
 
+Orientation: with an inventory (``inventory.stationxml``) that gives every channel of the window
+an azimuth and a dip, the three channels are rotated to true Z, N, E (``models.components``;
+``meta["rotated_to_zne"]``); without one, the component table's mapping stands (1 -> N, 2 -> E).
+
 Channels at another rate are cut with a margin, resampled with ``scipy.signal.resample_poly``
 (Kaiser-windowed anti-alias FIR) after removing the mean of the valid samples, and cropped; a
 resampled sample is valid only when every native sample under the filter's half-length is valid.
@@ -50,9 +54,11 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
+from models.components import rotate_to_zne
 from models.spec import ModelSpec
 from streamer.buffers import ChannelBuffer, StationBuffer, exact_rate, index_of, time_of
 from streamer.config import BufferSettings, ConfigError, WindowSettings
+from streamer.inventory import Inventory
 from streamer.records import NS_PER_S, Window
 
 __all__ = ["Skipped", "WindowBatch", "Windower", "longest_run"]
@@ -101,8 +107,15 @@ class _Schedule:
 class Windower:
     """Decides the grid windows of every station (state: one schedule per station)."""
 
-    def __init__(self, spec: ModelSpec, window_settings: WindowSettings, buffer_settings: BufferSettings) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        window_settings: WindowSettings,
+        buffer_settings: BufferSettings,
+        inventory: Inventory | None = None,
+    ) -> None:
         self.spec = spec
+        self.inventory = inventory
         self.window_settings = window_settings
         self.buffer_settings = buffer_settings
         rate = exact_rate(spec.sampling_rate_hz)
@@ -219,6 +232,7 @@ class Windower:
                     newest_arrival = arr
         if not with_data or newest_arrival is None:
             return None, "gap"
+        rotated = self._rotate(station.station_id, codes, start_ns, data, mask) if len(with_data) == ncomp else False
         filled = [self.spec.component_order[i] for i in range(ncomp) if i not in with_data]
         if filled and self.buffer_settings.single_component == "skip":
             return None, "missing_component"
@@ -228,6 +242,8 @@ class Windower:
         if float(mask[with_data].mean()) < self.window_settings.min_valid_fraction:
             return None, "low_valid"
         channels = tuple(codes.get(i, "") if i in with_data else "" for i in range(ncomp))
+        if rotated:  # rotated rows are true Z, N, E whatever the channels were called (as ObsPy's rotate names them)
+            channels = tuple(code + comp for comp in self.spec.component_order)
         window = Window(
             station_id=station.station_id,
             start_ns=start_ns,
@@ -239,7 +255,31 @@ class Windower:
         )
         if filled:
             window.meta["zero_filled_components"] = filled
+        if rotated:
+            window.meta["rotated_to_zne"] = True
         return window, ""
+
+    def _rotate(
+        self, station_id: str, codes: dict[int, str], start_ns: int, data: np.ndarray, mask: np.ndarray
+    ) -> bool:
+        """Rotate the window's three channels to true Z, N, E in place with the inventory's azimuths
+        and dips (valid at ``start_ns``); a sample stays valid only where all three were. False (and
+        nothing changed) without an inventory entry for every channel."""
+        if self.inventory is None:
+            return False
+        order = self.spec.component_order
+        orients = [self.inventory.orientation(f"{station_id}.{codes.get(i, '')}", start_ns) for i in range(3)]
+        if any(o is None for o in orients):
+            return False
+        try:
+            z, n, e = rotate_to_zne(data.astype(np.float64), (orients[0], orients[1], orients[2]))  # type: ignore[arg-type]
+        except ValueError:
+            return False  # directions not independent: leave the table's mapping
+        valid = mask.all(axis=0)
+        for comp, values in (("Z", z), ("N", n), ("E", e)):
+            data[order.index(comp)] = np.where(valid, values, 0.0)
+        mask[:] = valid
+        return True
 
     def _resampled(self, chan: ChannelBuffer, start_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """The window starting at ``start_ns`` from a channel at another rate: (float32 data at the

@@ -116,6 +116,7 @@ def test_commented_examples_are_valid_values() -> None:
     data["redis"].pop("password_file")  # the example path does not exist here
     data["redis"].pop("tls_ca_file")
     data["model"].pop("weights")
+    data["inventory"].pop("stationxml")
     settings = load_settings(overrides=data, environ={})
     assert settings.worker.torch_threads == 4
 

@@ -62,7 +62,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import obspy
 
-    from streamer.loaders import ServiceError, load_denoiser, load_picker
+    from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker
     from streamer.offline import denoise_stream
 
     args.overrides = _overrides(args)
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         den = load_denoiser(settings)
         picker = load_picker(settings, str(getattr(den, "device", "cpu"))) if args.picks is not None else None
+        inventory = load_inventory(settings)
     except ServiceError as exc:
         log.error("%s", exc)
         return 2
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # ObsPy raises many types for unreadable files
             log.error("cannot read %s: %s", src, exc)
             return 2
-        res = denoise_stream(st, den, settings, picker=picker, steps=args.steps)
+        res = denoise_stream(st, den, settings, picker=picker, steps=args.steps, inventory=inventory)
         missed = {k: v for k, v in res.uncovered_s.items() if v > 0}
         if missed:
             log.info("%s: not covered by any window (grid edges, long gaps): %s", src,
