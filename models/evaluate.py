@@ -608,7 +608,7 @@ def find_picks_for(picker, x: np.ndarray, p_threshold: float, s_threshold: float
 def protocol_markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Stream protocol: {res['n_event_cases']} event cases and {res['n_noise_cases']} noise-only cases of "
-        f"{res['seconds']:g} s through `Denoiser.denoise` (as `coldstream denoise`); picks by "
+        f"{res['seconds']:g} s through the offline path (`streamer.offline`, as `coldstream denoise`); picks by "
         f"{res.get('picking', 'coldstream find_picks')}.",
         "",
         "| input to PhaseNet | SNR gain (dB) | CC (Z) | P recall ≤ −5 dB (0.5 s) | P recall all | "
