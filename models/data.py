@@ -280,8 +280,11 @@ class PairConfig:
     p_position_range: tuple[int, int] = (-1500, 3300)
     stretch_range: tuple[float, float] = (0.85, 1.15)
     stretch_share: float = 0.5
+    slow_share: float = 0.2
+    slow_range: tuple[float, float] = (1.5, 3.0)
     microseism_share: float = 0.5
-    microseism_db: tuple[float, float] = (-5.0, 20.0)
+    microseism_db: tuple[float, float] = (-5.0, 15.0)
+    microseism_top_hz: tuple[float, float] = (0.3, 1.0)
     high_freq_share: float = 0.15
     high_freq_db: tuple[float, float] = (-10.0, 5.0)
     short_period_share: float = 0.25
@@ -452,7 +455,7 @@ class PairSampler:
         # (0.05-1.5 Hz) and some cultural (> 15 Hz) noise, so both are mixed in synthetically.
         power = float(np.mean(w.astype(np.float64) ** 2)) or 1.0
         if self.rng.random() < self.cfg.microseism_share:
-            band = (self.rng.uniform(0.05, 0.3), self.rng.uniform(0.5, 1.5))
+            band = (self.rng.uniform(0.05, 0.2), self.rng.uniform(*self.cfg.microseism_top_hz))
             gain = 10 ** (self.rng.uniform(*self.cfg.microseism_db) / 20) * math.sqrt(power)
             w = w + np.float32(gain) * colored_noise(n, band, self.rng, self.cfg.sampling_rate_hz)
         if self.rng.random() < self.cfg.high_freq_share:
@@ -478,8 +481,12 @@ class PairSampler:
             return y, x0, -1, -1, math.nan, True
         ev = self.events[_pick(self._event_groups, self.rng)]
         data, p, s = instrument_response(ev.data, instrument, sr), int(ev.p_sample), ev.s_sample
-        if self.rng.random() < self.cfg.stretch_share:
-            f = float(self.rng.uniform(*self.cfg.stretch_range))
+        u = self.rng.random()
+        if u < self.cfg.slow_share + self.cfg.stretch_share:
+            # Slowed-down events (longer, lower-frequency: larger or more distant ones) teach that energy at
+            # 1-2 Hz can be signal; the synthetic microseism stays below about 1.3 Hz.
+            rng_f = self.cfg.slow_range if u < self.cfg.slow_share else self.cfg.stretch_range
+            f = float(self.rng.uniform(*rng_f))
             data = _stretch(data, f)
             p = int(round(p * f))
             s = int(round(s * f)) if s is not None else None
