@@ -116,3 +116,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def picker_cache_or_none(request: pytest.FixtureRequest) -> Path | None:
+    """The SeisBench cache when the shared weights exist, else None (the test then runs without a picker)."""
+    try:
+        return request.getfixturevalue("seisbench_cache")
+    except pytest.skip.Exception:
+        return None

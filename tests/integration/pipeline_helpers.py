@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,13 @@ def assert_continuous(segments: list[Segment], start_sample: int, end_sample: in
     for s in segments:
         assert np.isfinite(s.data).all()
         assert s.mask.all()
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """Poll ``cond`` until it is true; fail the test after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline_helpers import assert_continuous, make_settings, read_segments, weights_path
+from pipeline_helpers import assert_continuous, make_settings, read_segments, weights_path, wait_for
 from streamer.commands.demo import write_resume_state
 from streamer.demo_data.build import load_catalogue, recording_path
 from streamer.metrics import Metrics
@@ -77,13 +77,6 @@ def hostile_payloads(rng: np.random.Generator, healthy_net: str, healthy_sta: st
     return out
 
 
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:

@@ -8,14 +8,13 @@ so the copy comes out exactly like the original, and its segments are labelled `
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import obspy
 import pytest
 
-from pipeline_helpers import make_settings, read_picks, read_segments, weights_path
+from pipeline_helpers import make_settings, read_picks, read_segments, weights_path, wait_for
 from streamer.commands.demo import write_resume_state
 from streamer.demo_data.build import load_catalogue, recording_path
 from streamer.loaders import load_denoiser, load_picker
@@ -31,21 +30,8 @@ COPY = "XX.DEM07."
 ORIGINAL = "XX.DEM01."
 
 
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def picker_cache(request) -> Path | None:
-    try:
-        return request.getfixturevalue("seisbench_cache")
-    except pytest.skip.Exception:
-        return None
 
 
 def recording_with_z12_copy(tmp_path: Path) -> Path:
@@ -67,7 +53,7 @@ def joined(segments: list[Segment]) -> tuple[int, np.ndarray, tuple[str, ...]]:
     return segments[0].start_sample, np.concatenate([s.data for s in segments], axis=1), segments[0].channels
 
 
-def test_offline_path_equals_the_live_service(tmp_path, redis_client, redis_url, redis_key_prefix, picker_cache):
+def test_offline_path_equals_the_live_service(tmp_path, redis_client, redis_url, redis_key_prefix, picker_cache_or_none):
     path = recording_with_z12_copy(tmp_path)
     catalogue = load_catalogue()
     stations = [*catalogue["stations"], COPY]
@@ -76,7 +62,7 @@ def test_offline_path_equals_the_live_service(tmp_path, redis_client, redis_url,
     # live: replay server -> SeedLink -> service -> Redis
     with ReplayServerThread([path], speed=0) as replay:
         settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights_path(tmp_path),
-                                 picker_cache, **fixed_steps)
+                                 picker_cache_or_none, **fixed_steps)
         keys = [s.replace(".", "_").rstrip("_") for s in stations]
         write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay.port}", keys, catalogue["start_ns"])
         service = Service(settings, Metrics(), environ={})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from pipeline_helpers import (
+    wait_for,
     assert_continuous,
     make_settings,
     read_picks,
@@ -27,28 +26,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 P_TOLERANCE_S = 0.5
 
 
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def picker_cache(request) -> Path | None:
-    try:
-        return request.getfixturevalue("seisbench_cache")
-    except pytest.skip.Exception:
-        return None
 
 
-def test_replay_to_redis_picks_and_continuous_stream(tmp_path, redis_client, redis_url, redis_key_prefix, metrics, picker_cache):
+def test_replay_to_redis_picks_and_continuous_stream(tmp_path, redis_client, redis_url, redis_key_prefix, metrics, picker_cache_or_none):
     catalogue = load_catalogue()
     weights = weights_path(tmp_path)
     with ReplayServerThread([recording_path()], speed=0) as replay:
-        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights, picker_cache,
+        settings = make_settings(tmp_path, redis_url, redis_key_prefix, replay.port, weights, picker_cache_or_none,
                                  metrics={"enabled": True, "port": 0})
         keys = [s.replace(".", "_").rstrip("_") for s in catalogue["stations"]]
         write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay.port}", keys, catalogue["start_ns"])
@@ -83,7 +69,7 @@ def test_replay_to_redis_picks_and_continuous_stream(tmp_path, redis_client, red
     assert set(server_states) == {s.replace(".", "_").rstrip("_") for s in catalogue["stations"]}
     assert all(216 * 10**9 <= st.end_ns - catalogue["start_ns"] <= 220 * 10**9 for st in server_states.values())
 
-    if picker_cache is None:
+    if picker_cache_or_none is None:
         pytest.skip("picks not checked: no SeisBench weights (COLDSTREAM_SHARED_DIR unset)")
     if not shipped_weights_present():
         pytest.skip("picks not checked: the shipped denoiser weights are not in models/weights yet")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from pipeline_helpers import assert_continuous, read_segments, weights_path
+from pipeline_helpers import assert_continuous, read_segments, weights_path, wait_for
 from streamer.config import load_settings
 from streamer.demo_data.build import load_catalogue, recording_path
 from streamer.ingest import Ingestor
@@ -66,13 +66,6 @@ def start_worker(cfg: Path, name: str) -> subprocess.Popen:
     )
 
 
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def consumers(client, key: str, group: str) -> dict[str, int]:
