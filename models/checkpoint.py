@@ -134,6 +134,8 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
+    if meta.get("guard_db") and hasattr(model, "guard_db"):
+        model.guard_db = tuple(meta["guard_db"])  # an inference setting of the mask model (no weights)
     return model.eval(), meta
 
 

@@ -15,7 +15,10 @@ Features: log STFT magnitudes of x_t and y for the three components, stacked as 
 two down-samplings, a dilated bottleneck and a squeeze-and-excitation gate) gives the gain's logits per component
 and bin. Erasing is still possible (M = 0); it is what the training loss penalises most (see
 :func:`models.losses.asymmetric_magnitude_loss`), and the output can be floored towards y with
-``Denoiser.residual_mix``.
+``Denoiser.residual_mix``, and with ``guard_db`` a measured lower bound on the gain keeps every cell far above its
+own window's noise floor (:meth:`STFTMaskNet.guard`): an event onset clearly above the noise cannot be erased.
+The guard has no weights; a sidecar's top-level ``guard_db`` sets it on loaded weights (an inference setting like
+``residual_mix``).
 
 Input and output are ``(batch, 3, window_samples)`` in normalized units.
 """
@@ -27,7 +30,9 @@ from torch import nn
 
 from models.unet import _ContextGate, _ResBlock, _TimeEmbedding
 
-__all__ = ["STFTMaskNet"]
+__all__ = ["GUARD_QUANTILE", "STFTMaskNet"]
+
+GUARD_QUANTILE = 0.2
 
 
 class STFTMaskNet(nn.Module):
@@ -52,6 +57,7 @@ class STFTMaskNet(nn.Module):
         widths: tuple[int, ...] = (48, 96, 160),
         bottleneck_dilations: tuple[int, ...] = (1, 2, 4),
         time_dim: int = 32,
+        guard_db: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.config = {
@@ -92,6 +98,22 @@ class STFTMaskNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.constant_(self.head[-1].bias, 3.0)
         self._frame_multiple = 2 ** (len(widths) - 1)
+        self.guard_db = tuple(guard_db) if guard_db else None
+
+    def guard(self, sy: torch.Tensor) -> torch.Tensor:
+        """The measured fall-back: a lower bound on the gain, ``(batch*3, bins, frames)`` in [0, 1].
+
+        For each component and bin, the noise floor is the 20th percentile of the observation's magnitude over
+        the window's frames. A cell ``guard_db[0]`` dB above its floor starts to be kept, one ``guard_db[1]`` dB
+        above is kept whole, whatever the network says: stationary noise stays under the lower bound (a Rayleigh
+        magnitude exceeds its 20th percentile by 15 dB about once in a thousand cells), a transient far above the
+        noise of its own window (an event onset) cannot be erased. Coda-only windows, with no quiet frames, are
+        left to the network."""
+        mag = sy.abs()
+        floor = torch.quantile(mag, GUARD_QUANTILE, dim=-1, keepdim=True).clamp(min=1e-6)
+        snr_db = 20 * torch.log10(mag.clamp(min=1e-12) / floor)
+        lo, hi = self.guard_db
+        return ((snr_db - lo) / (hi - lo)).clamp(0, 1)
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
         b, c, n = x.shape
@@ -131,6 +153,9 @@ class STFTMaskNet(nn.Module):
         n = x.shape[-1]
         m, sy = self.mask(x, t_frac, y)
         b = x.shape[0]
-        spec = sy * m.reshape(b * self.c, self.n_bins, -1)
+        m = m.reshape(b * self.c, self.n_bins, -1)
+        if self.guard_db is not None:
+            m = torch.maximum(m, self.guard(sy))
+        spec = sy * m
         out = torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=n)
         return out.reshape(b, self.c, n).to(x.dtype)

@@ -78,3 +78,31 @@ def test_any_window_length(n):
     x = torch.randn(1, 3, n)
     with torch.no_grad():
         assert m(x, torch.ones(1)).shape == (1, 3, n)
+
+
+def test_guard_keeps_a_clear_transient_that_the_network_would_erase():
+    m = _tiny()
+    torch.nn.init.constant_(m.head[-1].bias, -30.0)  # the network erases everything
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((1, 3, 3000)).astype(np.float32)
+    t = np.arange(500) / 100.0
+    y[0, :, 1500:2000] += 40 * np.exp(-t / 1.0) * np.sin(2 * np.pi * 4 * t)  # an onset far above the noise
+    y = torch.from_numpy(y)
+    with torch.no_grad():
+        erased = m(y, torch.ones(1))
+        m.guard_db = (15.0, 25.0)
+        kept = m(y, torch.ones(1))
+    assert float(erased.abs().max()) < 1e-3
+    peak = float(kept[0, 2, 1500:2000].abs().max() / y[0, 2, 1500:2000].abs().max())
+    assert peak > 0.8
+    noise_left = float(kept[0, 2, :1400].pow(2).mean() / y[0, 2, :1400].pow(2).mean())
+    assert noise_left < 0.05  # stationary noise stays under the guard
+
+
+def test_guard_setting_comes_from_the_sidecar(tmp_path):
+    from models.checkpoint import release_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", _tiny(), schedule_kind="linear", n_train_steps=8, spec={})
+    release_checkpoint(tmp_path / "m.pt", tmp_path / "g.pt", guard_db=[15, 25])
+    assert load_checkpoint(tmp_path / "m.pt")[0].guard_db is None
+    assert load_checkpoint(tmp_path / "g.pt")[0].guard_db == (15, 25)
