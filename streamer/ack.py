@@ -65,6 +65,7 @@ class AckBook:
         self._lock = threading.Lock()
         self._pending: dict[str, dict[int, int]] = {}  # station -> {start_ns: end_ns}
         self._published_ns: dict[str, int] = {}
+        self._lost_ns: dict[str, int] = {}  # station -> earliest data time of an output Redis never got
 
     def add(self, windows: Iterable[Window]) -> None:
         with self._lock:
@@ -92,22 +93,51 @@ class AckBook:
         for sid, until in marker.safe_ns.items():
             self.published_through(sid, until, marker.flushed)
 
-    def safe_ns(self, station_id: str) -> int | None:
-        """Start of the oldest window not fully published, else the published time; None if unknown."""
+    def lost(self, station_id: str, from_ns: int) -> None:
+        """An output of ``station_id`` needing data from ``from_ns`` on never reached Redis (dropped
+        from a full backlog): the station's safe time stays at or before ``from_ns`` for the rest of
+        this run, so a restart asks the server for that data again."""
         with self._lock:
+            self._lost_ns[station_id] = min(self._lost_ns.get(station_id, from_ns), from_ns)
+
+    def safe_ns(self, station_id: str, uncut_ns: int | None = None) -> int | None:
+        """The time before which the station needs no data again: the start of its oldest window not
+        fully published, at most ``uncut_ns`` (where its data not yet cut into windows begins) and
+        at most any lost output's data; without any of these, the published time; None if unknown."""
+        with self._lock:
+            candidates = []
             pend = self._pending.get(station_id)
             if pend:
-                return min(pend)
-            return self._published_ns.get(station_id)
+                candidates.append(min(pend))
+            if uncut_ns is not None:
+                candidates.append(uncut_ns)
+            if not candidates and station_id in self._published_ns:
+                candidates.append(self._published_ns[station_id])
+            if station_id in self._lost_ns:
+                candidates.append(self._lost_ns[station_id])
+            return min(candidates) if candidates else None
 
-    def safe_by_key(self, station_ids: Iterable[str]) -> dict[str, int]:
-        """Safe time per SeedLink key ``NET_STA`` (the minimum over the given location codes)."""
+    def safe_by_key(
+        self, station_ids: Iterable[str], uncut: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """Safe time per SeedLink key ``NET_STA`` of the given stations: the minimum over **every**
+        location code of that key the book or ``uncut`` knows (``uncut``: station id -> start of its
+        data not yet cut into windows, from the ingestor), not only the ones named, so data of one
+        location still pending or uncut is never passed because another location's outputs were
+        published."""
+        uncut = uncut or {}
+        keys = {station_key(sid) for sid in station_ids}
+        with self._lock:
+            known = set(self._pending) | set(self._published_ns) | set(self._lost_ns)
+        known |= set(uncut) | set(station_ids)
         out: dict[str, int] = {}
-        for sid in station_ids:
-            s = self.safe_ns(sid)
+        for sid in known:
+            key = station_key(sid)
+            if key not in keys:
+                continue
+            s = self.safe_ns(sid, uncut.get(sid))
             if s is None:
                 continue
-            key = station_key(sid)
             out[key] = min(out.get(key, s), s)
         return out
 

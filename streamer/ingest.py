@@ -76,6 +76,8 @@ class Ingestor:
             log, GAP_LOG_INTERVAL_S, suffix=" ({n} more gaps since the last report)", max_keys=MAX_LOGGED_KEYS
         )
         self._station_counters: dict[str, _StationCounters] = {}
+        # packets whose data will never be in a window (undecodable, rejected): handled, to acknowledge
+        self._handled: list[PacketRef] = []
         self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
 
@@ -96,6 +98,8 @@ class Ingestor:
             m.decode_errors.labels(label).inc()
             m.records_received.labels(label).inc()
             self._once.log((station, "decode"), logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
+            if packet is not None and not blocks:
+                self._handled.append(packet)
         if blocks:
             self._counters(blocks[0].station_id).bytes_received.inc(len(payload))
         elif error is not None:
@@ -125,6 +129,8 @@ class Ingestor:
             self._once.log((station_id, "invalid"), logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
         self._count_insert(block, result, now)
         if result.rejected is not None:
+            if block.packet is not None:
+                self._handled.append(block.packet)
             return []
         if is_new:  # stations exist only once they have buffered data (bogus codes cost nothing)
             self._stations[station_id] = station
@@ -157,6 +163,25 @@ class Ingestor:
                 if newest is not None and len(self._released) < MAX_RELEASED_STATIONS:
                     self._released[station_id] = newest
                 log.info("%s: no data for %.0f s, buffers released", station_id, silent_ns / NS_PER_S)
+        return out
+
+    def take_handled(self) -> list[PacketRef]:
+        """Packets (since the last call) whose data no window will ever hold: undecodable or rejected
+        records. Their SeedLink position may be acknowledged without waiting for outputs."""
+        out, self._handled = self._handled, []
+        return out
+
+    def uncut_ns(self) -> dict[str, int]:
+        """Per buffered station, where its data not yet cut into windows begins (the next grid
+        window's start, or its first sample before any window was decided). Data before it is in
+        windows already (emitted or skipped) or before the grid. Safe to call from another thread."""
+        out: dict[str, int] = {}
+        for station_id, station in list(self._stations.items()):
+            nxt = self.windower.next_start_ns(station_id)
+            if nxt is None:
+                nxt = station.first_start_ns
+            if nxt is not None:
+                out[station_id] = nxt
         return out
 
     def flush(self) -> list[Window]:

@@ -111,6 +111,27 @@ class Metrics:
         )
         self.watchdog_pings = Counter(f"{p}_watchdog_pings_total", "systemd watchdog pings sent", registry=r)
 
+        # --- reliability of the window path --------------------------------------------------------
+        self.seedlink_pending_packets = Gauge(
+            f"{p}_seedlink_pending_packets", "SeedLink packets delivered but not yet acknowledged", ["station"], registry=r
+        )
+        self.output_queue_depth = Gauge(f"{p}_output_queue_batches", "batches waiting for the output stage", registry=r)
+        self.stitch_late_windows = Counter(
+            f"{p}_stitch_late_windows_total", "worker results that came after their samples were emitted (dropped)", registry=r
+        )
+        self.work_queue_trimmed = Counter(
+            f"{p}_work_queue_trimmed_total", "scale-out work items trimmed from Redis before they were processed", ["stream"],
+            registry=r,
+        )
+        self.picks_suppressed = Counter(
+            f"{p}_picks_suppressed_total", "pick candidates not published, by reason (run_edge, duplicate)", ["reason"],
+            registry=r,
+        )
+        self.segments_trimmed = Counter(
+            f"{p}_segments_trimmed_samples_total",
+            "samples cut from segments because an earlier version of them was published", registry=r,
+        )
+
         # --- process: CPU, resident memory, open fds, start time (restart alerts) ---------------
         try:
             ProcessCollector(registry=r)

@@ -12,7 +12,8 @@ checked and set in the same Lua script as the XADD. Every XADD trims with ``MAXL
 Failure handling: :class:`RedisPublisher` keeps outputs in a bounded in-order backlog while Redis is
 unreachable, retries with capped exponential backoff, and calls ``on_acked`` (in order) only once Redis
 accepted the items, so the caller can advance SeedLink state behind what is safely stored. When the
-bound is hit the **oldest** items are dropped, counted and logged.
+bound is hit the **oldest** items are dropped, counted, logged and handed to ``on_dropped``, so the
+caller holds SeedLink state behind them (a restart then fetches their data again).
 
 Limitations: segments of one station must be published in time order (a segment starting before the
 newest stored one is refused as a duplicate); a replay with different segment boundaries may store
@@ -132,6 +133,7 @@ class RedisPublisher:
         metrics: Metrics,
         on_acked: Callable[[list[OutputItem]], None] | None = None,
         *,
+        on_dropped: Callable[[list[OutputItem]], None] | None = None,
         client: redis.Redis | None = None,
         batch_max_items: int = 256,
         pick_dedupe_ttl_s: float = 86_400.0,
@@ -142,6 +144,7 @@ class RedisPublisher:
         self.settings = settings
         self.metrics = metrics
         self.on_acked = on_acked
+        self.on_dropped = on_dropped
         self.keys = StreamKeys(settings.stream_prefix)
         self.client = client if client is not None else connect(settings)
         self.batch_max_items = batch_max_items
@@ -179,17 +182,20 @@ class RedisPublisher:
 
     def publish(self, items: Iterable[OutputItem]) -> None:
         """Queue items for Redis (in order); never blocks on Redis."""
-        dropped = 0
+        lost: list[OutputItem] = []
         with self._cond:
             for item in items:
                 self._seq += 1
                 self._backlog.append((self._seq, item))
             bound = self.settings.backlog_max_entries
             while len(self._backlog) > bound:
-                self._backlog.popleft()
-                dropped += 1
+                lost.append(self._backlog.popleft()[1])
             self.metrics.redis_backlog.set(len(self._backlog))
             self._cond.notify_all()
+        dropped = len(lost)
+        if lost and self.on_dropped is not None:
+            # the caller must not advance SeedLink state past what these needed (the server still has it)
+            self.on_dropped(lost)
         if dropped:
             self.metrics.redis_backlog_dropped.inc(dropped)
             self._dropped_since_log += dropped

@@ -234,6 +234,8 @@ class StateTracker:
         self._pending: dict[str, dict[str, deque[StationState]]] = {}
         self._dirty = False
         self._last_save_s: float | None = None
+        # delivered packets whose data no output needs (rejected, undecodable): passed over by acknowledge
+        self._handled: set[tuple[str, str, int]] = set()
 
     @classmethod
     def from_settings(cls, settings: SeedLinkSettings, metrics: Metrics | None = None) -> StateTracker:
@@ -275,13 +277,25 @@ class StateTracker:
                 if server is not None and srv != server:
                     continue
                 last: StationState | None = None
-                while pending and pending[0].end_ns <= safe_ns:
+                while pending and (pending[0].end_ns <= safe_ns or (srv, station_key, pending[0].seq) in self._handled):
                     last = pending.popleft()
+                    self._handled.discard((srv, station_key, last.seq))
                     done += 1
                 if last is not None:
                     self._acked.setdefault(srv, {})[station_key] = last
                     self._dirty = True
         return done
+
+    def handled(self, ref: PacketRef) -> None:
+        """The packet's data will never be in an output (rejected or undecodable): ``acknowledge``
+        moves over it whatever its data time, so one bad header cannot freeze its station."""
+        with self._lock:
+            self._handled.add((ref.server, ref.station_key, ref.sequence))
+
+    def keys(self) -> list[str]:
+        """Station keys with delivered, unacknowledged packets."""
+        with self._lock:
+            return [k for k, by_server in self._pending.items() if any(by_server.values())]
 
     def acknowledge_all(self, safe_ns: int) -> int:
         """``acknowledge`` for every station seen (e.g. on a drain where everything was published)."""

@@ -44,7 +44,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -56,7 +56,7 @@ from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_p
 from streamer.metrics import Metrics, serve_metrics
 from streamer.output import OutputStage
 from streamer.publish import RedisPublisher
-from streamer.records import OutputItem, PacketRef, Window
+from streamer.records import NS_PER_S, OutputItem, PacketRef, Window
 from streamer.sinks import LocalSink, WindowSink
 from streamer.worker import BatchResult, DenoiserLike, PickerLike, Worker
 
@@ -107,6 +107,7 @@ class Service:
         self.on_pick = on_pick
         self.on_batch = on_batch
         self.acks = AckBook()
+        self._cut_lock = threading.Lock()  # cutting windows + booking them vs reading where uncut data starts
         self.exit_code = 0
         self.ready = threading.Event()
         self.stopped = threading.Event()
@@ -166,7 +167,7 @@ class Service:
         Returns the in-process worker (None in the ingest role)."""
         s = self.settings
         spec = self._spec()
-        self.publisher = RedisPublisher(s.redis, self.metrics, self._on_acked)
+        self.publisher = RedisPublisher(s.redis, self.metrics, self._on_acked, on_dropped=self._on_dropped)
         self.output = OutputStage(
             s,
             self.metrics,
@@ -212,24 +213,68 @@ class Service:
                 continue
             self.acks.apply(marker)
             if marker.result_ids and self.sink is not None:
-                self.sink.ack_results(marker.result_ids)
-            if self.tracker is not None:
-                for key, safe in self.acks.safe_by_key(marker.safe_ns).items():
-                    self.tracker.acknowledge(key, safe)
+                try:
+                    self.sink.ack_results(marker.result_ids)
+                except Exception as exc:  # Redis hiccup: the results are read again after a restart
+                    log.warning("could not acknowledge %d scale-out results: %s", len(marker.result_ids), exc)
+            self._acknowledge(marker.safe_ns)
+
+    def _acknowledge(self, station_ids: Iterable[str]) -> None:
+        """Move the SeedLink state of the stations' ``NET_STA`` keys to their safe time (every location
+        code of a key counts, and data not yet cut into windows too)."""
+        if self.tracker is None:
+            return
+        with self._cut_lock:
+            uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
+            safe = self.acks.safe_by_key(station_ids, uncut)
+        for key, t in safe.items():
+            self.tracker.acknowledge(key, t)
+
+    def _acknowledge_every_key(self) -> None:
+        """Poll: acknowledge every ``NET_STA`` with delivered packets, also those no batch touches
+        (only rejected records, state-of-health channels, windows all skipped): their handled packets
+        and data already cut must not hold the state for ever. Updates the pending-packet gauge."""
+        if self.tracker is None:
+            return
+        keys = self.tracker.keys()
+        if not keys:
+            return
+        with self._cut_lock:
+            uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
+            safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut)
+        for key in keys:
+            self.tracker.acknowledge(key, safe.get(key, -(2**62)))  # unknown key: only handled packets
+            self.metrics.seedlink_pending_packets.labels(self.metrics.station(key)).set(
+                self.tracker.pending_count(station_key=key)
+            )
+
+    def _on_dropped(self, items: list[OutputItem]) -> None:
+        """Publisher: outputs dropped from a full backlog; hold the state behind the data they need."""
+        window_ns = round(self._spec().window_s * NS_PER_S)
+        for item in items:
+            if item.segment is not None:
+                self.acks.lost(item.segment.station_id, item.segment.start_ns - window_ns)
+            elif item.pick is not None:
+                self.acks.lost(item.pick.station_id, item.pick.time_ns - window_ns)
 
     # --- packets -------------------------------------------------------------------------------------
     def on_packet(self, payload: bytes, ref: PacketRef, arrival_ns: int) -> None:
         """Event loop: one SeedLink payload in; windows that became ready go to the sink."""
         assert self.ingestor is not None  # built before the SeedLink tasks start
-        windows = self.ingestor.add_payload(payload, arrival_ns, ref)
+        with self._cut_lock:  # windows cut are pending in the book before anyone reads "uncut"
+            windows = self.ingestor.add_payload(payload, arrival_ns, ref)
+            self.acks.add(windows)
         self.health.progress("ingest")
+        if self.tracker is not None:
+            for handled in self.ingestor.take_handled():
+                self.tracker.handled(handled)
         self._submit(windows)
 
     def _submit(self, windows: list[Window]) -> None:
+        """Hand windows (already in the book) to the sink."""
         if not windows:
             return
         assert self.sink is not None
-        self.acks.add(windows)
         self.sink.submit(windows)
 
     # --- running -------------------------------------------------------------------------------------
@@ -305,8 +350,12 @@ class Service:
 
     def _poll_once(self) -> None:
         assert self.ingestor is not None and self.publisher is not None and self.sink is not None
-        self._submit(self.ingestor.poll())
+        with self._cut_lock:
+            windows = self.ingestor.poll()
+            self.acks.add(windows)
+        self._submit(windows)
         self.ingestor.update_gauges()
+        self._acknowledge_every_key()
         if self.sink.idle:
             self.health.idle("worker")
         if self.publisher.backlog_size == 0 or not self.publisher.connected:

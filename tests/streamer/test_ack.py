@@ -35,3 +35,29 @@ def test_safe_by_key_takes_the_minimum_over_location_codes():
     book.add([window(3, "XX.STA.00"), window(1, "XX.STA.10"), window(0, "XX.B.")])
     safe = book.safe_by_key(["XX.STA.00", "XX.STA.10", "XX.B.", "XX.NONE."])
     assert safe == {"XX_STA": window(1).start_ns, "XX_B": window(0).start_ns}
+
+
+def test_state_of_a_station_waits_for_every_location_code():
+    """Broadband .00 and strong-motion .10 at one NET_STA: a marker naming only .00 must not move the
+    SeedLink state past .10's pending windows or its data not yet cut into windows."""
+    book = AckBook()
+    b00 = [window(k, "XX.STA.00") for k in range(3)]
+    book.add(b00)
+    book.add([window(0, "XX.STA.10")])
+    book.published_through("XX.STA.00", b00[2].end_ns)
+    assert book.safe_by_key(["XX.STA.00"]) == {"XX_STA": window(0).start_ns}  # .10's window 0 is pending
+    book.published_through("XX.STA.10", window(0).end_ns)
+    # .10 has data buffered from 5 s on that no window holds yet
+    uncut = {"XX.STA.10": window(0).start_ns + 5 * NS_PER_S, "XX.STA.00": window(3).start_ns}
+    assert book.safe_by_key(["XX.STA.00"], uncut) == {"XX_STA": window(0).start_ns + 5 * NS_PER_S}
+    assert book.safe_by_key(["XX.OTHER.00"], uncut) == {}
+
+
+def test_a_lost_output_holds_the_state_back():
+    book = AckBook()
+    ws = [window(k) for k in range(3)]
+    book.add(ws)
+    book.lost("XX.STA.", ws[1].start_ns)  # dropped from a full backlog
+    book.published_through("XX.STA.", ws[2].end_ns)
+    assert book.safe_ns("XX.STA.") == ws[1].start_ns
+    assert book.safe_by_key(["XX.STA."], {"XX.STA.": ws[2].end_ns}) == {"XX_STA": ws[1].start_ns}

@@ -309,3 +309,18 @@ def test_benchmark_script_runs_small() -> None:
     assert res["records"] > 5 * 3 * 6000 / 700
     assert 5 * 3 <= res["windows"] <= 5 * 4  # 60 s of data: 3 or 4 grid windows per station
     assert 0 < res["core_percent"] < 100
+
+
+def test_rejected_and_undecodable_packets_are_reported_as_handled(metrics: Metrics) -> None:
+    from streamer.records import PacketRef
+
+    ing, _ = make(metrics)
+    good = records("AAA", 20)
+    future = records("AAA", 5, t0=T0 + 10 * 86_400)  # header time far ahead of the clock: rejected
+    refs = [PacketRef("srv", "XX_AAA", i) for i in range(3)]
+    ing.add_payload(good[0], T0_NS, refs[0])
+    ing.add_payload(future[0], T0_NS, refs[1])
+    ing.add_payload(b"\x00" * 512, T0_NS, refs[2])
+    assert ing.take_handled() == [refs[1], refs[2]]
+    assert ing.take_handled() == []
+    assert ing.uncut_ns()["XX.AAA.00"] == T0_NS + 7 * NS_PER_S  # the first grid window starts at 10 s

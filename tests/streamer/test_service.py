@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 from streamer.ack import AckMarker
@@ -74,3 +75,70 @@ def test_run_fails_fast_with_a_clear_message(overrides, message, capsys, monkeyp
     args = argparse.Namespace(config=None, overrides=overrides, log_level="INFO")
     assert run_cmd.run(args) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- reliability of the state
+def _tracker_with(packets):
+    from streamer.records import PacketRef
+    from streamer.seedlink_state import StateTracker
+
+    tracker = StateTracker()
+    refs = []
+    for seq, end_ns in packets:
+        ref = PacketRef("127.0.0.1:18000", "XX_STA", seq)
+        tracker.record(ref, end_ns - 10**9, end_ns)
+        refs.append(ref)
+    return tracker, refs
+
+
+def test_a_rejected_packet_does_not_freeze_the_station_state():
+    from streamer.records import NS_PER_S
+
+    t = window(0).start_ns
+    # packet 2 carries a header time far in the future: rejected by the buffers, never in a window
+    tracker, refs = _tracker_with([(1, t + NS_PER_S), (2, t + 10**6 * NS_PER_S), (3, t + 2 * NS_PER_S)])
+    assert tracker.acknowledge("XX_STA", t + 5 * NS_PER_S) == 1  # held at the bad packet
+    tracker.handled(refs[1])
+    assert tracker.acknowledge("XX_STA", t + 5 * NS_PER_S) == 2
+    assert tracker.acked("127.0.0.1:18000", "XX_STA").seq == 3
+
+
+def test_dropped_outputs_hold_the_state_back(settings, metrics):
+    from streamer.records import OutputItem
+    from streamer.stitch import Segment
+
+    svc = Service(settings, metrics, environ={}, role="ingest")
+    svc.build()
+    ws = [window(k) for k in range(4)]
+    svc.acks.add(ws)
+    seg = Segment("XX.STA.", ws[1].start_ns // 10**7, 100.0, np.zeros((3, 1000), np.float32), np.ones((3, 1000), bool))
+    svc._on_dropped([OutputItem.of_segment(seg)])
+    svc.acks.published_through("XX.STA.", ws[3].end_ns)
+    assert svc.acks.safe_ns("XX.STA.") <= seg.start_ns - 30 * 10**9
+
+
+def test_publisher_hands_dropped_items_to_the_caller(metrics):
+    from streamer.config import RedisSettings
+    from streamer.publish import RedisPublisher
+    from streamer.records import OutputItem
+
+    dropped: list = []
+    pub = RedisPublisher(RedisSettings(url="redis://127.0.0.1:1/0", backlog_max_entries=3), metrics,
+                         on_dropped=dropped.extend)
+    pub.publish([OutputItem.marker(AckMarker({"XX.STA.": k})) for k in range(5)])
+    assert [i.token.safe_ns["XX.STA."] for i in dropped] == [0, 1]
+    assert pub.backlog_size == 3
+
+
+def test_unused_packets_are_acknowledged_by_the_poll(settings, metrics):
+    """A NET_STA whose records are all rejected (state-of-health channels) never appears in a
+    marker; the poll still moves its state over the handled packets."""
+    svc = Service(settings, metrics, environ={}, role="ingest")
+    svc.build()
+    tracker, refs = _tracker_with([(1, 10**18), (2, 10**18 + 10**9)])
+    svc.tracker = tracker
+    for ref in refs:
+        tracker.handled(ref)
+    svc._acknowledge_every_key()
+    assert tracker.pending_count(station_key="XX_STA") == 0
+    assert metrics.registry.get_sample_value("coldstream_seedlink_pending_packets", {"station": "XX_STA"}) == 0
