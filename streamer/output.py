@@ -77,6 +77,8 @@ class OutputStage:
         max_out_of_order: int = 0,
         on_pick: Callable[[Any], None] | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
+        queue_max_batches: int = 64,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -92,7 +94,9 @@ class OutputStage:
         p = settings.picker
         self.detector = PickDetector(sampling_rate_hz, p.p_threshold, p.s_threshold)
         self.stations: dict[str, _Station] = {}
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.on_progress = on_progress
+        # bounded: a slow or dead output thread makes the worker wait (visible), never eats memory
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, queue_max_batches))
         self._thread: threading.Thread | None = None
         self._provenance = Provenance()
         self._model: tuple[str, str] = ("", "")
@@ -106,7 +110,19 @@ class OutputStage:
         self._thread.start()
 
     def submit(self, result: BatchResult) -> None:
+        """Queue a batch for the output thread; waits while ``queue_max_batches`` are queued."""
         self._events.put(("batch", result))
+        self.metrics.output_queue_depth.set(self._events.qsize())
+
+    @property
+    def alive(self) -> bool:
+        """The output thread runs (False before start and after it ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued: healthy without progress."""
+        return self._events.empty()
 
     def flush_all(self, timeout_s: float | None = None) -> bool:
         """Flush every stitcher and detector (drain); waits until done when the thread runs."""
@@ -128,26 +144,33 @@ class OutputStage:
 
     def _run(self) -> None:
         last_idle_check = time.monotonic()
-        while True:
-            try:
-                kind, arg = self._events.get(timeout=POLL_INTERVAL_S)
-            except queue.Empty:
-                kind, arg = "tick", None
-            try:
-                if kind == "stop":
-                    return
-                if kind == "batch":
-                    self.handle(arg)
-                elif kind == "flush":
-                    self._flush_all()
-            except Exception:  # recover inside the loop: one bad batch must not stop the outputs
-                log.exception("output stage failed on a %s event", kind)
-            finally:
-                if kind == "flush":
-                    arg.set()
-            if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
-                last_idle_check = time.monotonic()
-                self._flush_idle()
+        try:
+            while True:
+                try:
+                    kind, arg = self._events.get(timeout=POLL_INTERVAL_S)
+                except queue.Empty:
+                    kind, arg = "tick", None
+                self.metrics.output_queue_depth.set(self._events.qsize())
+                try:
+                    if kind == "stop":
+                        return
+                    if kind == "batch":
+                        self.handle(arg)
+                    elif kind == "flush":
+                        self._flush_all()
+                    if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
+                        last_idle_check = time.monotonic()
+                        self._flush_idle()
+                except Exception:  # recover inside the loop: one bad batch must not stop the outputs
+                    log.exception("output stage failed on a %s event", kind)
+                finally:
+                    if kind == "flush":
+                        arg.set()
+                    if kind != "tick" and self.on_progress is not None:
+                        self.on_progress()
+        except BaseException:
+            log.critical("output thread died: no more segments or picks are published", exc_info=True)
+            raise
 
     # --- processing (also callable directly, single-threaded) ------------------------------------
     def handle(self, result: BatchResult, result_ids: Sequence[str] = ()) -> None:

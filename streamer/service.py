@@ -27,10 +27,10 @@ queued windows and flush, publishes, acknowledges and writes the state file, all
 are abandoned (their data are replayed after a restart, since they were never acknowledged), the
 state acknowledged so far is written, exit status 1.
 
-Health (systemd watchdog): stages ``ingest``, ``worker`` and ``publisher``. Ingest shows progress for
+Health (systemd watchdog): stages ``ingest``, ``worker``, ``output`` and ``publisher``. Ingest shows progress for
 every packet; no data at all for ``service.watchdog_stall_s`` withholds the pings (a silent upstream
 or a wedged connection gets the daemon restarted). The worker is idle (healthy) while its sink is
-idle, and the publisher while its backlog is empty or while it is retrying an unreachable Redis (a
+idle, the output stage while its bounded queue is empty and its thread alive, and the publisher while its backlog is empty or while it is retrying an unreachable Redis (a
 restart cannot fix Redis and would lose the backlog); either stalls only with work pending and no
 progress.
 """
@@ -62,7 +62,7 @@ from streamer.worker import BatchResult, DenoiserLike, PickerLike, Worker
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "worker", "publisher")
+STAGES = ("ingest", "worker", "output", "publisher")
 POLL_INTERVAL_S = 0.5
 SOURCE_STOP_S = 3.0  # how long SeedLink tasks get to end after stop before they are cancelled
 
@@ -178,6 +178,7 @@ class Service:
             max_out_of_order=s.worker.scaleout_max_out_of_order if self.role == "ingest" else 0,
             on_pick=self.on_pick,
             on_batch=self.on_batch,
+            on_progress=lambda: self.health.progress("output"),
         )
         if self.role == "ingest":
             from streamer.scaleout.sink import RedisSink
@@ -295,6 +296,7 @@ class Service:
         if self.sink is None:
             await asyncio.to_thread(self.load_models)
         assert self.publisher is not None and self.sink is not None
+        self.health.reset()  # the model load and warm-up are not a stall of any stage
         s = self.settings
         self.tracker = StateTracker.from_settings(s.seedlink, self.metrics)
         self.publisher.start()
@@ -358,6 +360,8 @@ class Service:
         self._acknowledge_every_key()
         if self.sink.idle:
             self.health.idle("worker")
+        if self.output is not None and self.output.idle and (self.output.alive or self.role == "ingest"):
+            self.health.idle("output")  # a dead output thread is never idle: the watchdog stops
         if self.publisher.backlog_size == 0 or not self.publisher.connected:
             self.health.idle("publisher")
 

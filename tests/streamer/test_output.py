@@ -98,3 +98,42 @@ def test_a_station_that_goes_quiet_is_flushed_while_others_keep_flowing(settings
     quiet = [s for s in sink.segments if s.station_id == "XX.QUIET."]
     assert sum(s.n_samples for s in quiet) == N  # its held tail was emitted
     assert "XX.QUIET." not in out.stations and "XX.BUSY." in out.stations
+
+
+def test_the_output_thread_reports_progress_and_its_queue_is_bounded(settings, metrics):
+    sink = Sink()
+    beats: list[float] = []
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0,
+                      on_progress=lambda: beats.append(time.monotonic()), queue_max_batches=2)
+    assert not out.alive and out.idle
+    out.submit(result([window(0)]))
+    out.submit(result([window(1)]))
+    assert out._events.full()  # a third submit would wait for the output thread
+    out.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(beats) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(beats) >= 2 and out.alive
+    finally:
+        out.stop(timeout_s=5)
+    assert not out.alive
+
+
+def test_a_failing_idle_flush_does_not_kill_the_output_thread(settings, metrics, monkeypatch):
+    out = OutputStage(settings, metrics, Sink(), window_samples=N, sampling_rate_hz=100.0)
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(out, "_flush_idle", broken)
+    out.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 2 and out.alive  # it failed twice and kept running
+    finally:
+        out.stop(timeout_s=5)
