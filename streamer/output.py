@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamer.ack import AckMarker
@@ -22,7 +22,7 @@ from streamer.config import Settings
 from streamer.metrics import Metrics
 from streamer.picks import PickDetector, Provenance
 from streamer.records import NS_PER_S, OutputItem, Window
-from streamer.stitch import Segment, Stitcher, sample_time_ns
+from streamer.stitch import Segment, Stitcher, sample_index, sample_time_ns
 from streamer.worker import BatchResult, PickerLike
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class OutputStage:
         p = settings.picker
         self.detector = PickDetector(sampling_rate_hz, p.p_threshold, p.s_threshold)
         self.stations: dict[str, _Station] = {}
+        self._published_end: dict[str, int] = {}  # station -> sample index after its last published segment
+        self._suppressed_seen: dict[str, int] = {}
         self.on_progress = on_progress
         # bounded: a slow or dead output thread makes the worker wait (visible), never eats memory
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, queue_max_batches))
@@ -186,13 +188,23 @@ class OutputStage:
         items: list[OutputItem] = []
         touched: set[str] = set()
         for i, w in enumerate(result.windows):
+            old = self.stations.get(w.station_id)
+            if old is not None and _instrument_changed(old.denoised.channel_names, w.channels):
+                # another instrument (HH -> HN): end the run, never blend two instruments
+                log.info("%s: channels %s -> %s: new stitching run", w.station_id,
+                         ",".join(old.denoised.channel_names), ",".join(w.channels))
+                items.extend(self._flush_station(w.station_id))
+                del self.stations[w.station_id]
             st = self._station(w)
             st.last_window_mono = time.monotonic()
             st.steps = result.steps
             st.next_start_ns = max(st.next_start_ns, w.start_ns + round(self.settings.windows.stride_s * NS_PER_S))
             st.latency_s = max(0.0, (time.time_ns() - w.newest_arrival_ns) / NS_PER_S)
             touched.add(w.station_id)
+            late = st.denoised.late_windows
             items.extend(self._segments(st.denoised.add_window(w, result.denoised[i], steps=result.steps)))
+            if st.denoised.late_windows > late:
+                self.metrics.stitch_late_windows.inc(st.denoised.late_windows - late)
             if result.probs is not None:
                 st.probs = st.probs or self._stitcher(w, 3, "overlap_add")
                 segs = st.probs.add_window(w, result.probs[i], steps=result.steps)
@@ -228,16 +240,53 @@ class OutputStage:
             channel_names=tuple(w.channels),
         )
 
+    def seed_published_ends(self, end_ns: dict[str, int]) -> None:
+        """Where each station's published segments end (``{prefix}:latest`` in Redis, read at start-up),
+        so that a restart never publishes a second version of samples already out."""
+        for sid, t in end_ns.items():
+            idx = sample_index(t, self.sampling_rate_hz)
+            self._published_end[sid] = max(self._published_end.get(sid, idx), idx)
+
     def _segments(self, segs: list[Segment]) -> list[OutputItem]:
-        self.segments += len(segs)
-        return [OutputItem.of_segment(s, *self._model) for s in segs]
+        out: list[OutputItem] = []
+        for seg in segs:
+            seg = self._after_published(seg)
+            if seg is not None:
+                out.append(OutputItem.of_segment(seg, *self._model))
+        self.segments += len(out)
+        return out
+
+    def _after_published(self, seg: Segment) -> Segment | None:
+        """The part of ``seg`` after what this station already published: a flushed tail (outage,
+        restart, instrument change) was published from fewer windows than a later run computes for the
+        same samples, and a consumer must never receive two versions of a sample. The first stands."""
+        end = self._published_end.get(seg.station_id)
+        cut = 0 if end is None else max(0, min(end - seg.start_sample, seg.n_samples))
+        self._published_end[seg.station_id] = max(end or seg.end_sample, seg.end_sample)
+        if cut == 0:
+            return seg
+        self.metrics.segments_trimmed.inc(cut)
+        if cut >= seg.n_samples:
+            return None
+        return replace(seg, start_sample=seg.start_sample + cut, data=seg.data[:, cut:], mask=seg.mask[:, cut:])
 
     def _picks(self, segs: list[Segment], source: str) -> list[OutputItem]:
         out: list[OutputItem] = []
         for seg in segs:
-            for pick in self.detector.process(seg, source=source, provenance=self._provenance):
-                out.append(OutputItem.of_pick(pick))
-                self._count_pick(pick)
+            out.extend(self._emit_picks(self.detector.process(seg, source=source, provenance=self._provenance)))
+        return out
+
+    def _emit_picks(self, picks: list[Any]) -> list[OutputItem]:
+        out = []
+        for pick in picks:
+            out.append(OutputItem.of_pick(pick))
+            self._count_pick(pick)
+        d = self.detector
+        for reason, total in (("run_edge", d.edge_suppressed), ("duplicate", d.suppressed)):
+            seen = self._suppressed_seen.get(reason, 0)
+            if total > seen:
+                self.metrics.picks_suppressed.labels(reason=reason).inc(total - seen)
+                self._suppressed_seen[reason] = total
         return out
 
     def _count_pick(self, pick: Any) -> None:
@@ -266,21 +315,21 @@ class OutputStage:
         return sample_time_ns(min(ends), self.sampling_rate_hz)
 
     def _flush_station(self, station_id: str) -> list[OutputItem]:
+        """Emit the station's held tails: stitchers, then the pick detector's held samples."""
         st = self.stations[station_id]
         items = self._segments(st.denoised.flush())
         if st.probs is not None:
             items.extend(self._picks(st.probs.flush(), "denoised"))
         if st.raw_probs is not None:
             items.extend(self._picks(st.raw_probs.flush(), "raw"))
+        items.extend(self._emit_picks(self.detector.flush(provenance=self._provenance, station_id=station_id)))
         return items
 
     def _flush_all(self) -> None:
         items: list[OutputItem] = []
         for sid in list(self.stations):
             items.extend(self._flush_station(sid))
-        for pick in self.detector.flush(provenance=self._provenance):
-            items.append(OutputItem.of_pick(pick))
-            self._count_pick(pick)
+        items.extend(self._emit_picks(self.detector.flush(provenance=self._provenance)))
         # the next window of each station needs data from its start on: acknowledge up to there
         safe = {sid: st.next_start_ns for sid, st in self.stations.items()}
         items.append(OutputItem.marker(AckMarker(safe, flushed=True)))
@@ -300,3 +349,8 @@ class OutputStage:
         return [
             StationView(sid, st.steps, st.picks, st.latency_s) for sid, st in sorted(list(self.stations.items()))
         ]
+
+
+def _instrument_changed(old: Sequence[str], new: Sequence[str]) -> bool:
+    """Another band/instrument in any component slot both name (a missing component, "", is no change)."""
+    return any(a and b and a[:2] != b[:2] for a, b in zip(old, new))

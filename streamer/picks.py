@@ -11,7 +11,9 @@ wins); the rule is :func:`models.peaks.local_peaks`, which the window evaluation
 samples until the next segment arrives, and the picks do not depend on how the trace was chunked:
 grid-aligned windows and the same data give the same picks, with the same ``pick_id``, every time
 (restarts and replays included). Masked samples (no valid data) count as probability 0. A hole in the
-trace ends the run: the held-back samples are judged with the context available.
+trace ends the run: the held-back samples are judged then. A maximum within ``d`` of a run's start
+or end (the first samples after a hole or a restart, a drained tail) is shaped by the run's edge,
+not by data on both sides, and is not a pick (counted in ``edge_suppressed``).
 
 Picks are de-duplicated: a candidate within ``tolerance_s`` of a pick already emitted for the same
 station, phase and source is suppressed (a short history is kept), which matters only around holes
@@ -34,7 +36,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from models.peaks import local_peaks
+from models.peaks import edge_candidates, local_peaks
 from streamer.records import NS_PER_S
 from streamer.stitch import Segment, sample_time_ns
 
@@ -140,7 +142,8 @@ class PickDetector:
         self.phase_rows = phase_rows or {"P": 0, "S": 1}
         self._traces: dict[tuple[str, str], _Trace] = {}
         self._history: dict[tuple[str, str], _History] = {}
-        self.suppressed = 0
+        self.suppressed = 0  # duplicates of picks already emitted
+        self.edge_suppressed = 0  # maxima only the edge of a run made (no d samples of data on one side)
 
     @property
     def latency_samples(self) -> int:
@@ -182,10 +185,15 @@ class PickDetector:
         self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:])
         return out
 
-    def flush(self, *, provenance: Provenance = Provenance(), now_ns: int | None = None) -> list[Pick]:
-        """Judge every held-back sample with the context available (shutdown)."""
+    def flush(
+        self, *, provenance: Provenance = Provenance(), now_ns: int | None = None, station_id: str | None = None
+    ) -> list[Pick]:
+        """Judge every held-back sample (of ``station_id`` only, when given) with the context there
+        is: the run ends (shutdown, a station gone quiet)."""
         out: list[Pick] = []
         for key, trace in list(self._traces.items()):
+            if station_id is not None and key[0] != station_id:
+                continue
             out.extend(self._evaluate(key, trace, trace.end, provenance, key[1], now_ns))
             del self._traces[key]
         return out
@@ -209,6 +217,7 @@ class PickDetector:
             p = trace.probs[phase_idx]
             for i in local_peaks(p, self.thresholds[phase], self.distance_samples, lo, hi):
                 found.append((trace.start + i, phase, float(p[i]), int(trace.steps[i])))
+            self.edge_suppressed += len(edge_candidates(p, self.thresholds[phase], self.distance_samples, lo, hi))
         trace.evaluated = until
         found.sort()
         emitted = time.time_ns() if now_ns is None else now_ns

@@ -209,6 +209,22 @@ class RedisPublisher:
                 self._dropped_since_log = 0
                 self._last_drop_log = now
 
+    def read_latest(self) -> dict[str, int]:
+        """``{prefix}:latest``: per station, the end (ns) of its newest published segment; empty when
+        Redis cannot be read now (logged). Used at start-up so outputs continue where they ended."""
+        try:
+            raw = self.client.hgetall(self.keys.latest)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not read %s at start-up (%s): a flushed tail may be published twice", self.keys.latest, exc)
+            return {}
+        out: dict[str, int] = {}
+        for k, v in dict(raw).items():  # type: ignore[arg-type]
+            try:
+                out[k.decode() if isinstance(k, bytes) else str(k)] = int(v)
+            except (TypeError, ValueError):
+                continue
+        return out
+
     # ------------------------------------------------------------------ writer side
 
     def start(self) -> threading.Thread:

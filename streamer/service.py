@@ -180,6 +180,7 @@ class Service:
             on_batch=self.on_batch,
             on_progress=lambda: self.health.progress("output"),
         )
+        self.output.seed_published_ends(self.publisher.read_latest())
         if self.role == "ingest":
             from streamer.scaleout.sink import RedisSink
 

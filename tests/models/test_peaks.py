@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.peaks import local_peaks
+from models.peaks import edge_candidates, local_peaks
 from models.picker import find_picks
 
 
@@ -13,10 +13,12 @@ def test_local_maximum_rule_plateaus_and_edges():
     p[10] = 0.5
     p[12] = 0.6  # within d of 10: only the higher one
     p[30:33] = 0.7  # plateau: the first sample wins
-    p[49] = 0.9  # at the edge: judged with the context there is
-    assert local_peaks(p, 0.3, 5) == [12, 30, 49]
-    assert local_peaks(p, 0.65, 5) == [30, 49]
+    p[49] = 0.9  # at the edge: a maximum only because nothing follows it
+    p[2] = 0.8  # likewise at the start
+    assert local_peaks(p, 0.3, 5) == [12, 30]
+    assert local_peaks(p, 0.65, 5) == [30]
     assert local_peaks(p, 0.3, 5, lo=20, hi=40) == [30]
+    assert edge_candidates(p, 0.3, 5) == [2, 49]
 
 
 def test_window_evaluation_and_live_detector_agree():

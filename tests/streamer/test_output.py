@@ -137,3 +137,53 @@ def test_a_failing_idle_flush_does_not_kill_the_output_thread(settings, metrics,
         assert len(calls) >= 2 and out.alive  # it failed twice and kept running
     finally:
         out.stop(timeout_s=5)
+
+
+def _covered(segments) -> list[int]:
+    """Absolute sample indices of the segments, in publication order."""
+    return [i for s in segments for i in range(s.start_sample, s.end_sample)]
+
+
+def test_a_flushed_tail_is_never_published_twice(settings, metrics):
+    """A flush (drain, SeedLink outage) publishes the held tail; when windows resume (or a restart
+    replays them) the samples already out are not published again in another version."""
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    out.handle(result([window(0), window(1)]))
+    out.flush_all()
+    end = sink.segments[-1].end_sample
+    out.handle(result([window(2), window(3), window(4)]))  # the next run starts inside the flushed tail
+    out.flush_all()
+    idx = _covered(sink.segments)
+    assert len(idx) == len(set(idx)), "a sample was published twice"
+    assert idx == sorted(idx) and idx[-1] + 1 == window(4).end_ns * 100 // NS_PER_S
+    assert metrics.registry.get_sample_value("coldstream_segments_trimmed_samples_total") == end - window(2).start_ns * 100 // NS_PER_S
+
+    # after a restart: the published end comes from Redis ({prefix}:latest)
+    sink2 = Sink()
+    again = OutputStage(settings, metrics, sink2, window_samples=N, sampling_rate_hz=100.0)
+    again.seed_published_ends({"XX.STA.": window(4).end_ns})
+    again.handle(result([window(3), window(4), window(5)]))
+    assert all(s.start_sample >= window(4).end_ns * 100 // NS_PER_S for s in sink2.segments)
+
+
+def test_an_instrument_change_starts_a_new_run_with_its_own_labels(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    hh = [window(k) for k in range(3)]
+    hn = [window(k, value=7.0) for k in range(3, 6)]
+    for w in hn:
+        w.channels = ("HNE", "HNN", "HNZ")
+    out.handle(result(hh))
+    out.handle(result(hn))
+    out.flush_all()
+    segs = sink.segments
+    idx = _covered(segs)
+    assert len(idx) == len(set(idx))
+    for s in segs:
+        labels = {c[:2] for c in s.channels}
+        assert len(labels) == 1
+        values = set(np.unique(np.round(s.data, 3)))
+        # no blend of the two instruments: HH windows are 0.5 (value 1 x 0.5), HN 3.5
+        assert values <= {0.5} if labels == {"HH"} else values <= {3.5}
+    assert {c[:2] for s in segs for c in s.channels} == {"HH", "HN"}

@@ -121,11 +121,26 @@ def test_masked_samples_give_no_picks_and_holes_end_the_run() -> None:
     det = PickDetector(RATE, 0.3, 0.3)
     picks = det.process(_segment(x, 0, mask), now_ns=1) + det.flush(now_ns=1)
     assert [p.phase for p in picks] == ["S"]
-    # a hole right after the peak: the held-back peak is judged with the context there is
+    # a hole 20 samples after the peak: a maximum the run's edge shaped (no second of data after it)
     det = PickDetector(RATE, 0.3, 0.3)
     first = det.process(_segment(x[:, :1020], 0), now_ns=1)
     after_hole = det.process(_segment(x[:, 3000:3500], 3000), now_ns=1)
-    assert first == [] and [p.time_ns for p in after_hole] == [sample_time_ns(T0 + 1000, RATE)]
+    assert first == [] and after_hole == [] and det.edge_suppressed == 1
+    # with a second of data after it, the same peak is a pick
+    det = PickDetector(RATE, 0.3, 0.3)
+    picks = det.process(_segment(x[:, :1101], 0), now_ns=1) + det.process(_segment(x[:, 3000:3500], 3000), now_ns=1)
+    assert [p.time_ns for p in picks] == [sample_time_ns(T0 + 1000, RATE)]
+
+
+def test_no_pick_at_the_first_samples_of_a_run_or_the_last_of_a_drained_tail() -> None:
+    """A new run after a restart or an outage starts with probabilities PhaseNet computed at a window
+    edge; a tail flushed at shutdown ends the same way: neither may become a pick."""
+    x = np.zeros((3, 2000))
+    x[0, :40] = np.linspace(0.6, 0.2, 40)  # decreasing from the run's first sample
+    x[1, -30:] = np.linspace(0.2, 0.7, 30)  # rising to the last sample of the tail
+    det = PickDetector(RATE, 0.3, 0.3)
+    picks = det.process(_segment(x, 0), now_ns=1) + det.flush(now_ns=1)
+    assert picks == [] and det.edge_suppressed == 2
 
 
 def test_history_suppresses_a_repeat_of_the_same_pick() -> None:
