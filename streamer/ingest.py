@@ -61,12 +61,18 @@ class Ingestor:
         metrics: Metrics | None = None,
         now_ns: Callable[[], int] = time.time_ns,
         inventory: Inventory | None = None,
+        mono_ns: Callable[[], int] | None = None,
     ) -> None:
         self.spec = spec
         self.buffer_settings = buffer_settings if buffer_settings is not None else BufferSettings()
         self.window_settings = window_settings if window_settings is not None else WindowSettings()
         self.metrics = metrics if metrics is not None else Metrics()
         self.now_ns = now_ns
+        # durations (silence, eviction, window ages) come from a monotonic clock, never from wall-time
+        # differences (a clock step would release every buffer); an injected wall clock (tests,
+        # replays) serves both unless a monotonic one is injected too
+        self.mono_ns = mono_ns if mono_ns is not None else (time.monotonic_ns if now_ns is time.time_ns else now_ns)
+        self._last_seen_mono: dict[str, int] = {}
         self.windower = Windower(spec, self.window_settings, self.buffer_settings, inventory)
         self._stations: dict[str, StationBuffer] = {}
         # one line per station and kind of problem, ever (bounded under a flood of bogus codes)
@@ -135,19 +141,21 @@ class Ingestor:
         if is_new:  # stations exist only once they have buffered data (bogus codes cost nothing)
             self._stations[station_id] = station
             self._released.pop(station_id, None)
+        self._last_seen_mono[station_id] = self.mono_ns()
         if station_id in self._silent:
             self._silent.discard(station_id)
             log.info("%s: gap closed: data flowing again", station_id)
         return self._emit(self.windower.collect(station))
 
     def poll(self, now_ns: int | None = None) -> list[Window]:
-        """Decide windows of stations that have been silent for a lag (wall clock) although their
-        newest data already covers the window; also drops stations silent for two horizons."""
-        now = self.now_ns() if now_ns is None else now_ns
+        """Decide windows of stations that have been silent for a lag (monotonic clock; ``now_ns``:
+        a reading of it) although their newest data already covers the window; also drops stations
+        silent for two horizons."""
+        now = self.mono_ns() if now_ns is None else now_ns
         out: list[Window] = []
         evict_ns = round(2 * self.buffer_settings.horizon_s * NS_PER_S)
         for station_id, station in list(self._stations.items()):
-            last = station.last_arrival_ns
+            last = self._last_seen_mono.get(station_id)
             if last is None:
                 continue
             silent_ns = now - last
@@ -158,6 +166,7 @@ class Ingestor:
                 log.info("%s: gap opened: no data for %.0f s", station_id, silent_ns / NS_PER_S)
             if silent_ns >= evict_ns:
                 del self._stations[station_id]
+                self._last_seen_mono.pop(station_id, None)
                 self.windower.forget(station_id)
                 newest = station.newest_sample_ns()
                 if newest is not None and len(self._released) < MAX_RELEASED_STATIONS:
@@ -208,6 +217,7 @@ class Ingestor:
         remembered), so a dead station stays visible to alerts.
         """
         now = self.now_ns() if now_ns is None else now_ns
+        mono_now = self.mono_ns() if now_ns is None else now_ns  # an explicit reading serves both (tests)
         m = self.metrics
         reporting = 0
         for station_id, station in self._stations.items():
@@ -218,7 +228,8 @@ class Ingestor:
             m.data_latency.labels(label).set((now - newest_ns) / NS_PER_S)
             m.last_data_timestamp.labels(label).set(newest_ns / NS_PER_S)
             m.buffer_fill.labels(label).set(station.fill_ratio())
-            if station.last_arrival_ns is not None and now - station.last_arrival_ns <= REPORTING_WINDOW_S * NS_PER_S:
+            seen = self._last_seen_mono.get(station_id)
+            if seen is not None and mono_now - seen <= REPORTING_WINDOW_S * NS_PER_S:
                 reporting += 1
         for station_id, newest_ns in self._released.items():
             label = m.station(station_id)
@@ -230,8 +241,11 @@ class Ingestor:
 
     def _emit(self, batch: WindowBatch) -> list[Window]:
         m = self.metrics
+        wall, mono = self.now_ns(), self.mono_ns()
         for w in batch.windows:
             self._counters(w.station_id).windows_emitted.inc()
+            # the newest sample's arrival on the monotonic clock, for ages measured later
+            w.newest_arrival_mono_ns = mono - max(0, wall - w.newest_arrival_ns)
         for s in batch.skipped:
             m.windows_skipped.labels(m.station(s.station_id), s.reason).inc()
         return batch.windows

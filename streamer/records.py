@@ -63,7 +63,9 @@ class Window:
     ``data`` is ``(3, window_samples)`` float32 in counts, components in ModelSpec order;
     ``mask`` is the same shape, True where the sample is real data (False: gap, zero-filled,
     missing component or non-finite sample replaced by 0). ``newest_arrival_ns`` is the arrival
-    time of the newest sample in the window (end-to-end latency starts there).
+    time of the newest sample in the window (end-to-end latency starts there);
+    ``newest_arrival_mono_ns`` the same instant on the monotonic clock, from which durations (queue
+    ages, shedding) are measured, so a wall-clock step cannot make windows look stale.
     """
 
     station_id: str
@@ -74,6 +76,7 @@ class Window:
     newest_arrival_ns: int
     channels: tuple[str, ...] = ()  # source channel codes in ModelSpec order ("" when missing)
     meta: dict[str, object] = field(default_factory=dict)
+    newest_arrival_mono_ns: int = 0  # the same arrival on the monotonic clock (0: unknown), for ages
 
     @property
     def window_samples(self) -> int:

@@ -109,8 +109,8 @@ class Worker:
 
     ``submit`` is thread-safe and never blocks: when the queue holds ``queue_max_windows`` the oldest
     window is shed (reason ``queue_full``). ``on_result`` and ``on_shed`` are called on the worker
-    thread. ``clock_ns`` returns wall-clock ns (window ages are measured against
-    ``Window.newest_arrival_ns``).
+    thread. Window ages are measured on ``mono_ns`` (monotonic) from ``Window.newest_arrival_mono_ns``;
+    ``clock_ns`` (wall clock) only for windows without that stamp and for ``finished_ns``.
     """
 
     def __init__(
@@ -132,6 +132,7 @@ class Worker:
         on_shed: ShedHandler | None = None,
         torch_threads: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
         on_progress: Callable[[], None] | None = None,
         target_latency_s: float | None = None,
         pad_batch_multiple: int = 8,
@@ -150,6 +151,7 @@ class Worker:
         self.queue_max_windows = int(queue_max_windows)
         self.torch_threads = torch_threads
         self.clock_ns = clock_ns
+        self.mono_ns = mono_ns
         stride_ms = None if stride_s is None else stride_s * 1000.0
         max_age_ms = None if max_age_s is None else max_age_s * 1000.0
         self.controller = StepController(budget_ms, min_steps, max_steps, stride_ms, max_age_ms)
@@ -316,8 +318,8 @@ class Worker:
         return batch
 
     def _shed_locked(self) -> list[tuple[str, list[Window]]]:
-        now = self.clock_ns()
-        ages = [(now - w.newest_arrival_ns) / NS_PER_MS for w in self._queue]
+        wall, mono = self.clock_ns(), self.mono_ns()
+        ages = [self._age_ns(w, wall, mono) / NS_PER_MS for w in self._queue]
         plan = self.controller.plan_shedding(ages, self.batch_size)
         out: list[tuple[str, list[Window]]] = []
         for reason, n in ((SHED_AGE, plan.age), (SHED_OVERLOAD, plan.overload)):
@@ -405,9 +407,17 @@ class Worker:
         least 1 ms: the batch then runs at ``min_steps``)."""
         if self.target_latency_ms is None:
             return None
-        oldest_ns = min(w.newest_arrival_ns for w in batch)
-        age_ms = (self.clock_ns() - oldest_ns) / NS_PER_MS
+        wall, mono = self.clock_ns(), self.mono_ns()
+        age_ms = max(self._age_ns(w, wall, mono) for w in batch) / NS_PER_MS
         return max(self.target_latency_ms - age_ms, 1.0)
+
+    @staticmethod
+    def _age_ns(w: Window, wall_ns: int, mono_ns: int) -> int:
+        """Time since the window's newest sample arrived: on the monotonic clock when the window
+        carries a monotonic stamp (live windows do), else on the wall clock."""
+        if w.newest_arrival_mono_ns:
+            return mono_ns - w.newest_arrival_mono_ns
+        return wall_ns - w.newest_arrival_ns
 
     def _record(self, n: int, steps: int, batch_ms: float) -> None:
         m = self.metrics

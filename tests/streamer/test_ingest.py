@@ -324,3 +324,27 @@ def test_rejected_and_undecodable_packets_are_reported_as_handled(metrics: Metri
     assert ing.take_handled() == [refs[1], refs[2]]
     assert ing.take_handled() == []
     assert ing.uncut_ns()["XX.AAA.00"] == T0_NS + 7 * NS_PER_S  # the first grid window starts at 10 s
+
+
+def test_a_wall_clock_step_does_not_release_buffers_or_flush(metrics: Metrics) -> None:
+    """Durations come from the monotonic clock: the wall clock stepping 6 minutes ahead (VM resume,
+    chronyc makestep) is not 6 minutes of silence."""
+    wall = Clock(T0_NS + 40 * NS_PER_S)
+    mono = Clock(1_000 * NS_PER_S)
+    ing = Ingestor(DEFAULT_SPEC, BufferSettings(), WindowSettings(), metrics, now_ns=wall, mono_ns=mono)
+    for rec in records("STP", 30.0):
+        ing.add_payload(rec, wall.t_ns)
+    wall.t_ns += 360 * NS_PER_S  # the step
+    mono.t_ns += 1 * NS_PER_S
+    assert ing.poll() == [] and ing.stations() == ["XX.STP.00"]
+    mono.t_ns += 400 * NS_PER_S  # real silence
+    ing.poll()
+    assert ing.stations() == []
+
+
+def test_windows_carry_their_arrival_on_the_monotonic_clock(metrics: Metrics) -> None:
+    wall = Clock(T0_NS + 40 * NS_PER_S)
+    mono = Clock(5_000 * NS_PER_S)
+    ing = Ingestor(DEFAULT_SPEC, BufferSettings(), WindowSettings(), metrics, now_ns=wall, mono_ns=mono)
+    windows = [w for rec in records("MON", 45.0) for w in ing.add_payload(rec, wall.t_ns - 2 * NS_PER_S)]
+    assert windows and all(w.newest_arrival_mono_ns == mono.t_ns - 2 * NS_PER_S for w in windows)

@@ -326,3 +326,22 @@ def test_latency_target_tightens_the_budget_by_the_age_of_the_oldest_window(metr
     w.submit([make_window(i, arrival_ns=0) for i in range(4)])
     r = w.process_once()
     assert r is not None and r.steps == 1
+
+
+def test_a_wall_clock_step_does_not_make_windows_stale(metrics):
+    """Ages are measured on the monotonic clock: a 30 s wall-clock step sheds nothing."""
+    wall, mono = [10**18], [5 * 10**12]
+    den = FakeDenoiser(step_ms_per_window=1.0)
+    w, results, shed = make_worker(metrics, den, batch_size=4, budget_ms=1000.0, stride_s=10.0, max_age_s=20.0,
+                                   clock_ns=lambda: wall[0], mono_ns=lambda: mono[0])
+    w.warm_up()
+    windows = [make_window(i, arrival_ns=wall[0]) for i in range(8)]
+    for win in windows:
+        win.newest_arrival_mono_ns = mono[0]
+    w.submit(windows)
+    wall[0] += 30 * 10**9  # the step
+    mono[0] += 10**9
+    assert w.process_once() is not None and shed == []
+    mono[0] += 30 * 10**9  # now they really are stale
+    w.process_once(timeout_s=0.0)
+    assert [reason for _, reason in shed] == ["age"]
