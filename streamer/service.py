@@ -184,7 +184,8 @@ class Service:
         if self.role == "ingest":
             from streamer.scaleout.sink import RedisSink
 
-            self.sink = RedisSink(s, self.metrics, self.output, on_progress=lambda: self.health.progress("worker"))
+            self.sink = RedisSink(s, self.metrics, self.output, on_progress=lambda: self.health.progress("worker"),
+                                  on_shed=self._on_shed)
         else:
             if self.denoiser is None:
                 raise ServiceError("no denoiser: call load_models() or pass one")
@@ -309,7 +310,7 @@ class Service:
         tasks.append(asyncio.create_task(save_state_periodically(self.tracker, self._stop), name="state-save"))
         tasks.append(asyncio.create_task(self._poll_loop(), name="poll"))
         tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
-        self.metrics.ready.set(1)
+        # coldstream_ready: 1 at the first SeedLink handshake (SeedLinkSource._note_connected), not before
         self.notifier.ready(f"ready: {len(self.sources)} SeedLink server(s)")
         self.ready.set()
         log.info("coldstream ready")

@@ -43,6 +43,8 @@ class ResultCollector:
         self._lock = threading.Lock()
         self._expected: dict[str, list[int]] = {}
         self._held: dict[str, dict[int, tuple[str, BatchResult, float]]] = {}
+        self._window_of: dict[str, str] = {}  # result entry id -> window id, until acknowledged
+        self._orphans_claimed = False
 
     def expect(self, windows: Iterable[Window]) -> None:
         """Windows pushed to the workers (any thread)."""
@@ -55,13 +57,43 @@ class ResultCollector:
                     exp.append(w.start_ns)
                     exp.sort()
 
+    def forget(self, windows: Iterable[Window]) -> None:
+        """Windows that will never be pushed (shed): do not wait for their results."""
+        with self._lock:
+            for w in windows:
+                exp = self._expected.get(w.station_id)
+                if exp and w.start_ns in exp:
+                    exp.remove(w.start_ns)
+
+    def window_ids(self, entry_ids: Iterable[str]) -> list[str]:
+        """The window ids of handled result entries (forgotten once asked: they are being acknowledged)."""
+        with self._lock:
+            return [wid for eid in entry_ids if (wid := self._window_of.pop(eid, None)) is not None]
+
+    def claim_orphans(self) -> int:
+        """Take over results left pending on other consumer names of this group (an ingest of an
+        earlier version, whose consumer name changed on every restart) and handle them now."""
+        # one sweep over the whole pending list; our own pending entries come with it, so the
+        # queue's own-pending pass is not needed any more
+        total = self._handle_entries(self.results.reclaim(0, count=10**9))
+        self.results.skip_own_pending()
+        if total:
+            log.info("collector took over %d results left pending by an earlier ingest", total)
+        return total
+
     def run_once(self, block_ms: int = 500) -> int:
-        entries = self.results.read(count=64, block_ms=block_ms)
+        if not self._orphans_claimed:
+            self.claim_orphans()
+            self._orphans_claimed = True
+        return self._handle_entries(self.results.read(count=64, block_ms=block_ms))
+
+    def _handle_entries(self, entries: list[tuple[str, BatchResult]]) -> int:
         now = time.monotonic()
         ready: list[tuple[str, BatchResult]] = []
         with self._lock:
             for eid, result in entries:
                 w = result.windows[0]
+                self._window_of[eid] = w.window_id
                 exp = self._expected.get(w.station_id)
                 if not exp or w.start_ns not in exp:
                     ready.append((eid, result))
@@ -98,9 +130,12 @@ class ResultCollector:
             return sum(len(h) for h in self._held.values())
 
     def run(self, stop: threading.Event) -> None:
+        """Collect until ``stop``; also flushes and forgets stations gone quiet (this thread owns the
+        output stage in the ingest role)."""
         while not stop.is_set():
             try:
                 self.run_once()
+                self.output.flush_idle()
             except Exception:
                 log.exception("result collector: round failed; retrying")
                 stop.wait(1.0)

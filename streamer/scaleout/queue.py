@@ -51,6 +51,12 @@ class WorkQueue(Generic[I, O]):
 
     Delivery is at least once: a consumer that published outputs but crashed before ``ack`` gets its
     window processed again, and the idempotent outputs absorb the repeat.
+
+    Finished entries are deleted on ``ack`` (XACK + XDEL), so the stream holds only unfinished work
+    and ``maxlen`` bounds that. Entries trimmed before they were finished are lost work: counted in
+    ``on_trimmed(n)`` (the service's ``coldstream_work_queue_trimmed_total``) and logged.
+    :meth:`release` forgets an item's de-duplication mark once its outputs are published, so a
+    replay after a restart may compute it again instead of waiting for a result that cannot come.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class WorkQueue(Generic[I, O]):
         maxlen: int = 100_000,
         dedupe_ttl_s: float = 3600.0,
         max_deliveries: int = 5,
+        on_trimmed: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
         self.encode = encode
@@ -79,7 +86,9 @@ class WorkQueue(Generic[I, O]):
         self.maxlen = maxlen
         self.dedupe_ttl_s = max(1, int(dedupe_ttl_s))
         self.max_deliveries = max_deliveries
+        self.on_trimmed = on_trimmed
         self._push_script = client.register_script(_DEDUPE_XADD_LUA)
+        self._pushes = 0
         self._own_pending_done = False
         self._pending_cursor = "0-0"
         self._group_ready = False
@@ -102,7 +111,24 @@ class WorkQueue(Generic[I, O]):
         reply = self._push_script(keys=[self.key, self.keys.windowseen(item_id, self.stream)], args=args)
         if reply == 0:
             return None
+        self._pushes += 1
+        if self._pushes % 200 == 0:
+            self._check_room()
         return field_text(reply)
+
+    def _check_room(self) -> None:
+        """Warn while unfinished work nears ``maxlen`` (finished entries are deleted, so the length
+        is unfinished work): beyond it the oldest unread items are trimmed."""
+        length = int(self.client.xlen(self.key))
+        if length >= 0.9 * self.maxlen:
+            log.warning("%s holds %d unfinished items (work_queue_maxlen %d): are the workers running? "
+                        "Beyond the bound the oldest are trimmed and lost", self.key, length, self.maxlen)
+
+    def release(self, item_ids: Iterable[str]) -> None:
+        """Forget the de-duplication marks of finished items (their outputs are published)."""
+        keys = [self.keys.windowseen(i, self.stream) for i in item_ids]
+        if keys:
+            self.client.delete(*keys)
 
     def read(self, count: int = 16, block_ms: int | None = 1000) -> list[tuple[str, O]]:
         """Up to ``count`` windows for this consumer: first its own pending entries (after a
@@ -123,11 +149,20 @@ class WorkQueue(Generic[I, O]):
         reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
         return self._decode_entries(reply[0][1] if reply else [])
 
+    def skip_own_pending(self) -> None:
+        """This consumer's pending entries were taken care of (``reclaim``): ``read`` serves new ones."""
+        self._own_pending_done = True
+
     def ack(self, entry_ids: Iterable[str]) -> int:
+        """Acknowledge finished entries and delete them from the stream."""
         ids = list(entry_ids)
         if not ids:
             return 0
-        return int(self.client.xack(self.key, self.group, *ids))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.key, self.group, *ids)
+        pipe.xdel(self.key, *ids)
+        acked, _deleted = pipe.execute()
+        return int(acked)
 
     def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, O]]:
         """Take over entries pending on any consumer for at least ``min_idle_ms`` (one XAUTOCLAIM
@@ -164,7 +199,11 @@ class WorkQueue(Generic[I, O]):
         deliveries = self._deliveries(sorted(ids, key=_id_key))
         out: list[tuple[str, O]] = []
         for (raw_id, fields), entry_id in zip(entries, ids):
-            if not fields:  # trimmed away while pending
+            if not fields:  # trimmed away while pending: the work is lost
+                log.error("%s entry %s was trimmed before it was finished (work_queue_maxlen %d reached): lost",
+                          self.key, entry_id, self.maxlen)
+                if self.on_trimmed is not None:
+                    self.on_trimmed(1)
                 self.ack([entry_id])
                 continue
             n = deliveries.get(entry_id, 1)

@@ -9,13 +9,13 @@ result entry ids so they are acknowledged only after Redis accepted the outputs)
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from streamer.config import Settings
+from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.output import OutputStage
 from streamer.publish import connect
@@ -28,7 +28,11 @@ from streamer.worker import BatchResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RedisSink"]
+__all__ = ["INGEST_CONSUMER", "RedisSink"]
+
+INGEST_CONSUMER = "ingest"
+"""The ingest's consumer name in the results group: stable across restarts, so a restarted ingest
+reads the results its predecessor had not finished (one ingest per stream prefix)."""
 
 
 class RedisSink:
@@ -41,27 +45,40 @@ class RedisSink:
         output: OutputStage,
         *,
         on_progress: Callable[[], None] | None = None,
+        on_shed: Callable[[list[Window], str], None] | None = None,
+        consumer: str = INGEST_CONSUMER,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.output = output
         self.on_progress = on_progress
+        self.on_shed = on_shed
+        self.consumer = consumer
         self.window_queue: WorkQueue[Window, Window] | None = None
         self.result_queue: WorkQueue[tuple[BatchResult, int], BatchResult] | None = None
         self.collector: ResultCollector | None = None
         self.windows_pushed = 0
-        self._push_queue: queue.Queue[Window] = queue.Queue()
+        self.windows_shed = 0
+        # bounded like the in-process worker's queue; while Redis is down the oldest are shed (counted)
+        self._push_queue: queue.Queue[Window] = queue.Queue(maxsize=max(1, settings.worker.queue_max_windows))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._rl = RateLimitedLog(log, 10.0)
 
     def start(self) -> None:
+        """Build the queues and start the push and collect threads. Never waits for Redis: the
+        consumer groups are created by the threads, which retry while Redis is down."""
         r = self.settings.redis
         client = connect(r)
-        name = f"ingest-{os.getpid()}"
-        self.window_queue = window_queue(client, r.stream_prefix, WORKERS_GROUP, name, maxlen=r.maxlen)
-        self.window_queue.ensure_group()
-        self.result_queue = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, name, maxlen=r.maxlen)
-        self.result_queue.ensure_group()
+
+        def trimmed(stream: str) -> Callable[[int], None]:
+            return lambda n: self.metrics.work_queue_trimmed.labels(stream=stream).inc(n)
+
+        kw = {"maxlen": r.work_queue_maxlen}
+        self.window_queue = window_queue(client, r.stream_prefix, WORKERS_GROUP, self.consumer,
+                                         on_trimmed=trimmed("windows"), **kw)
+        self.result_queue = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, self.consumer,
+                                         on_trimmed=trimmed("results"), **kw)
         give_up_s = 2 * self.settings.worker.reclaim_idle_s
         self.collector = ResultCollector(self.output, self.result_queue, self.metrics, give_up_s=give_up_s)
         for target, tname in ((self._push_loop, "coldstream-push"), (self.collector.run, "coldstream-collect")):
@@ -70,10 +87,29 @@ class RedisSink:
             self._threads.append(t)
 
     def submit(self, windows: Sequence[Window]) -> None:
+        """Event loop: queue windows for the push thread; never blocks (the oldest are shed when full)."""
         if self.collector is not None:
             self.collector.expect(windows)
+        shed: list[Window] = []
         for w in windows:
-            self._push_queue.put(w)
+            while True:
+                try:
+                    self._push_queue.put_nowait(w)
+                    break
+                except queue.Full:
+                    try:
+                        shed.append(self._push_queue.get_nowait())
+                    except queue.Empty:
+                        pass
+        if shed:
+            self.windows_shed += len(shed)
+            self.metrics.windows_shed.labels(reason="queue_full").inc(len(shed))
+            self._rl.log("shed", logging.WARNING, "push queue full (Redis unreachable?): shed %d oldest windows",
+                         len(shed))
+            if self.collector is not None:
+                self.collector.forget(shed)
+            if self.on_shed is not None:
+                self.on_shed(shed, "queue_full")
 
     @property
     def idle(self) -> bool:
@@ -85,9 +121,14 @@ class RedisSink:
         return self._push_queue.qsize()
 
     def ack_results(self, entry_ids: Sequence[str]) -> None:
-        """Result entries whose outputs Redis accepted (publisher thread)."""
-        if self.result_queue is not None and entry_ids:
-            self.result_queue.ack(entry_ids)
+        """Result entries whose outputs Redis accepted (publisher thread): acknowledge and delete them,
+        and release the windows' de-duplication marks, so a replay may compute them again."""
+        if self.result_queue is None or self.window_queue is None or not entry_ids:
+            return
+        window_ids = self.collector.window_ids(entry_ids) if self.collector is not None else []
+        self.result_queue.ack(entry_ids)
+        self.window_queue.release(window_ids)
+        self.result_queue.release(window_ids)
 
     def _push_loop(self, stop: threading.Event) -> None:
         assert self.window_queue is not None  # built in start() before this thread
@@ -96,6 +137,7 @@ class RedisSink:
                 w = self._push_queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            backoff_s = 0.2
             while True:
                 try:
                     self.window_queue.push(w)
@@ -103,9 +145,12 @@ class RedisSink:
                     if self.on_progress is not None:
                         self.on_progress()
                     break
-                except Exception as exc:  # Redis down: keep the window, retry
-                    log.warning("window push failed (%s); retrying", exc)
-                    time.sleep(1.0)
+                except Exception as exc:  # Redis down: keep the window, retry with capped back-off
+                    self._rl.log("push", logging.WARNING, "window push failed (%s); retrying", exc)
+                    if self.on_progress is not None:
+                        self.on_progress()  # alive and doing the one thing it can: the watchdog is for hangs
+                    time.sleep(backoff_s)  # not stop.wait: a drain still pushes what it can
+                    backoff_s = min(backoff_s * 2, 5.0)
 
     def drain(self, left: Deadline) -> bool:
         self._stop.set()

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streamer.config import Settings
@@ -48,8 +49,13 @@ class ScaleOutWorker:
         self.settings = settings
         self.metrics = metrics
         self.consumer = consumer
-        self.windows = window_queue(client, r.stream_prefix, WORKERS_GROUP, consumer, maxlen=r.maxlen)
-        self.results = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, consumer, maxlen=r.maxlen)
+        def trimmed(stream: str) -> Callable[[int], None]:
+            return lambda n: metrics.work_queue_trimmed.labels(stream=stream).inc(n)
+
+        self.windows = window_queue(client, r.stream_prefix, WORKERS_GROUP, consumer, maxlen=r.work_queue_maxlen,
+                                    on_trimmed=trimmed("windows"))
+        self.results = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, consumer, maxlen=r.work_queue_maxlen,
+                                    on_trimmed=trimmed("results"))
         self.worker = Worker.from_settings(
             denoiser, metrics, lambda _r: None, settings.worker, settings.windows.stride_s,
             picker=picker, raw_picker=settings.picker.raw_comparison,

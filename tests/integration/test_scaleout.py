@@ -99,6 +99,7 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
         wait_for(lambda: consumers(redis_client, keys.windows(WINDOWS_STREAM), "workers").get("w1", 0) > 0,
                  30, "w1 to hold pending windows")
         held = [r["message_id"] for r in redis_client.xpending_range(keys.windows(WINDOWS_STREAM), "workers", "-", "+", 100, "w1")]
+        held_fields = {i: f for i, f in redis_client.xrange(keys.windows(WINDOWS_STREAM))}
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait(10)
         assert held
@@ -119,8 +120,10 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
     assert "w2" in set(by_worker.values())
     # w1 died holding unacknowledged windows; nothing is pending any more, so w2 claimed them
     # (XAUTOCLAIM) and acknowledged them after their results were pushed (or found already pushed)
-    held_ids = {decode_window(f).window_id for i, f in redis_client.xrange(keys.windows(WINDOWS_STREAM)) if i in set(held)}
+    held_ids = {decode_window(held_fields[i]).window_id for i in held if i in held_fields}
     assert held_ids and held_ids <= set(ids)
+    # finished work is deleted from the work stream: nothing unfinished is left in it
+    assert redis_client.xlen(keys.windows(WINDOWS_STREAM)) == 0
 
     # the collector side of `coldstream ingest`: results -> stitchers -> Redis, each sample exactly once
     settings = load_settings(overrides={"redis": {"url": redis_url, "stream_prefix": prefix}}, environ={})
@@ -144,7 +147,7 @@ def test_two_workers_one_killed_every_window_exactly_once(tmp_path, redis_url, r
     output.flush_all()
     assert publisher.flush(10)
     assert collector.collected == len(windows) and collector.given_up == 0 and collector.holding == 0
-    assert results_q.pending_count() == 0
+    assert results_q.pending_count() == 0 and redis_client.xlen(keys.windows(RESULTS_STREAM)) == 0
     cat = load_catalogue()
     start = cat["start_ns"] // 10_000_000
     for station in cat["stations"]:

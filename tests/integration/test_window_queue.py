@@ -135,3 +135,27 @@ def test_poison_window_goes_to_dead_letter(redis_client: redis.Redis, redis_key_
     dead = redis_client.xrange(a.dead_key)
     assert [f[b"reason"].startswith(r) for (_, f), r in zip(dead, (b"bad window", b"delivered 3"))] == [True, True]
     assert a.pending_count() == 0
+
+
+def test_finished_entries_are_deleted_and_trimmed_work_is_counted(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    trimmed: list[int] = []
+    producer = _queue(redis_client, redis_key_prefix, "ingest", maxlen=100)
+    for k in range(5):
+        producer.push(_window("NC.AAA.00", k))
+    worker = _queue(redis_client, redis_key_prefix, "gpu-a", on_trimmed=trimmed.append)
+    got = worker.read(count=5, block_ms=None)
+    worker.ack([e for e, _ in got[:3]])
+    assert redis_client.xlen(producer.key) == 2  # only unfinished work stays
+    # the two pending entries are trimmed away (an outage longer than the bound): lost, and counted
+    redis_client.xtrim(producer.key, maxlen=0)
+    restarted = _queue(redis_client, redis_key_prefix, "gpu-a", on_trimmed=trimmed.append)
+    assert restarted.read(count=5, block_ms=None) == []
+    assert trimmed == [1, 1] and restarted.pending_count() == 0
+
+
+def test_a_released_item_may_be_queued_again(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    q = _queue(redis_client, redis_key_prefix, "ingest")
+    w = _window("NC.AAA.00", 0)
+    assert q.push(w) is not None and q.push(w) is None  # in flight: refused
+    q.release([w.window_id])  # its outputs were published
+    assert q.push(w) is not None  # a replay after a restart computes it again instead of waiting

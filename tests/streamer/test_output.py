@@ -128,7 +128,7 @@ def test_a_failing_idle_flush_does_not_kill_the_output_thread(settings, metrics,
         calls.append(1)
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(out, "_flush_idle", broken)
+    monkeypatch.setattr(out, "flush_idle", broken)
     out.start()
     try:
         deadline = time.monotonic() + 5

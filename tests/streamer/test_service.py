@@ -142,3 +142,19 @@ def test_unused_packets_are_acknowledged_by_the_poll(settings, metrics):
     svc._acknowledge_every_key()
     assert tracker.pending_count(station_key="XX_STA") == 0
     assert metrics.registry.get_sample_value("coldstream_seedlink_pending_packets", {"station": "XX_STA"}) == 0
+
+
+def test_a_batch_of_markers_alone_does_not_claim_redis_is_back(metrics, caplog):
+    import logging
+
+    from streamer.config import RedisSettings
+    from streamer.publish import RedisPublisher
+    from streamer.records import OutputItem
+
+    caplog.set_level(logging.INFO, logger="streamer.publish")
+    pub = RedisPublisher(RedisSettings(url="redis://127.0.0.1:1/0", retry_max_s=0.1), metrics)
+    pub._on_failure(ConnectionError("refused"))  # Redis has been unreachable
+    pub.publish([OutputItem.marker(AckMarker({"XX.STA.": 1}))])
+    assert pub.write_pending()
+    assert not pub.connected
+    assert "available again" not in caplog.text
