@@ -19,17 +19,20 @@ __all__ = ["MAX_RATE_HZ", "NS_PER_S", "exact_rate", "index_of", "sample_index", 
 
 NS_PER_S = 1_000_000_000
 MAX_RATE_HZ = 10_000.0
+NOMINAL_RATE_TOLERANCE = 50e-6  # relative; a measured rate this close to an integer is that integer
 
 
 @lru_cache(maxsize=4096)
 def exact_rate(rate_hz: float) -> Fraction | None:
     """The sampling rate as an exact fraction (``None`` when absurd: not finite, ``<= 0`` or
-    above ``MAX_RATE_HZ``). Rates within 1 ppm of an integer are taken as that integer
-    (header float noise)."""
+    above ``MAX_RATE_HZ``). Rates within ``NOMINAL_RATE_TOLERANCE`` (50 ppm) of an integer are
+    taken as that integer: header float noise, and the measured rates that digitisers write in
+    blockette 100 (a few ppm off nominal; each record carries its own start time, so the
+    difference never accumulates beyond one record: 0.026 samples for a 512-sample record)."""
     if not math.isfinite(rate_hz) or rate_hz <= 0 or rate_hz > MAX_RATE_HZ:
         return None
     nearest = round(rate_hz)
-    if nearest > 0 and abs(rate_hz - nearest) <= 1e-6 * rate_hz:
+    if nearest > 0 and abs(rate_hz - nearest) <= NOMINAL_RATE_TOLERANCE * rate_hz:
         return Fraction(nearest)
     return Fraction(rate_hz).limit_denominator(10_000)
 

@@ -42,7 +42,7 @@ class Metrics:
         self.records_received = Counter(f"{p}_records_received_total", "miniSEED records received", ["station"], registry=r)
         self.bytes_received = Counter(f"{p}_received_bytes_total", "payload bytes received", ["station"], registry=r)
         self.decode_errors = Counter(f"{p}_decode_errors_total", "records that could not be decoded (skipped)", ["station"], registry=r)
-        self.sequence_gaps = Counter(f"{p}_sequence_gaps_total", "jumps in SeedLink sequence numbers", ["station"], registry=r)
+        self.sequence_gaps = Counter(f"{p}_sequence_gaps_total", "holes in a channel's SeedLink data (by data time)", ["station"], registry=r)
         self.records_rejected = Counter(
             f"{p}_records_rejected_total",
             "records or blocks rejected before buffering, by reason (future, expired, rate, clock_jump, ...)",
@@ -137,6 +137,18 @@ class Metrics:
             ProcessCollector(registry=r)
         except ValueError:  # the registry already has one (the global default registry does)
             pass
+
+        # --- SeedLink selection and state file health ---------------------------------------------
+        # labels: server "host:port" and selector as configured (bounded by the configuration)
+        self.seedlink_selector_silent = Gauge(
+            f"{p}_seedlink_selector_silent",
+            "1 when a configured stream selector has delivered no data although connected for data_timeout_s",
+            ["server", "selector"],
+            registry=r,
+        )
+        self.state_save_errors = Counter(
+            f"{p}_seedlink_state_save_errors_total", "failed writes of the SeedLink state file (retried)", registry=r
+        )
 
     def station(self, station_id: str) -> str:
         """The label value to use for ``station_id`` (bounded cardinality)."""

@@ -6,14 +6,19 @@ The resume state (``StateTracker``, ``StateStore``, the state file) lives in
 - ``SeedLinkSource``: the connection to one server. It uses ``seedlink_client.AsyncSeedLink`` for
   framing and the v3/v4 handshake (one fresh client object per connection attempt, so the stream
   list, and with it the ``DATA <seq> <time>`` resume point, comes from our own state, never from
-  the library's), and owns reconnection (capped exponential backoff with jitter), the data
-  timeout, sequence-gap detection and the metrics.
+  the library's), and owns reconnection (capped exponential backoff with jitter, kept short
+  while a server that was delivering data is away), the data timeout, gap detection, the
+  selectors that deliver nothing, and the metrics.
 
-Limitations: sequence-gap detection is only meaningful for stations requested without SELECT
-filters (a v3 server numbers all of a station's packets, so filtered streams skip numbers); it
-is disabled for filtered stations. The time fallback of a resume has one-second resolution on
-the v3 wire (rounded down: duplicates, not gaps) and assumes a station's channels are not skewed
-by more than one record.
+Gaps are judged by data time, per channel: a packet whose first sample comes more than half a
+sample period after the end of that channel's previous packet opens a gap. Sequence numbers are
+not compared: ringserver numbers v3 packets across its whole ring, not per station, so a station's
+numbers skip by design.
+
+Limitations: a gap across a restart of the service is not seen here (the first packet of each
+channel in a process has nothing to compare with); a hole the server never fills shows in the
+published segments. The time fallback of a resume has one-second resolution on the v3 wire (rounded
+down: duplicates, not gaps) and assumes a station's channels are not skewed by more than one record.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamer.config import SeedLinkServer, SeedLinkSettings
+from streamer.config import SeedLinkServer, SeedLinkSettings, split_stream_spec
+from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, PacketRef
 from streamer.seedlink_state import StateTracker, ns_to_iso
@@ -57,6 +63,7 @@ class PacketHeader:
     seed_id: str  # "NET.STA.LOC.CHA"
     start_ns: int
     end_ns: int
+    sampling_rate_hz: float = 0.0
 
 
 def header_from_record(record: Any) -> PacketHeader:
@@ -68,7 +75,7 @@ def header_from_record(record: Any) -> PacketHeader:
     n = int(record.samplecnt)
     rate = float(record.samprate)
     end_ns = start_ns + round(n * NS_PER_S / rate) if n > 0 and rate > 0 else start_ns
-    return PacketHeader(f"{net}_{sta}", f"{net}.{sta}.{loc}.{cha}", start_ns, end_ns)
+    return PacketHeader(f"{net}_{sta}", f"{net}.{sta}.{loc}.{cha}", start_ns, end_ns, rate if rate > 0 else 0.0)
 
 
 def parse_packet_header(payload: bytes) -> PacketHeader:
@@ -98,6 +105,11 @@ class StreamRequest:
     def is_wildcard(self) -> bool:
         return any(c in self.station_pattern for c in "*?")
 
+    @property
+    def label(self) -> str:
+        """The selection as configured (normalised): ``"XX_*"``, ``"BK_CMB:HH? EH?"``."""
+        return self.station_pattern + (":" + " ".join(self.selectors) if self.selectors else "")
+
     def matches(self, station_key: str) -> bool:
         return _wildcard_regex(self.station_pattern).fullmatch(station_key) is not None
 
@@ -107,12 +119,10 @@ def _wildcard_regex(pattern: str) -> re.Pattern[str]:
 
 
 def parse_stream_spec(spec: str) -> StreamRequest:
-    """``"NC_*"``, ``"BK_CMB:HH? EH?"`` or ``"NC_* :HH?"`` -> ``StreamRequest``."""
-    station, _, selectors = spec.partition(":")
-    station = station.strip()
-    if not re.fullmatch(r"[A-Za-z0-9*?]+_[A-Za-z0-9*?]+", station):
-        raise ValueError(f"stream {spec!r}: station must look like NET_STA (wildcards ? and *)")
-    return StreamRequest(station.upper(), tuple(selectors.split()))
+    """``"NC_*"``, ``"BK_CMB:HH? EH?"`` or ``"NC_* :HH?"`` -> ``StreamRequest`` (the syntax is
+    the config's, checked when the settings load; ``ValueError`` otherwise)."""
+    station, selectors = split_stream_spec(spec)
+    return StreamRequest(station, selectors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +167,19 @@ class SeedLinkSource:
         self.connected = False
         self.connections = 0  # successful handshakes, for tests and logs
         self.packets = 0
-        self._last_seq: dict[str, int] = {}
+        # per channel (SEED id): end of the newest data delivered, and half a sample period (ns)
+        self._channel_end: dict[str, tuple[int, int]] = {}
+        self._gap_log = RateLimitedLog(log, 60.0)
+        # selectors that have delivered nothing yet: judged once a connection has been open for
+        # data_timeout_s; reported once (log and gauge), the gauge back to 0 when data come
+        self._matching: dict[str, tuple[int, ...]] = {}  # station key -> indices of matching requests
+        self._request_delivered = [False] * len(self.requests)
+        self._request_reported = [False] * len(self.requests)
+        self._connected_since_s: float | None = None
+        self._next_silent_check_s = 0.0
         self.metrics.seedlink_connected.labels(server=self.name).set(0)
+        for req in self.requests:
+            self.metrics.seedlink_selector_silent.labels(server=self.name, selector=req.label).set(0)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -172,6 +193,8 @@ class SeedLinkSource:
 
     async def _run(self, stop: asyncio.Event) -> None:
         attempt = 0
+        after_healthy = False  # the last connection that got anywhere delivered data
+        outage_start_s = time.monotonic()
         while not stop.is_set():
             delivered_before = self.packets
             was_connected = self.connections
@@ -189,7 +212,9 @@ class SeedLinkSource:
             self.metrics.seedlink_reconnects.labels(server=self.name, reason=reason).inc()
             if self.packets > delivered_before:
                 attempt = 0  # the connection was useful: start the backoff again
-            delay = self.backoff_s(attempt)
+                after_healthy = True
+                outage_start_s = time.monotonic()
+            delay = self.reconnect_delay_s(attempt, time.monotonic() - outage_start_s, after_healthy)
             attempt += 1
             what = "disconnected" if self.connections > was_connected else "connection failed"
             log.warning("SeedLink %s %s (%s: %s); reconnecting in %.1f s", self.name, what, reason, detail, delay)
@@ -203,7 +228,47 @@ class SeedLinkSource:
         base = min(hi, lo * (2.0 ** min(attempt, 30)))
         return max(0.0, min(hi, base * self._rng.uniform(0.8, 1.2)))
 
+    def reconnect_delay_s(self, attempt: int, outage_s: float, after_healthy: bool) -> float:
+        """The delay before the next attempt: ``backoff_s(attempt)``, but while a server that was
+        delivering data has been away for less than ``reconnect_fast_for_s``, at most
+        ``reconnect_fast_max_s`` (+-20 % jitter), so the client is back within a couple of seconds
+        of a server restart instead of waiting out an 8, 16 or 32 s step."""
+        delay = self.backoff_s(attempt)
+        s = self.settings
+        if after_healthy and outage_s < s.reconnect_fast_for_s:
+            delay = min(delay, s.reconnect_fast_max_s * self._rng.uniform(0.8, 1.2))
+        return delay
+
+    def check_silent_selectors(self, now_s: float | None = None) -> list[str]:
+        """Name the configured selections that have delivered nothing although a connection has
+        been open for ``data_timeout_s`` (a station the server does not have: servers answer
+        ``OK`` to it anyway). Each is logged once per process and its gauge set to 1; returns
+        the newly reported labels."""
+        now = time.monotonic() if now_s is None else now_s
+        since = self._connected_since_s
+        if since is None or now - since < self.settings.data_timeout_s * 0.999:
+            return []
+        new: list[str] = []
+        for i, req in enumerate(self.requests):
+            if self._request_delivered[i] or self._request_reported[i]:
+                continue
+            self._request_reported[i] = True
+            self.metrics.seedlink_selector_silent.labels(server=self.name, selector=req.label).set(1)
+            log.warning("SeedLink %s: stream selector %r has delivered no data in %.0f s of connection "
+                        "(does the server have that station? check the name and the server's CAT / INFO STATIONS)",
+                        self.name, req.label, now - since)
+            new.append(req.label)
+        return new
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _note_connected(self, now_s: float | None = None) -> None:
+        """A handshake succeeded: connected, and the service is ready (its models load before the
+        sources start, so the first connection is the last step of start-up)."""
+        self.connections += 1
+        self._set_connected(True)
+        self._connected_since_s = time.monotonic() if now_s is None else now_s
+        self.metrics.ready.set(1)
 
     async def _run_until(self, stop: asyncio.Event, coro: Any) -> None:
         """Run ``coro`` until it ends or ``stop`` is set (then cancel it and return)."""
@@ -289,8 +354,7 @@ class SeedLinkSource:
                 if "connect" in text.lower() or isinstance(exc, OSError | TimeoutError) and not client.is_connected:
                     raise _SessionEnd("refused", text) from None
                 raise _SessionEnd("protocol_error", text) from None
-            self.connections += 1
-            self._set_connected(True)
+            self._note_connected()
             log.info("SeedLink %s connected (%s, protocol v%s, %d stream requests)",
                      self.name, client.server_id, client.protocol.value if client.protocol else "?",
                      len(client.streams))
@@ -312,6 +376,7 @@ class SeedLinkSource:
                 except StopAsyncIteration:
                     raise _SessionEnd("eof", "server ended the stream") from None
                 except TimeoutError:
+                    self.check_silent_selectors()
                     raise _SessionEnd("data_timeout", f"no packet for {timeout_s:g} s") from None
                 except SeedLinkError as exc:
                     text = str(exc)
@@ -319,6 +384,10 @@ class SeedLinkSource:
                         raise _SessionEnd("eof", text) from None
                     raise _SessionEnd("protocol_error", text) from None
                 self._deliver(pkt, time.time_ns())
+                now_s = time.monotonic()
+                if now_s >= self._next_silent_check_s:
+                    self._next_silent_check_s = now_s + 1.0
+                    self.check_silent_selectors(now_s)
                 # Let other tasks run between packets of a large backlog.
                 if self.packets % 64 == 0:
                     await asyncio.sleep(0)
@@ -329,15 +398,19 @@ class SeedLinkSource:
     def _deliver(self, pkt: Any, arrival_ns: int) -> None:
         if pkt.seqnum is None or pkt.payload_format not in ("2", "3"):
             return
+        header: PacketHeader | None
         try:
             header = header_from_record(pkt.record())
             key = header.station_key
             start_ns, end_ns = header.start_ns, header.end_ns
         except Exception:  # undecodable payload: hand it on (ingest counts it), ack with anything
+            header = None
             key = pkt.station_id
             start_ns = end_ns = 0
         seq = int(pkt.seqnum)
-        self._check_sequence(key, seq)
+        if header is not None and header.end_ns > header.start_ns:
+            self._check_continuity(header)
+        self._note_delivered(key)
         ref = PacketRef(server=self.name, station_key=key, sequence=seq)
         self.tracker.record(ref, start_ns, end_ns)
         self.packets += 1
@@ -346,27 +419,33 @@ class SeedLinkSource:
         except Exception:
             log.exception("SeedLink %s: packet handler failed for %s seq %X", self.name, key, seq)
 
-    def _check_sequence(self, key: str, seq: int) -> None:
-        prev = self._last_seq.get(key)
-        if prev is None:
-            last = self.tracker.last_delivered(self.name, key) or self.tracker.acked(self.name, key)
-            prev = last.seq if last is not None else None
-        self._last_seq[key] = seq
+    def _check_continuity(self, h: PacketHeader) -> None:
+        """Count a gap when this packet starts more than half a sample after the end of its
+        channel's previous packet (data time; sequence numbers say nothing across a ring)."""
+        half_ns = round(NS_PER_S / (2 * h.sampling_rate_hz)) if h.sampling_rate_hz > 0 else 0
+        prev = self._channel_end.get(h.seed_id)
+        self._channel_end[h.seed_id] = (h.end_ns if prev is None else max(prev[0], h.end_ns), half_ns)
         if prev is None:
             return
-        req = self._request_for(key)
-        if req is not None and req.selectors:
-            return  # filtered streams skip sequence numbers by design
-        step = (seq - prev) % SEQ_MODULUS
-        if step == 1:
-            return
-        if step == 0:
-            log.debug("SeedLink %s: %s sequence %X repeated", self.name, key, seq)
-        elif step < SEQ_MODULUS // 2:
-            self.metrics.sequence_gaps.labels(station=self.metrics.station(key)).inc()
-            log.warning("SeedLink %s: %s sequence gap %X -> %X (%d packets missing)", self.name, key, prev, seq, step - 1)
-        else:
-            log.warning("SeedLink %s: %s sequence went back %X -> %X (server restarted or re-sent)", self.name, key, prev, seq)
+        missing_ns = h.start_ns - prev[0]
+        if missing_ns > max(half_ns, prev[1]):
+            self.metrics.sequence_gaps.labels(station=self.metrics.station(h.station_key)).inc()
+            self._gap_log.warning(h.seed_id, "SeedLink %s: %s data gap of %.3f s before %s", self.name, h.seed_id,
+                                  missing_ns / NS_PER_S, ns_to_iso(h.start_ns))
+
+    def _note_delivered(self, station_key: str) -> None:
+        idx = self._matching.get(station_key)
+        if idx is None:
+            idx = tuple(i for i, r in enumerate(self.requests) if r.matches(station_key))
+            if len(self._matching) < 100_000:  # bounded: bogus station codes cannot grow it
+                self._matching[station_key] = idx
+        for i in idx:
+            if not self._request_delivered[i]:
+                self._request_delivered[i] = True
+                if self._request_reported[i]:
+                    label = self.requests[i].label
+                    self.metrics.seedlink_selector_silent.labels(server=self.name, selector=label).set(0)
+                    log.info("SeedLink %s: stream selector %r now delivers data (%s)", self.name, label, station_key)
 
 
 def build_sources(

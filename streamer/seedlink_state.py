@@ -34,6 +34,7 @@ from typing import Any
 
 from streamer.config import SeedLinkSettings
 from streamer.errors import StreamerError
+from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, PacketRef
 
@@ -236,6 +237,9 @@ class StateTracker:
         self._last_save_s: float | None = None
         # delivered packets whose data no output needs (rejected, undecodable): passed over by acknowledge
         self._handled: set[tuple[str, str, int]] = set()
+        # a failing save is retried every tick (0.5 s): one ERROR a minute, every failure counted
+        self._save_error_log = RateLimitedLog(log, 60.0)
+        self._save_failing = False
 
     @classmethod
     def from_settings(cls, settings: SeedLinkSettings, metrics: Metrics | None = None) -> StateTracker:
@@ -343,14 +347,22 @@ class StateTracker:
         with self._lock:
             snapshot = {srv: dict(st) for srv, st in self._acked.items()}
             self._dirty = False
+        now = time.monotonic() if now_s is None else now_s
         try:
             self.store.save(snapshot)
         except SeedLinkStateError as exc:
-            log.error("%s", exc)
+            if self.metrics is not None:
+                self.metrics.state_save_errors.inc()
+            self._save_failing = True
+            self._save_error_log.log("save", logging.ERROR, "%s (retried; the state does not advance on disk)",
+                                     exc, now_s=now)
             with self._lock:
                 self._dirty = True
             return False
-        self._last_save_s = time.monotonic() if now_s is None else now_s
+        if self._save_failing:
+            self._save_failing = False
+            log.info("SeedLink state file %s written again", self.store.path)
+        self._last_save_s = now
         if self.metrics is not None:
             self.metrics.state_saves.inc()
             self.metrics.state_save_timestamp.set(time.time())

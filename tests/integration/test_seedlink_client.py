@@ -341,8 +341,8 @@ def test_time_fallback_when_the_server_no_longer_has_the_sequence(archive, tmp_p
         assert first_b.end_ns > (st.end_ns // 10**9) * 10**9
         assert first_b.start_ns <= st.end_ns
     assert_exactly_once(got_a + got_b, directory, truth)
-    # The jump in numbering is reported.
-    assert sum(s.value for s in metrics.sequence_gaps.collect()[0].samples) >= 1
+    # The new numbering is not a gap: gaps are judged by data time, and nothing was lost.
+    assert sum(s.value for s in metrics.sequence_gaps.collect()[0].samples) == 0
 
 
 def test_first_start_without_state_gets_the_replay_from_its_start(archive, tmp_path: Path, metrics: Metrics) -> None:
@@ -398,3 +398,27 @@ def test_two_servers_share_one_state_file(tmp_path: Path, registry) -> None:
     assert set(saved) == {f"127.0.0.1:{s1.port}", f"127.0.0.1:{s2.port}"}
     assert saved[f"127.0.0.1:{s1.port}"]["XX_AAA"].seq == len(all_records(d1))
     assert saved[f"127.0.0.1:{s2.port}"]["YY_CCC"].seq == len(all_records(d2))
+
+
+def test_wrong_port_never_makes_the_service_ready(archive, tmp_path: Path, metrics: Metrics) -> None:
+    """Nothing listens on the configured port: coldstream_ready stays 0 (it becomes 1 only at the
+    first successful handshake), the refusals are counted."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nothing listens once closed
+    settings = settings_for([port], tmp_path / "sl.state")
+    source = make_source(settings, StateTracker.from_settings(settings, metrics), metrics, [])
+    started = time.monotonic()
+    asyncio.run(stream_until(source, lambda: time.monotonic() - started > 1.5, timeout_s=5))
+    assert metrics.ready._value.get() == 0
+    assert reconnects(metrics, "refused", port) >= 2
+    directory, _ = archive
+    with ReplayServerThread([directory], speed=0, first_sequence=1) as srv:
+        settings = settings_for([srv.port], tmp_path / "sl2.state")
+        seed_state(settings.state_file, srv.port)
+        got: list[Got] = []
+        source = make_source(settings, StateTracker.from_settings(settings, metrics), metrics, got)
+        asyncio.run(stream_until(source, lambda: len(got) > 0))
+    assert metrics.ready._value.get() == 1

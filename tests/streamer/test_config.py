@@ -128,3 +128,30 @@ def test_cli_config_command_reports_bad_key(capsys: pytest.CaptureFixture[str]) 
 def test_shared_dir_variable_is_not_a_setting() -> None:
     s = load_settings(environ={"COLDSTREAM_SHARED_DIR": "/somewhere"})
     assert s.windows.stride_s == 10.0
+
+
+def test_password_in_redis_url_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    url = "redis://app:hunter2@db.example:6379/0"
+    s = load_settings(overrides={"redis": {"url": url}}, environ={})
+    assert s.redis.url == url  # the client still gets it
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.redis)
+    assert settings_to_toml_dict(s)["redis"]["url"] == "redis://***@db.example:6379/0"
+    assert main(["config", "--set", f'redis.url="{url}"']) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "db.example:6379" in out
+
+
+@pytest.mark.parametrize("spec", ["XX.DEM01", "XX DEM01", "DEM01", "XX_DEM01:HHZZ", "XX_DEM01:", "XX_*:HH?,EH?"])
+def test_bad_stream_selectors_fail_with_the_key_named(spec: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"seedlink": {"servers": [{"port": 18000, "streams": ["XX_*", spec]}]}}, environ={})
+    text = str(info.value)
+    assert "seedlink.servers.0.streams" in text and repr(spec) in text
+
+
+@pytest.mark.parametrize("spec", ["*_*", "XX_DEM01", "XX_*:HH? EH?", "NC_* :HH?", "BK_CMB:00HHZ !LH? --HHZ HHZ.D .D"])
+def test_good_stream_selectors_load(spec: str) -> None:
+    s = load_settings(overrides={"seedlink": {"servers": [{"streams": [spec]}]}}, environ={})
+    assert s.seedlink.servers[0].streams == [spec]

@@ -158,3 +158,30 @@ def test_read_file_blocks(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path.write_bytes(mseed2(x, "STEIM2"))
     blocks = list(read_file_blocks(path))
     np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks]), x)
+
+
+@pytest.mark.parametrize(("rate_hz", "nominal"), [
+    (100.0001, True),    # 1 ppm: a measured rate (blockette 100) of a GPS-disciplined digitiser
+    (100.0005, True),    # 5 ppm
+    (99.999, True),      # 10 ppm
+    (100.003, True),     # 30 ppm
+    (100.01, False),     # 100 ppm: a different rate, not header noise
+])
+def test_measured_rate_near_nominal_is_the_nominal_rate(rate_hz: float, nominal: bool) -> None:
+    """A blockette-100 rate a few ppm off the nominal 100 Hz is the nominal rate (the station is not
+    rejected as "rate"); one 100 ppm off is not."""
+    import io
+    from fractions import Fraction
+
+    from obspy import Stream, Trace, UTCDateTime
+
+    from models.grid import exact_rate
+
+    tr = Trace(np.arange(200, dtype=np.int32), header={"network": "XX", "station": "AAA", "channel": "HHZ",
+                                                       "sampling_rate": rate_hz, "starttime": UTCDateTime(2026, 1, 1)})
+    buf = io.BytesIO()
+    Stream([tr]).write(buf, format="MSEED", reclen=512, encoding="STEIM2")
+    (block,) = decode_payload(buf.getvalue(), 0)
+    assert block.sampling_rate_hz != 100.0  # the record carries the measured rate
+    assert (exact_rate(block.sampling_rate_hz) == Fraction(100)) is nominal
+    assert (exact_rate(rate_hz) == Fraction(100)) is nominal

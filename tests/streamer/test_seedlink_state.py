@@ -232,3 +232,18 @@ def test_parse_stream_spec_rejects_nonsense() -> None:
         parse_stream_spec("CMB")
     assert parse_stream_spec("NC_*").matches("NC_ABC")
     assert not parse_stream_spec("NC_A?C").matches("NC_ABCD")
+
+
+def test_unwritable_state_file_logs_once_a_minute_and_counts_every_failure(tmp_path: Path, metrics, caplog) -> None:
+    """A full disk or a read-only directory: the 0.5 s save tick must not write an ERROR each time."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the state directory should be")
+    tracker = StateTracker(StateStore(blocked / "sl.state"), save_interval_s=0.0, metrics=metrics)
+    tracker.record(ref(1), 0, 100)
+    tracker.acknowledge("XX_AAA", 100)
+    with caplog.at_level("ERROR", logger="streamer.seedlink_state"):
+        for i in range(120):  # one minute of 0.5 s ticks
+            assert tracker.save_if_due(now_s=i * 0.5) is False
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "sl.state" in errors[0].getMessage()
+    assert metrics.state_save_errors._value.get() == 120
