@@ -250,9 +250,9 @@ class OutputStage:
     def _segments(self, segs: list[Segment]) -> list[OutputItem]:
         out: list[OutputItem] = []
         for seg in segs:
-            seg = self._after_published(seg)
-            if seg is not None:
-                out.append(OutputItem.of_segment(seg, *self._model))
+            kept = self._after_published(seg)
+            if kept is not None:
+                out.append(OutputItem.of_segment(kept, *self._model))
         self.segments += len(out)
         return out
 
