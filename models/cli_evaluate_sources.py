@@ -23,7 +23,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         "and input-SNR bin, with the do-no-harm gate")
     parser.add_argument("--compare-weights", nargs="+", default=[], metavar="LABEL=PATH",
                         help="per-source mode: more denoisers to score side by side (e.g. v1=models/weights/...; "
-                        "LABEL=PATH@0.1 sets that one's residual mix)")
+                        "LABEL=PATH@0.1 sets that one's residual mix, LABEL=PATH#1,4 its step counts)")
     parser.add_argument("--loso", nargs="+", default=[], metavar="SOURCE=PATH",
                         help="per-source mode: a leave-one-source-out model (trained without SOURCE), scored on SOURCE")
     parser.add_argument("--max-events-per-source", type=int, default=40, help="per-source mode: events per source")
@@ -85,9 +85,13 @@ def run_sources(args: argparse.Namespace) -> int:
             if rs is not None:
                 reals[src] = rs
         denoisers = {main.name: main}
+        own_steps: dict[str, list[int]] = {}
         for label, path in _pairs(args.compare_weights, "--compare-weights").items():
+            path, _, ks = path.partition("#")  # PATH#1,4: only these step counts
             path, _, mix = path.partition("@")  # PATH@0.1: with that residual mix
             denoisers[label] = Denoiser.load(path, device=args.device, residual_mix=float(mix) if mix else None)
+            if ks:
+                own_steps[label] = [int(k) for k in ks.split(",")]
         only = {}
         for src, path in _pairs(args.loso, "--loso").items():
             label = f"loso-{src}"
@@ -97,7 +101,8 @@ def run_sources(args: argparse.Namespace) -> int:
         def fn_of(den):
             return lambda x, k: den.denoise_windows(x, steps=k).x0
 
-        fns = {label: (fn_of(d), sorted({max(1, min(int(k), d.n_train_steps)) for k in args.steps}))
+        fns = {label: (fn_of(d), sorted({max(1, min(int(k), d.n_train_steps))
+                                         for k in own_steps.get(label, args.steps)}))
                for label, d in denoisers.items()}
         result = evaluate_sources(sets, reals, fns, picker, p_threshold=args.p_threshold, only=only)
         result["denoisers"] = {label: {"name": d.name, "version": d.version, "residual_mix": d.residual_mix,
