@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--live-start", action="store_true",
         help="clients that give no sequence number or time get only new packets (default: the whole ring)",
     )
+    parser.add_argument(
+        "--record-s", type=float, default=None,
+        help="re-pack so that no record holds more than this many seconds (e.g. 1: what 1-s records cost)",
+    )
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -68,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         server = ReplayServer(
             args.sources, host=args.host, port=args.port, speed=args.speed,
             loop_forever=args.loop, ring_packets=args.ring_packets, live_start=args.live_start,
+            record_s=args.record_s,
         )
     except ReplayError as exc:
         print(f"coldstream replay-server: {exc}", file=sys.stderr)

@@ -90,8 +90,9 @@ def _native_512_records(data: bytes) -> list[bytes] | None:
     return out
 
 
-def _repack_512(path: Path) -> list[bytes]:
-    """Re-write a file's traces as 512-byte miniSEED 2 records (Steim2 for integers)."""
+def _repack_512(path: Path, record_s: float | None = None) -> list[bytes]:
+    """Re-write a file's traces as 512-byte miniSEED 2 records (Steim2 for integers); with
+    ``record_s``, no record holds more than ``record_s`` seconds of samples."""
     import numpy as np
     from obspy import read
 
@@ -104,7 +105,15 @@ def _repack_512(path: Path) -> list[bytes]:
         else:
             tr.data = tr.data.astype(np.float32)
             encoding = "FLOAT32"
-        tr.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding=encoding)
+        if record_s is None:
+            tr.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding=encoding)
+            continue
+        n = max(1, int(round(record_s * tr.stats.sampling_rate)))
+        for i in range(0, tr.stats.npts, n):
+            piece = tr.copy()
+            piece.data = tr.data[i : i + n].copy()
+            piece.stats.starttime = tr.stats.starttime + i / tr.stats.sampling_rate
+            piece.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding=encoding)
     data = buf.getvalue()
     return [data[i:i + RECORD_BYTES] for i in range(0, len(data), RECORD_BYTES)]
 
@@ -122,19 +131,25 @@ def iter_input_files(sources: Sequence[Path | str]) -> Iterable[Path]:
             raise ReplayError(f"{path}: no such file or directory")
 
 
-def load_records(sources: Sequence[Path | str]) -> list[ReplayRecord]:
+def load_records(sources: Sequence[Path | str], record_s: float | None = None) -> list[ReplayRecord]:
     """All data records of the given files/directories as 512-byte miniSEED 2 records.
 
     Files that are already 512-byte miniSEED 2 are served byte for byte; others (other record
-    lengths, miniSEED 3) are re-packed with ObsPy. Unreadable files are skipped with a warning.
+    lengths, miniSEED 3) are re-packed with ObsPy. With ``record_s`` every file is re-packed so
+    that no record holds more than ``record_s`` seconds (a record is released when its last sample
+    is due, so this is the data latency a client sees: 1-s records against the several seconds a
+    512-byte Steim-2 record of a quiet 100 Hz channel holds). Unreadable files are skipped with a
+    warning.
     """
+    if record_s is not None and not record_s > 0:
+        raise ReplayError(f"record length must be > 0 s, got {record_s}")
     records: list[ReplayRecord] = []
     for path in iter_input_files(sources):
         data = path.read_bytes()
-        chunks = _native_512_records(data)
+        chunks = None if record_s is not None else _native_512_records(data)
         if chunks is None:
             try:
-                chunks = _repack_512(path)
+                chunks = _repack_512(path, record_s)
             except Exception as exc:  # ObsPy raises many types for non-miniSEED input
                 log.warning("skipping %s: not readable as miniSEED (%s)", path, exc)
                 continue

@@ -539,3 +539,36 @@ def test_replay_server_command_serves_and_stops_on_sigterm(archive: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_one_second_records_reach_an_independent_client_complete(archive: Path) -> None:
+    """``--record-s 1``: every record holds at most 1 s of data (the data latency a client sees), and
+    ObsPy's SeedLink client still receives every sample."""
+    from obspy import UTCDateTime, read
+    from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
+
+    records = load_records([archive], record_s=1.0)
+    assert max(r.end_ns - r.start_ns for r in records) <= 10**9
+    with pytest.raises(ReplayError, match="record length"):
+        load_records([archive], record_s=0.0)
+
+    class Collect(EasySeedLinkClient):
+        def __init__(self, url: str) -> None:
+            super().__init__(url, autoconnect=False)
+            self.traces: list = []
+
+        def on_data(self, trace) -> None:  # noqa: ANN001 - ObsPy callback
+            self.traces.append(trace)
+
+    with ReplayServerThread([archive], speed=0, record_s=1.0) as srv:
+        client = Collect(f"127.0.0.1:{srv.port}")
+        client.conn.timeout = 10
+        client.connect()
+        client.select_stream("XX", "BBB", "HHZ")
+        client.conn.begin_time = UTCDateTime(2025, 12, 31)
+        client.conn.end_time = UTCDateTime(2026, 1, 1, 1)
+        client.run()
+    assert all(tr.stats.npts <= 100 for tr in client.traces)
+    expected = read(str(archive / "XX_BBB.mseed")).select(channel="HHZ")
+    samples = np.concatenate([tr.data for tr in sorted(client.traces, key=lambda t: t.stats.starttime)])
+    np.testing.assert_array_equal(samples, expected[0].data)
