@@ -26,6 +26,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         "LABEL=PATH@0.1 sets that one's residual mix, LABEL=PATH#1,4 its step counts)")
     parser.add_argument("--loso", nargs="+", default=[], metavar="SOURCE=PATH",
                         help="per-source mode: a leave-one-source-out model (trained without SOURCE), scored on SOURCE")
+    parser.add_argument("--score-sources", nargs="+", default=None,
+                        help="per-source mode: score only these of --sources (the others still lend their held-out "
+                        "events to a source without labelled events)")
     parser.add_argument("--max-events-per-source", type=int, default=40, help="per-source mode: events per source")
 
 
@@ -74,8 +77,10 @@ def run_sources(args: argparse.Namespace) -> int:
             raise DataError(f"no {args.split}-split recordings in any source")
         sets = build_source_sets(test, args.snr_levels, args.noise_windows, seed=args.seed,
                                  max_events=args.max_events_per_source)
+        if args.score_sources:
+            sets = {k: v for k, v in sets.items() if k in args.score_sources}
         reals = {}
-        for src in test:
+        for src in [s for s in test if not args.score_sources or s in args.score_sources]:
             if src == CONTINUOUS:
                 raw, _ = load_continuous_folder(Path(args.data) / src)
                 raw = [r for r in raw if r.station in set(split["sources"][src][args.split])]
