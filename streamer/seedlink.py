@@ -307,6 +307,19 @@ class SeedLinkSource:
             idle_timeout=max(self.settings.data_timeout_s * 10, 3600.0),
             clientname="coldstream",
         )
+        return client
+
+    def _add_streams(self, client: Any, server_id: str | None) -> None:
+        """Add the stream requests with their resume points, once HELLO told who the server is.
+
+        ringserver numbers packets across its ring and serves a connection from one reader: if
+        the packet requested for any station checks out (it exists and starts in the second of
+        the given time), the reader starts after the newest such packet, and a station further
+        behind loses the data in between; after a kill -9 the ring is renumbered and an old
+        number can check out by chance. So against it the resume is by time only (the library
+        then sends ``DATA 0 <time>``: no packet 0 to check), which starts the reader at the
+        oldest station's time, each station filtered from its own: repeats, never a gap."""
+        by_time = _numbers_whole_ring(server_id)
         resume = self.tracker.resume_points(self.name)
         resumed: list[str] = []
         for key, st in sorted(resume.items()):
@@ -318,7 +331,7 @@ class SeedLinkSource:
             client.add_stream(
                 key,
                 list(req.selectors) or None,
-                seqnum=seqnum if seqnum < SEQ_MODULUS - 1 else -1,
+                seqnum=seqnum if seqnum < SEQ_MODULUS - 1 and not by_time else -1,
                 timestamp=ns_to_iso(st.end_ns),
             )
             resumed.append(f"{key}@{st.seq:X}")
@@ -326,9 +339,9 @@ class SeedLinkSource:
             if req.is_wildcard or req.station_pattern not in resume:
                 client.add_stream(req.station_pattern, list(req.selectors) or None)
         if resumed:
-            log.info("SeedLink %s: resuming %d stations from saved sequence numbers (%s%s)",
-                     self.name, len(resumed), ", ".join(resumed[:5]), ", ..." if len(resumed) > 5 else "")
-        return client
+            log.info("SeedLink %s: resuming %d stations from saved sequence numbers (%s%s)%s",
+                     self.name, len(resumed), ", ".join(resumed[:5]), ", ..." if len(resumed) > 5 else "",
+                     " by their times (the server numbers its whole ring)" if by_time else "")
 
     def _request_for(self, station_key: str) -> StreamRequest | None:
         exact = [r for r in self.requests if not r.is_wildcard and r.station_pattern == station_key]
@@ -346,6 +359,7 @@ class SeedLinkSource:
         try:
             try:
                 await client.connect()
+                self._add_streams(client, client.server_id)
                 await client.negotiate()
             except asyncio.CancelledError:
                 raise
@@ -446,6 +460,12 @@ class SeedLinkSource:
                     label = self.requests[i].label
                     self.metrics.seedlink_selector_silent.labels(server=self.name, selector=label).set(0)
                     log.info("SeedLink %s: stream selector %r now delivers data (%s)", self.name, label, station_key)
+
+
+def _numbers_whole_ring(server_id: str | None) -> bool:
+    """True for servers whose v3 sequence numbers count their whole ring (ringserver), so that a
+    station's number says nothing about another's and a resume must go by time."""
+    return server_id is not None and "ringserver" in server_id.lower()
 
 
 def build_sources(

@@ -146,3 +146,25 @@ def test_ready_only_once_a_server_connected(metrics: Metrics) -> None:
     assert metrics.ready._value.get() == 0
     src._note_connected(now_s=1.0)
     assert metrics.ready._value.get() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# resume requests against a server that numbers its whole ring
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("server_id", "by_time"), [("SeedLink v4.0 (RingServer/4.5.3)", True),
+                                                    ("SeedLink v3.1 (coldstream replay)", False), (None, False)])
+def test_resume_by_time_only_where_the_server_numbers_its_ring(metrics: Metrics, server_id: str | None, by_time: bool) -> None:
+    """ringserver serves a connection from one reader: a station whose requested packet checks out
+    moves it to that packet, and a station further behind (or any station, after a kill -9
+    renumbered the ring) would lose data; by time it starts at the oldest station's time."""
+    from streamer.records import PacketRef
+
+    src = make_source(metrics)
+    src.tracker.record(PacketRef(src.name, "XX_AAA", 0x143), 0, T0_S * 10**9)
+    client = src._build_client()
+    src._add_streams(client, server_id)
+    (stream,) = [s for s in client.streams if s.station_id == "XX_AAA"]
+    assert stream.timestamp is not None
+    assert (stream.seqnum == -1) is by_time  # -1: the library sends DATA 0 <time>: no packet to check
