@@ -94,9 +94,11 @@ class AckBook:
             self.published_through(sid, until, marker.flushed)
 
     def lost(self, station_id: str, from_ns: int) -> None:
-        """An output of ``station_id`` needing data from ``from_ns`` on never reached Redis (dropped
+        """A pick of ``station_id`` needing data from ``from_ns`` on never reached Redis (dropped
         from a full backlog): the station's safe time stays at or before ``from_ns`` for the rest of
-        this run, so a restart asks the server for that data again."""
+        this run, so a restart asks the server for that data again and publishes the pick then.
+        (A dropped segment cannot be repaired that way: later segments of the station were stored,
+        and segments are only ever appended; it stays a hole, counted.)"""
         with self._lock:
             self._lost_ns[station_id] = min(self._lost_ns.get(station_id, from_ns), from_ns)
 
@@ -128,17 +130,21 @@ class AckBook:
         uncut = uncut or {}
         keys = {station_key(sid) for sid in station_ids}
         with self._lock:
-            known = set(self._pending) | set(self._published_ns) | set(self._lost_ns)
-        known |= set(uncut) | set(station_ids)
-        out: dict[str, int] = {}
-        for sid in known:
+            pending = {sid: min(p) for sid, p in self._pending.items() if p and station_key(sid) in keys}
+            published = {sid: t for sid, t in self._published_ns.items() if station_key(sid) in keys}
+            lost = {sid: t for sid, t in self._lost_ns.items() if station_key(sid) in keys}
+        # a location constrains its key only while it has windows pending, data not yet cut or a lost
+        # output: one that stopped sending (retired, evicted) must not freeze the others' state
+        constrained: dict[str, int] = {}
+        for source in (pending, lost, {sid: t for sid, t in uncut.items() if station_key(sid) in keys}):
+            for sid, t in source.items():
+                key = station_key(sid)
+                constrained[key] = min(constrained.get(key, t), t)
+        out = dict(constrained)
+        for sid, t in published.items():
             key = station_key(sid)
-            if key not in keys:
-                continue
-            s = self.safe_ns(sid, uncut.get(sid))
-            if s is None:
-                continue
-            out[key] = min(out.get(key, s), s)
+            if key not in constrained:
+                out[key] = min(out.get(key, t), t)
         return out
 
     def stations(self) -> list[str]:

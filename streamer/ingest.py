@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
 from streamer.logutil import RateLimitedLog
+from streamer.ack import station_key
 from streamer.inventory import Inventory
 from streamer.metrics import Metrics
 from streamer.mseed import RecordDecodeError, IngestError, decode_payload
@@ -106,6 +107,8 @@ class Ingestor:
             self._once.log((station, "decode"), logging.WARNING, "%s: undecodable record skipped (%s)", station, error.reason)
             if packet is not None and not blocks:
                 self._handled.append(packet)
+        if packet is not None and error is None and not blocks:
+            self._handled.append(packet)  # a record without samples (log text, empty): nothing to wait for
         if blocks:
             self._counters(blocks[0].station_id).bytes_received.inc(len(payload))
         elif error is not None:
@@ -180,12 +183,15 @@ class Ingestor:
         out, self._handled = self._handled, []
         return out
 
-    def uncut_ns(self) -> dict[str, int]:
-        """Per buffered station, where its data not yet cut into windows begins (the next grid
-        window's start, or its first sample before any window was decided). Data before it is in
-        windows already (emitted or skipped) or before the grid. Safe to call from another thread."""
+    def uncut_ns(self, keys: Collection[str] | None = None) -> dict[str, int]:
+        """Per buffered station (of the SeedLink keys ``NET_STA`` given, default all), where its data
+        not yet cut into windows begins (the next grid window's start, or its first sample before any
+        window was decided). Data before it is in windows already (emitted or skipped) or before the
+        grid. Safe to call from another thread."""
         out: dict[str, int] = {}
         for station_id, station in list(self._stations.items()):
+            if keys is not None and station_key(station_id) not in keys:
+                continue
             nxt = self.windower.next_start_ns(station_id)
             if nxt is None:
                 nxt = station.first_start_ns

@@ -14,7 +14,9 @@ Redis entry, in one thread and in this order:
 
 So a recording denoised offline and the same recording streamed through the daemon give the same
 samples and the same picks (``tests/integration/test_offline_equivalence.py``), as long as the
-daemon ran the same number of sampler steps.
+daemon ran the same number of sampler steps and the data had no telemetry outage: the daemon ends a
+station's stitching run after ``3 x windows.stride_s`` of wall-clock silence (a new run and its
+edges follow), which a finished file cannot show; within a file, gaps act on both paths alike.
 
 What this means for a file: windows start on the absolute grid (every ``windows.stride_s`` since
 the epoch) at or after a station's first sample and end at or before its last, so up to one stride
@@ -182,14 +184,17 @@ def segments_to_stream(segments: Sequence[Segment], note: str = "") -> Any:
 
 
 def _uncovered(stream: Any, segments: Sequence[Segment]) -> dict[str, float]:
+    """Seconds of each input trace no segment covers, counted per station and band/instrument code
+    (rotated output names its channels ..E/..N/..Z whatever the input channels were)."""
     covered: dict[str, float] = {}
     for seg in segments:
-        for row, cha in enumerate(seg.channels):
-            if cha and seg.mask[row].any():
-                key = f"{seg.station_id}.{cha}"
-                covered[key] = covered.get(key, 0.0) + seg.n_samples / seg.sampling_rate_hz
+        bands = {cha[:2] for row, cha in enumerate(seg.channels) if cha and seg.mask[row].any()}
+        for band in bands:
+            key = f"{seg.station_id}.{band}"
+            covered[key] = covered.get(key, 0.0) + seg.n_samples / seg.sampling_rate_hz
     out: dict[str, float] = {}
     for tr in stream:
         total = tr.stats.npts / float(tr.stats.sampling_rate)
-        out[tr.id] = max(0.0, total - covered.get(tr.id, 0.0))
+        key = f"{tr.stats.network}.{tr.stats.station}.{tr.stats.location}.{tr.stats.channel[:2]}"
+        out[tr.id] = max(0.0, total - covered.get(key, 0.0))
     return out

@@ -58,7 +58,7 @@ class StationView:
 class OutputStage:
     """Stitchers, pick detector and the hand-over to the publisher, on a thread of its own.
 
-    ``publish(items)`` queues :class:`~streamer.publish.OutputItem` objects in order (the
+    ``publish(items)`` queues :class:`~streamer.records.OutputItem` objects in order (the
     publisher's ``publish``, built before this stage). After each batch's outputs comes a marker
     item carrying an :class:`~streamer.ack.AckMarker`. ``on_pick(pick)`` is an optional observer
     (live views).
@@ -127,17 +127,28 @@ class OutputStage:
         return self._events.empty()
 
     def flush_all(self, timeout_s: float | None = None) -> bool:
-        """Flush every stitcher and detector (drain); waits until done when the thread runs."""
+        """Flush every stitcher and detector (drain); waits until done when the thread runs. False
+        when the thread is dead or does not get to it within ``timeout_s``."""
         done = threading.Event()
         if self._thread is None:
             self._flush_all()
             return True
-        self._events.put(("flush", done))
+        if not self.alive:
+            return False
+        try:
+            self._events.put(("flush", done), timeout=timeout_s)
+        except queue.Full:
+            return False
         return done.wait(timeout_s)
 
     def stop(self, timeout_s: float | None = None) -> None:
-        if self._thread is not None:
-            self._events.put(("stop", None))
+        """Stop the thread (never waits longer than ``timeout_s``, also when it is dead or wedged)."""
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self._events.put(("stop", None), timeout=timeout_s)
+            except queue.Full:
+                log.error("output thread does not take events; leaving it behind")
+                return
             self._thread.join(timeout_s)
 
     @property

@@ -12,8 +12,9 @@ checked and set in the same Lua script as the XADD. Every XADD trims with ``MAXL
 Failure handling: :class:`RedisPublisher` keeps outputs in a bounded in-order backlog while Redis is
 unreachable, retries with capped exponential backoff, and calls ``on_acked`` (in order) only once Redis
 accepted the items, so the caller can advance SeedLink state behind what is safely stored. When the
-bound is hit the **oldest** items are dropped, counted, logged and handed to ``on_dropped``, so the
-caller holds SeedLink state behind them (a restart then fetches their data again).
+bound is hit the **oldest** items are dropped, counted, logged and handed to ``on_dropped`` (under
+the backlog's lock, before any later marker is written): the service holds SeedLink state behind
+dropped picks, so a restart publishes them; dropped segments stay holes.
 
 Limitations: segments of one station must be published in time order (a segment starting before the
 newest stored one is refused as a duplicate); a replay with different segment boundaries may store
@@ -190,12 +191,13 @@ class RedisPublisher:
             bound = self.settings.backlog_max_entries
             while len(self._backlog) > bound:
                 lost.append(self._backlog.popleft()[1])
+            if lost and self.on_dropped is not None:
+                # still under the lock: no marker queued after these may be written (and acknowledged)
+                # before the caller knows what they needed
+                self.on_dropped(lost)
             self.metrics.redis_backlog.set(len(self._backlog))
             self._cond.notify_all()
         dropped = len(lost)
-        if lost and self.on_dropped is not None:
-            # the caller must not advance SeedLink state past what these needed (the server still has it)
-            self.on_dropped(lost)
         if dropped:
             self.metrics.redis_backlog_dropped.inc(dropped)
             self._dropped_since_log += dropped

@@ -325,6 +325,11 @@ class StateTracker:
                 if (server is None or srv == server) and (station_key is None or key == station_key)
             )
 
+    def pending_counts(self) -> dict[str, int]:
+        """Delivered, unacknowledged packets per station key, over all servers (one pass)."""
+        with self._lock:
+            return {key: sum(len(p) for p in per_server.values()) for key, per_server in self._pending.items()}
+
     def resume_points(self, server: str) -> dict[str, StationState]:
         """Where to ask ``server`` to continue, per station.
 

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamer.ack import AckBook, AckMarker
+from streamer.ack import AckBook, AckMarker, station_key
 from streamer.config import Settings
 from streamer.ingest import Ingestor
 from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker
@@ -227,8 +227,10 @@ class Service:
         code of a key counts, and data not yet cut into windows too)."""
         if self.tracker is None:
             return
+        station_ids = list(station_ids)
+        keys = {station_key(sid) for sid in station_ids}
         with self._cut_lock:
-            uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
+            uncut = self.ingestor.uncut_ns(keys) if self.ingestor is not None else {}
             safe = self.acks.safe_by_key(station_ids, uncut)
         for key, t in safe.items():
             self.tracker.acknowledge(key, t)
@@ -247,17 +249,16 @@ class Service:
             safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut)
         for key in keys:
             self.tracker.acknowledge(key, safe.get(key, -(2**62)))  # unknown key: only handled packets
-            self.metrics.seedlink_pending_packets.labels(self.metrics.station(key)).set(
-                self.tracker.pending_count(station_key=key)
-            )
+        for key, n in self.tracker.pending_counts().items():
+            self.metrics.seedlink_pending_packets.labels(self.metrics.station(key)).set(n)
 
     def _on_dropped(self, items: list[OutputItem]) -> None:
-        """Publisher: outputs dropped from a full backlog; hold the state behind the data they need."""
+        """Publisher (under its lock, before any later marker can be written): outputs dropped from a
+        full backlog. A dropped pick holds the state behind the data it needs, so a restart publishes
+        it; a dropped segment stays a hole (later segments were stored; segments only append)."""
         window_ns = round(self._spec().window_s * NS_PER_S)
         for item in items:
-            if item.segment is not None:
-                self.acks.lost(item.segment.station_id, item.segment.start_ns - window_ns)
-            elif item.pick is not None:
+            if item.pick is not None:
                 self.acks.lost(item.pick.station_id, item.pick.time_ns - window_ns)
 
     # --- packets -------------------------------------------------------------------------------------

@@ -66,16 +66,22 @@ class ResultCollector:
                     exp.remove(w.start_ns)
 
     def window_ids(self, entry_ids: Iterable[str]) -> list[str]:
-        """The window ids of handled result entries (forgotten once asked: they are being acknowledged)."""
+        """The window ids of handled result entries."""
         with self._lock:
-            return [wid for eid in entry_ids if (wid := self._window_of.pop(eid, None)) is not None]
+            return [wid for eid in entry_ids if (wid := self._window_of.get(eid)) is not None]
+
+    def acknowledged(self, entry_ids: Iterable[str]) -> None:
+        """The entries were acknowledged: forget them."""
+        with self._lock:
+            for eid in entry_ids:
+                self._window_of.pop(eid, None)
 
     def claim_orphans(self) -> int:
         """Take over results left pending on other consumer names of this group (an ingest of an
         earlier version, whose consumer name changed on every restart) and handle them now."""
         # one sweep over the whole pending list; our own pending entries come with it, so the
         # queue's own-pending pass is not needed any more
-        total = self._handle_entries(self.results.reclaim(0, count=10**9))
+        total = self._handle_entries(self.results.reclaim_all(0))
         self.results.skip_own_pending()
         if total:
             log.info("collector took over %d results left pending by an earlier ingest", total)

@@ -1,7 +1,11 @@
 """Redis stream work queues of scale-out: at-least-once delivery through a consumer group.
 
-Limitations: the queue trims with the same approximate ``maxlen`` as the output streams and keeps
-acknowledged entries until trimmed (see ``docs/operations.md``).
+Finished entries are deleted on acknowledgement, so a stream holds only unfinished work, bounded by
+its own approximate ``maxlen`` (``redis.work_queue_maxlen``, not the output streams' ``redis.maxlen``).
+
+Limitations: entries trimmed before any consumer read them are not seen here (only the ingest's
+collector notices, when it gives the window up); a warning is logged while unfinished work nears
+the bound.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ O = TypeVar("O")  # what consumers read
 
 WINDOWS_STREAM = "windows"
 RESULTS_STREAM = "results"
+PAGE = 500  # entries per XAUTOCLAIM call
 
 __all__ = ["RESULTS_STREAM", "WINDOWS_STREAM", "WorkQueue", "result_queue", "window_queue"]
 
@@ -133,11 +138,13 @@ class WorkQueue(Generic[I, O]):
     def read(self, count: int = 16, block_ms: int | None = 1000) -> list[tuple[str, O]]:
         """Up to ``count`` windows for this consumer: first its own pending entries (after a
         restart), then new ones, waiting up to ``block_ms`` (None = do not block)."""
-        self.ensure_group()
         while not self._own_pending_done:
             # an explicit ID reads this consumer's pending entries after it, so consecutive reads
             # walk through them once even when the caller acknowledges later
-            reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: self._pending_cursor}, count=count)
+            cursor = self._pending_cursor
+            reply: Any = self._group_call(
+                lambda: self.client.xreadgroup(self.group, self.consumer, {self.key: cursor}, count=count)
+            )
             entries = reply[0][1] if reply else []
             if not entries:
                 self._own_pending_done = True
@@ -146,7 +153,9 @@ class WorkQueue(Generic[I, O]):
             decoded = self._decode_entries(entries)
             if decoded:
                 return decoded
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        reply = self._group_call(
+            lambda: self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        )
         return self._decode_entries(reply[0][1] if reply else [])
 
     def skip_own_pending(self) -> None:
@@ -166,19 +175,60 @@ class WorkQueue(Generic[I, O]):
 
     def reclaim(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, O]]:
         """Take over entries pending on any consumer for at least ``min_idle_ms`` (one XAUTOCLAIM
-        sweep from the start of the PEL); poison entries go to the dead-letter stream."""
-        self.ensure_group()
+        sweep from the start of the PEL, up to ``count``); poison entries go to the dead-letter stream."""
         claimed: list[Any] = []
         start = "0-0"
         while True:
-            reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start, count=count)
+            reply = self._group_call(
+                lambda: self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start,
+                                               count=min(count, PAGE))
+            )
             start = field_text(reply[0])
             claimed.extend(reply[1])
+            self._count_deleted(reply)
             if start == "0-0" or len(claimed) >= count:
                 break
         if claimed:
-            log.info("%s reclaimed %d pending windows idle >= %d ms", self.consumer, len(claimed), min_idle_ms)
+            log.info("%s reclaimed %d pending entries idle >= %d ms", self.consumer, len(claimed), min_idle_ms)
         return self._decode_entries(claimed)
+
+    def reclaim_all(self, min_idle_ms: int = 0) -> list[tuple[str, O]]:
+        """Take over every entry pending on any consumer for ``min_idle_ms``: one pass over the whole
+        pending list in pages of ``PAGE`` (a huge COUNT makes Redis 7 allocate for all of it)."""
+        claimed: list[Any] = []
+        start = "0-0"
+        while True:
+            reply = self._group_call(
+                lambda: self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, start, count=PAGE)
+            )
+            start = field_text(reply[0])
+            claimed.extend(reply[1])
+            self._count_deleted(reply)
+            if start == "0-0":
+                break
+        return self._decode_entries(claimed)
+
+    def _count_deleted(self, reply: Any) -> None:
+        """Redis >= 7 lists pending entries that were trimmed away (lost work) in XAUTOCLAIM's reply."""
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:
+            log.error("%s: %d pending entries were trimmed before they were finished: lost", self.key, len(deleted))
+            if self.on_trimmed is not None:
+                self.on_trimmed(len(deleted))
+
+    def _group_call(self, call: Callable[[], Any]) -> Any:
+        """Run a consumer-group command; re-create the group once if Redis lost it (a restart without
+        persistence) instead of failing with NOGROUP for ever."""
+        self.ensure_group()
+        try:
+            return call()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("%s: consumer group %s is gone (Redis restarted empty?); creating it again", self.key, self.group)
+            self._group_ready = False
+            self.ensure_group()
+            return call()
 
     def pending_count(self) -> int:
         """Entries delivered to some consumer and not acknowledged."""

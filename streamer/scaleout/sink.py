@@ -125,9 +125,18 @@ class RedisSink:
         if self.result_queue is None or self.window_queue is None or not entry_ids:
             return
         window_ids = self.collector.window_ids(entry_ids) if self.collector is not None else []
-        self.result_queue.ack(entry_ids)
-        self.window_queue.release(window_ids)
-        self.result_queue.release(window_ids)
+        # one round trip: the acknowledgement and the release of the marks go together, so a crash
+        # cannot leave a finished window marked in flight (its replay would then wait for nothing)
+        client = self.result_queue.client
+        pipe = client.pipeline(transaction=True)
+        pipe.xack(self.result_queue.key, self.result_queue.group, *entry_ids)
+        pipe.xdel(self.result_queue.key, *entry_ids)
+        marks = [q.keys.windowseen(w, q.stream) for q in (self.window_queue, self.result_queue) for w in window_ids]
+        if marks:
+            pipe.delete(*marks)
+        pipe.execute()
+        if self.collector is not None:
+            self.collector.acknowledged(entry_ids)
 
     def _push_loop(self, stop: threading.Event) -> None:
         assert self.window_queue is not None  # built in start() before this thread

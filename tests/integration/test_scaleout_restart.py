@@ -113,3 +113,24 @@ def test_ingest_starts_while_redis_is_down_and_sheds_a_full_push_queue() -> None
         wait_for(lambda: beats, 10, "liveness while Redis is down")
     finally:
         sink.cancel()
+
+
+def test_orphan_claim_pages_through_a_long_pending_list(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    old = result_queue(redis_client, redis_key_prefix, "collector", "ingest-1")
+    old.ensure_group()
+    for k in range(620):
+        old.push((_result(_window(k, f"XX.S{k % 7}.00")), 0))
+    assert len(old.read(count=700, block_ms=None)) == 620
+    new = result_queue(redis_client, redis_key_prefix, "collector", INGEST_CONSUMER)
+    out = Output()
+    ResultCollector(out, new, Metrics()).claim_orphans()  # type: ignore[arg-type]
+    assert len(out.handled) == 620
+
+
+def test_a_lost_consumer_group_is_created_again(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    q = window_queue(redis_client, redis_key_prefix, "workers", "gpu-1")
+    q.push(_window(0))
+    assert len(q.read(count=5, block_ms=None)) == 1
+    redis_client.delete(q.key)  # Redis restarted without persistence
+    q.push(_window(1))
+    assert [w.window_id for _, w in q.read(count=5, block_ms=None)] == [_window(1).window_id]

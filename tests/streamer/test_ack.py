@@ -53,6 +53,14 @@ def test_state_of_a_station_waits_for_every_location_code():
     assert book.safe_by_key(["XX.OTHER.00"], uncut) == {}
 
 
+def test_a_location_that_stopped_sending_does_not_freeze_the_station():
+    book = AckBook()
+    book.add([window(0, "XX.STA.10")])
+    book.published_through("XX.STA.10", window(0).end_ns)  # .10 then retired (evicted by the ingestor)
+    uncut = {"XX.STA.00": window(40).start_ns}
+    assert book.safe_by_key(["XX.STA.00"], uncut) == {"XX_STA": window(40).start_ns}
+
+
 def test_a_lost_output_holds_the_state_back():
     book = AckBook()
     ws = [window(k) for k in range(3)]

@@ -348,3 +348,15 @@ def test_windows_carry_their_arrival_on_the_monotonic_clock(metrics: Metrics) ->
     ing = Ingestor(DEFAULT_SPEC, BufferSettings(), WindowSettings(), metrics, now_ns=wall, mono_ns=mono)
     windows = [w for rec in records("MON", 45.0) for w in ing.add_payload(rec, wall.t_ns - 2 * NS_PER_S)]
     assert windows and all(w.newest_arrival_mono_ns == mono.t_ns - 2 * NS_PER_S for w in windows)
+
+
+def test_a_packet_without_samples_is_handled(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record with no samples (log text, an empty record) holds nothing back."""
+    import streamer.ingest as ingest_module
+    from streamer.records import PacketRef
+
+    monkeypatch.setattr(ingest_module, "decode_payload", lambda payload, arrival_ns, packet: [])
+    ing, _ = make(metrics)
+    ref = PacketRef("srv", "XX_LOG", 7)
+    assert ing.add_payload(b"text record", T0_NS, ref) == []
+    assert ing.take_handled() == [ref]

@@ -187,3 +187,14 @@ def test_an_instrument_change_starts_a_new_run_with_its_own_labels(settings, met
         # no blend of the two instruments: HH windows are 0.5 (value 1 x 0.5), HN 3.5
         assert values <= {0.5} if labels == {"HH"} else values <= {3.5}
     assert {c[:2] for s in segs for c in s.channels} == {"HH", "HN"}
+
+
+def test_flush_and_stop_never_hang_on_a_dead_output_thread(settings, metrics):
+    out = OutputStage(settings, metrics, Sink(), window_samples=N, sampling_rate_hz=100.0, queue_max_batches=1)
+    out.start()
+    out.stop(timeout_s=5)
+    assert not out.alive
+    t0 = time.monotonic()
+    assert out.flush_all(timeout_s=1.0) is False
+    out.stop(timeout_s=1.0)
+    assert time.monotonic() - t0 < 3

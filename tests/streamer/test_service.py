@@ -103,18 +103,19 @@ def test_a_rejected_packet_does_not_freeze_the_station_state():
     assert tracker.acked("127.0.0.1:18000", "XX_STA").seq == 3
 
 
-def test_dropped_outputs_hold_the_state_back(settings, metrics):
+def test_a_dropped_pick_holds_the_state_back(settings, metrics):
+    from streamer.picks import Pick
     from streamer.records import OutputItem
-    from streamer.stitch import Segment
 
     svc = Service(settings, metrics, environ={}, role="ingest")
     svc.build()
     ws = [window(k) for k in range(4)]
     svc.acks.add(ws)
-    seg = Segment("XX.STA.", ws[1].start_ns // 10**7, 100.0, np.zeros((3, 1000), np.float32), np.ones((3, 1000), bool))
-    svc._on_dropped([OutputItem.of_segment(seg)])
+    t = ws[1].start_ns + 5 * 10**9
+    pick = Pick("id", "XX.STA.", "P", t, 0.9, "denoised", "m", "v", "p", "v", 1, 0)
+    svc._on_dropped([OutputItem.of_pick(pick)])
     svc.acks.published_through("XX.STA.", ws[3].end_ns)
-    assert svc.acks.safe_ns("XX.STA.") <= seg.start_ns - 30 * 10**9
+    assert svc.acks.safe_ns("XX.STA.") <= t - 30 * 10**9  # a restart recomputes the pick's windows
 
 
 def test_publisher_hands_dropped_items_to_the_caller(metrics):
