@@ -218,3 +218,45 @@ def test_reconnect_within_seconds_of_a_ringserver_restart(ringserver: RingServer
         run.stop()
     print(f"ringserver down 10 s: reconnected {reconnect_s:.2f} s after it listened again")
     assert reconnect_s < 3.0
+
+
+def test_ringserver_moves_the_whole_connection_to_a_checked_packet(ringserver: RingServer, tmp_path: Path) -> None:
+    """Why coldstream resumes by time against ringserver: one station's requested packet that checks
+    out (it exists and starts in the given second) positions the connection's one reader, and a
+    station behind it gets nothing of what lies before that packet in the ring."""
+    from seedlink_client import AsyncSeedLink, Protocol
+
+    from streamer.seedlink_state import ns_to_iso
+
+    archive = tmp_path / "archive"
+    write_archive(archive, stations=STATIONS, duration_s=60.0, seed=9)
+    fed = mseed_records(sorted(archive.glob("*.mseed")))
+    assert ScanFeeder(fed, ringserver.scan_dir, speed=0).start().wait(30)
+    everything = asyncio.run(collect_all(ringserver.port, STATIONS, len(fed)))
+    bbb = [(seq, payload) for key, seq, payload in everything if key == "XX_BBB"]
+    seq, payload = bbb[len(bbb) // 2]  # a packet in the middle of XX_BBB's run, after all of XX_AAA's
+    assert max(s for k, s, _ in everything if k == "XX_AAA") < seq
+
+    async def resume(bbb_by_sequence: bool) -> list[str]:
+        client = AsyncSeedLink("127.0.0.1", ringserver.port, timeout=5, protocol=Protocol.V3)
+        client.add_stream("XX_AAA", None, seqnum=-1, timestamp=ns_to_iso(T0_NS))  # from the start, by time
+        start = ns_to_iso(parse_packet_header(payload).start_ns)
+        client.add_stream("XX_BBB", None, seqnum=seq if bbb_by_sequence else -1, timestamp=start)
+        await client.connect()
+        await client.negotiate()
+        keys: list[str] = []
+        try:
+            async with asyncio.timeout(4):
+                async for pkt in client.collect(reconnect=False):
+                    keys.append(pkt.station_id)
+        except TimeoutError:
+            pass
+        finally:
+            await client.close()
+        return keys
+
+    assert "XX_AAA" not in asyncio.run(resume(bbb_by_sequence=True))  # XX_AAA's data: never sent
+    # By time, XX_AAA gets its packets, all but the very first of the ring: when the first packet
+    # after the time is the ring's earliest, ringserver positions its reader *on* it and reads the
+    # next (RingAfter in src/ring.c positions one before the match only when it skipped packets).
+    assert asyncio.run(resume(bbb_by_sequence=False)).count("XX_AAA") == sum(1 for k, *_ in everything if k == "XX_AAA") - 1
