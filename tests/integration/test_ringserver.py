@@ -10,7 +10,7 @@ import pytest
 from ringserver import RingServer, ScanFeeder, mseed_records
 from test_replay_server import write_archive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # the first test may build ringserver
 
 STATIONS = ("XX_AAA", "XX_BBB")
 
