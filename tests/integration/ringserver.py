@@ -79,7 +79,10 @@ def ringserver_binary() -> Path:
             return binary
         with tempfile.TemporaryDirectory(dir=BUILD_ROOT, prefix=".build-") as work:
             with tarfile.open(tarball) as tf:
-                tf.extractall(work, filter="data")
+                try:
+                    tf.extractall(work, filter="data")
+                except TypeError:  # Python before 3.10.12 / 3.11.4: no extraction filters
+                    tf.extractall(work)  # noqa: S202 (our own vendored tarball)
             (src,) = [p for p in Path(work).iterdir() if (p / "Makefile").is_file()]
             jobs = str(max(1, min(4, os.cpu_count() or 1)))
             proc = subprocess.run(
