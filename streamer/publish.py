@@ -30,29 +30,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streamer.config import RedisSettings
+from streamer.config import RedisSettings, mask_url
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, OutputItem
 from streamer.schema import PublishError, StreamKeys, encode_pick, encode_segment, flat_fields, segment_entry_id
 
 log = logging.getLogger(__name__)
-
-def mask_url(url: str) -> str:
-    """``url`` with any user name or password replaced by ``***`` (for logs)."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
 
 def connect(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> redis.Redis:
     """A binary-safe client for ``settings.url`` (``redis://``, ``rediss://``, ``unix://``) with the
