@@ -135,7 +135,7 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.
     except RuntimeError as exc:
         raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
     if meta.get("guard_db") and hasattr(model, "guard_db"):
-        model.guard_db = tuple(meta["guard_db"])  # an inference setting of the mask model (no weights)
+        model.guard_db = tuple(meta["guard_db"])  # type: ignore[assignment]  # an inference setting of the mask model (no weights)
     return model.eval(), meta
 
 

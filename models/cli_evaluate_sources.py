@@ -109,7 +109,7 @@ def run_sources(args: argparse.Namespace) -> int:
         fns = {label: (fn_of(d), sorted({max(1, min(int(k), d.n_train_steps))
                                          for k in own_steps.get(label, args.steps)}))
                for label, d in denoisers.items()}
-        result = evaluate_sources(sets, reals, fns, picker, p_threshold=args.p_threshold, only=only)
+        result = evaluate_sources(sets, reals, fns, picker, p_threshold=args.p_threshold, only=only)  # type: ignore[arg-type]
         result["denoisers"] = {label: {"name": d.name, "version": d.version, "residual_mix": d.residual_mix,
                                        "n_train_steps": d.n_train_steps} for label, d in denoisers.items()}
         result["split_seed"] = split.get("seed")

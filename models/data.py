@@ -480,7 +480,7 @@ class PairSampler:
             y, x0 = self._channel_augment(y, np.zeros_like(y))
             return y, x0, -1, -1, math.nan, True
         ev = self.events[_pick(self._event_groups, self.rng)]
-        data, p, s = instrument_response(ev.data, instrument, sr), int(ev.p_sample), ev.s_sample
+        data, p, s = instrument_response(ev.data, instrument, sr), int(ev.p_sample), ev.s_sample  # type: ignore[arg-type]  # events have P
         u = self.rng.random()
         if u < self.cfg.slow_share + self.cfg.stretch_share:
             # Slowed-down events (longer, lower-frequency: larger or more distant ones) teach that energy at
@@ -611,11 +611,11 @@ def build_eval_set(
         for snr in snr_levels_db:
             cands = [x for x in noise if x[0] != ev.name and (x[2] or not ev.three_component)] or noise
             nm, seg, _ = cands[rng.integers(len(cands))]
-            nz = crop_noise(seg, n, rng)
+            nz = crop_noise(seg, n, rng)  # type: ignore[arg-type]  # None segments were filtered out above
             if not ev.three_component:
                 nz[:2] = 0
             pw = int(rng.integers(*p_position_range))
-            start = int(np.clip(int(ev.p_sample) - pw, 0, ev.data.shape[1] - n))
+            start = int(np.clip(int(ev.p_sample) - pw, 0, ev.data.shape[1] - n))  # type: ignore[arg-type]
             noisy, clean, p, s = mix_at_snr(ev, ev.data, start, nz, snr, sampling_rate_hz)
             out["noisy"].append(noisy)
             out["clean"].append(clean)
@@ -626,7 +626,7 @@ def build_eval_set(
             out["names"].append(f"{ev.name}|{nm}")
     for _ in range(n_noise_only):
         nm, seg, _ = noise[rng.integers(len(noise))]
-        out["noisy"].append(crop_noise(seg, n, rng))
+        out["noisy"].append(crop_noise(seg, n, rng))  # type: ignore[arg-type]
         out["clean"].append(np.zeros((3, n), np.float32))
         out["p"].append(-1)
         out["s"].append(-1)

@@ -244,7 +244,7 @@ def evaluate(es: EvalSet, denoiser, picker, cfg: EvalConfig | None = None) -> di
         m["picks"] = {}
         for tol in cfg.tolerances_s:
             tol_samples = tol * cfg.sampling_rate_hz
-            entry = {}
+            entry: dict[str, Any] = {}
             for phase, truth in (("P", es.p), ("S", es.s)):
                 entry[phase] = pick_metrics(picks, truth, phase, tol_samples, ev_idx, cfg.sampling_rate_hz)
                 entry[f"{phase}_by_snr"] = {

@@ -95,8 +95,10 @@ class STFTMaskNet(nn.Module):
             nn.Conv1d(widths[0], in_channels * self.n_bins, 3, padding=1),
         )
         # Start near "keep everything": an untrained model passes the observation through.
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.constant_(self.head[-1].bias, 3.0)
+        last = self.head[-1]
+        assert isinstance(last, nn.Conv1d)  # narrowing for the type checker
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, 3.0)  # type: ignore[arg-type]  # the head convolution has a bias
         self._frame_multiple = 2 ** (len(widths) - 1)
         self.guard_db = tuple(guard_db) if guard_db else None
 
@@ -112,12 +114,13 @@ class STFTMaskNet(nn.Module):
         mag = sy.abs()
         floor = torch.quantile(mag, GUARD_QUANTILE, dim=-1, keepdim=True).clamp(min=1e-6)
         snr_db = 20 * torch.log10(mag.clamp(min=1e-12) / floor)
-        lo, hi = self.guard_db
+        lo, hi = self.guard_db  # type: ignore[misc]  # set when the guard is on
         return ((snr_db - lo) / (hi - lo)).clamp(0, 1)
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
         b, c, n = x.shape
-        return torch.stft(x.reshape(b * c, n).float(), self.n_fft, self.hop, window=self.window, center=True,
+        return torch.stft(x.reshape(b * c, n).float(), self.n_fft, self.hop, window=self.window,  # type: ignore[arg-type]
+                          center=True,
                           return_complex=True)
 
     def mask(self, x: torch.Tensor, t_frac: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,5 +160,5 @@ class STFTMaskNet(nn.Module):
         if self.guard_db is not None:
             m = torch.maximum(m, self.guard(sy))
         spec = sy * m
-        out = torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=n)
+        out = torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=n)  # type: ignore[arg-type]
         return out.reshape(b, self.c, n).to(x.dtype)

@@ -117,9 +117,9 @@ def real_windows(
             n = r.data.shape[1]
             if n < window_samples or not np.any(r.data[2]):
                 continue
-            start = int(np.clip(r.p_sample - int(rng.uniform(500, 2000)), 0, n - window_samples))
+            start = int(np.clip(r.p_sample - int(rng.uniform(500, 2000)), 0, n - window_samples))  # type: ignore[operator]
             xs.append(r.data[:, start : start + window_samples])
-            ps.append(int(r.p_sample) - start)
+            ps.append(int(r.p_sample) - start)  # type: ignore[arg-type]
             names.append(r.name)
         labelled = True
     else:
@@ -135,7 +135,7 @@ def real_windows(
         probs = predict(x)
         from models.picker import find_picks
 
-        best = {}
+        best: dict[Any, Any] = {}
         for b, ph, sample, prob in find_picks(probs, CONFIDENT_P, 1.1):
             if ph == "P" and prob > best.get(b, (0, 0.0))[1]:
                 best[b] = (sample, prob)
@@ -263,7 +263,8 @@ def evaluate_sources(
     result: dict[str, Any] = {"p_threshold": p_threshold, "tolerance_s": TOLERANCE_S, "sources": {}}
     for src in sorted(set(sets) | set(reals)):
         entry: dict[str, Any] = {"mixtures": {}, "real": {}}
-        for kind, data in (("mixtures", sets.get(src)), ("real", reals.get(src))):
+        pairs: tuple[tuple[str, Any], ...] = (("mixtures", sets.get(src)), ("real", reals.get(src)))
+        for kind, data in pairs:
             if data is None:
                 continue
             x = data.noisy if kind == "mixtures" else data.x

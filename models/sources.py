@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ def load_continuous_folder(
             t0 = t0s[station]
             arrays = {}
             for comp, tr in comps.items():
-                i0 = int(round((tr.stats.starttime - t0) * sr))
+                i0 = int(round((tr.stats.starttime - t0) * sr))  # type: ignore[attr-defined]  # an ObsPy Trace
                 arrays[comp] = np.concatenate([np.zeros(i0), np.asarray(tr.data, np.float64)])
             data = _assemble(arrays, spec.component_order)
             data = (data - data.mean(axis=1, keepdims=True)).astype(np.float32)
@@ -291,9 +292,9 @@ def make_source_split(recs_by_source: dict[str, list[Recording]], seed: int) -> 
     for src, recs in recs_by_source.items():
         event_st = {r.station for r in recs if r.is_event}
         noise_only_st = sorted({r.station for r in recs if not r.is_event} - event_st)
-        entry: dict = {}
+        entry: dict[str, Any] = {}
         if event_st and len(noise_only_st) == 1:
-            entry = _split_stations(sorted(event_st), seed)
+            entry = dict(_split_stations(sorted(event_st), seed))
             names = sorted((r.name for r in recs if r.station == noise_only_st[0]), key=lambda nm: nm.split("_")[-1])
             a, b = int(0.7 * len(names)), int(0.8 * len(names))
             entry["noise_by_time"] = {"station": noise_only_st[0], "train": names[:a], "val": names[a:b],

@@ -158,7 +158,7 @@ class _Trainer:
         if self.picker is None:
             from models.picker import Picker
 
-            self.picker = Picker(cache_root=self.cfg.picker_cache, device=str(self.device))
+            self.picker = Picker(cache_root=self.cfg.picker_cache, device=str(self.device))  # type: ignore[assignment]
         return self.picker
 
     def _load_sources(self, split_path: Path):
@@ -168,10 +168,11 @@ class _Trainer:
 
         cfg = self.cfg
         predict = None
-        if CONTINUOUS in cfg.sources:
+        sources = tuple(cfg.sources or ())
+        if CONTINUOUS in sources:
             picker = self._picker()
             predict = picker.predict
-        by_source = load_sources(cfg.data, cfg.sources, predict=predict, screen_cache=self.out / "screen.json")
+        by_source = load_sources(cfg.data, sources, predict=predict, screen_cache=self.out / "screen.json")
         if split_path.exists():
             self.split = read_source_split(split_path)
         else:
@@ -179,7 +180,7 @@ class _Trainer:
             write_source_split(split_path, self.split)
         recs = [r for rs in by_source.values() for r in rs]
         train_recs, val_recs = select_split(recs, self.split, "train"), select_split(recs, self.split, "val")
-        for src in cfg.sources:
+        for src in sources:
             n_tr = sum(r.source == src for r in train_recs)
             log.info("source %s: %d training, %d validation recordings", src, n_tr,
                      sum(r.source == src for r in val_recs))
@@ -345,9 +346,10 @@ class _Trainer:
         path = self.out / f"{name}.pt"
         training = {
             "data": Path(cfg.data).name,
-            "split": ({k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed}
+            "split": ({k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed}  # type: ignore[attr-defined]
                       if "sources" not in self.split else
-                      {src: {k: len(e[k]) for k in ("train", "val", "test")} for src, e in self.split["sources"].items()}
+                      {src: {k: len(e[k]) for k in ("train", "val", "test")}
+                       for src, e in self.split["sources"].items()}  # type: ignore[attr-defined]
                       | {"by": "station within source", "seed": cfg.seed}),
             "split_stations": self.split,
             "steps": self.step,
