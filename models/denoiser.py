@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DenoiseResult", "Denoiser", "SHIPPED_WEIGHTS"]
 
-SHIPPED_WEIGHTS = "coldstream-cdiffsd-v1.pt"
+SHIPPED_WEIGHTS = "coldstream-cdiffsd-v2.pt"
 """File name of the shipped weights inside the ``models.weights`` package."""
 
 @dataclass
