@@ -120,7 +120,7 @@ class WorkerSettings(_Section):
     batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(200.0, ge=0)
     budget_ms: float = Field(2000.0, gt=0, description="time allowed for one batch")
-    max_steps: int = Field(8, ge=1)
+    max_steps: int = Field(2, ge=1, description="sampler steps at most (v2: more steps do not pay, see the model card)")
     min_steps: int = Field(1, ge=1)
     queue_max_windows: int = Field(4000, ge=1)
     torch_threads: int | None = Field(None, ge=1)

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from models.denoiser import SHIPPED_WEIGHTS as SHIPPED
 from streamer.config import Settings, load_settings
 from streamer.schema import StreamKeys, decode_pick, decode_segment
 from streamer.stitch import Segment
-
-SHIPPED = "coldstream-cdiffsd-v1.pt"
 
 
 def shipped_weights_present() -> bool:
