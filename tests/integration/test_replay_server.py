@@ -150,8 +150,8 @@ def test_seedlink_client_receives_the_archive_byte_for_byte(server: ReplayServer
         assert sorted(p for _, p in got[key]) == sorted(served[key])
 
 
-def test_obspy_client_receives_the_archive(server: ReplayServerThread, archive: Path) -> None:
-    from obspy import UTCDateTime
+def _obspy_collector(url: str):
+    """ObsPy's SeedLink client collecting every trace it receives (an independent client)."""
     from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
 
     class Collect(EasySeedLinkClient):
@@ -162,7 +162,13 @@ def test_obspy_client_receives_the_archive(server: ReplayServerThread, archive: 
         def on_data(self, trace) -> None:  # noqa: ANN001 - ObsPy callback
             self.traces.append(trace)
 
-    client = Collect(f"127.0.0.1:{server.port}")
+    return Collect(url)
+
+
+def test_obspy_client_receives_the_archive(server: ReplayServerThread, archive: Path) -> None:
+    from obspy import UTCDateTime
+
+    client = _obspy_collector(f"127.0.0.1:{server.port}")
     # ObsPy 1.5.1 cannot connect with its default timeout=None; set one before connecting.
     client.conn.timeout = 10
     client.connect()
@@ -545,23 +551,14 @@ def test_one_second_records_reach_an_independent_client_complete(archive: Path) 
     """``--record-s 1``: every record holds at most 1 s of data (the data latency a client sees), and
     ObsPy's SeedLink client still receives every sample."""
     from obspy import UTCDateTime, read
-    from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
 
     records = load_records([archive], record_s=1.0)
     assert max(r.end_ns - r.start_ns for r in records) <= 10**9
     with pytest.raises(ReplayError, match="record length"):
         load_records([archive], record_s=0.0)
 
-    class Collect(EasySeedLinkClient):
-        def __init__(self, url: str) -> None:
-            super().__init__(url, autoconnect=False)
-            self.traces: list = []
-
-        def on_data(self, trace) -> None:  # noqa: ANN001 - ObsPy callback
-            self.traces.append(trace)
-
     with ReplayServerThread([archive], speed=0, record_s=1.0) as srv:
-        client = Collect(f"127.0.0.1:{srv.port}")
+        client = _obspy_collector(f"127.0.0.1:{srv.port}")
         client.conn.timeout = 10
         client.connect()
         client.select_stream("XX", "BBB", "HHZ")
