@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.unet import _ContextGate, _ResBlock, _TimeEmbedding
+from models.unet import _ContextGate, _ResBlock, _TimeEmbedding, unet_trunk
 
 __all__ = ["GUARD_QUANTILE", "STFTMaskNet"]
 
@@ -134,20 +134,7 @@ class STFTMaskNet(nn.Module):
         pad = (-frames) % self._frame_multiple
         if pad:
             feats = nn.functional.pad(feats, (0, pad), mode="replicate")
-        temb = self.time_embedding(t_frac)
-        h = self.stem(feats)
-        skips = []
-        for i, block in enumerate(self.down_blocks):
-            h = block(h, temb)
-            if i < len(self.downsamplers):
-                skips.append(h)
-                h = self.downsamplers[i](h)
-        for block in self.mid_blocks:
-            h = block(h, temb)
-        h = self.context(h)
-        for up, block in zip(self.upsamplers, self.up_blocks):
-            h = up(h)
-            h = block(torch.cat([h, skips.pop()], dim=1), temb)
+        h = unet_trunk(self, self.stem(feats), self.time_embedding(t_frac))
         logits = self.head(h)[..., :frames].float()
         return torch.sigmoid(logits).reshape(b, self.c, self.n_bins, frames), sy
 

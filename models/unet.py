@@ -74,6 +74,25 @@ class _ContextGate(nn.Module):
         return x * torch.sigmoid(self.fc(x.mean(dim=-1))).unsqueeze(-1)
 
 
+def unet_trunk(net: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    """The encoder-decoder body shared by the waveform U-Net and the mask network: ``net`` has
+    ``down_blocks``, ``downsamplers``, ``mid_blocks``, ``context``, ``upsamplers`` and ``up_blocks``;
+    ``h`` is the stem's output ``(batch, width, time)``, ``temb`` the step embedding."""
+    skips = []
+    for i, block in enumerate(net.down_blocks):
+        h = block(h, temb)
+        if i < len(net.downsamplers):
+            skips.append(h)
+            h = net.downsamplers[i](h)
+    for block in net.mid_blocks:
+        h = block(h, temb)
+    h = net.context(h)
+    for up, block in zip(net.upsamplers, net.up_blocks):
+        h = up(h)
+        h = block(torch.cat([h, skips.pop()], dim=1), temb)
+    return h
+
+
 class UNet1D(nn.Module):
     """1-D U-Net predicting the clean window.
 
@@ -133,19 +152,6 @@ class UNet1D(nn.Module):
         """``x``: ``(batch, 3, time)``; ``t_frac``: ``(batch,)`` step as a fraction t/T in [0, 1]."""
         if x.shape[-1] % self.downsampling_factor:
             raise ValueError(f"length {x.shape[-1]} is not divisible by {self.downsampling_factor}")
-        temb = self.time_embedding(t_frac)
-        h = self.stem(x)
-        skips = []
-        for i, block in enumerate(self.down_blocks):
-            h = block(h, temb)
-            if i < len(self.downsamplers):
-                skips.append(h)
-                h = self.downsamplers[i](h)
-        for block in self.mid_blocks:
-            h = block(h, temb)
-        h = self.context(h)
-        for up, block in zip(self.upsamplers, self.up_blocks):
-            h = up(h)
-            h = block(torch.cat([h, skips.pop()], dim=1), temb)
+        h = unet_trunk(self, self.stem(x), self.time_embedding(t_frac))
         # Residual on the input: at high SNR the clean window is close to the input.
         return self.head(h) + x
