@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -74,7 +76,7 @@ class _ContextGate(nn.Module):
         return x * torch.sigmoid(self.fc(x.mean(dim=-1))).unsqueeze(-1)
 
 
-def unet_trunk(net: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+def unet_trunk(net: Any, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
     """The encoder-decoder body shared by the waveform U-Net and the mask network: ``net`` has
     ``down_blocks``, ``downsamplers``, ``mid_blocks``, ``context``, ``upsamplers`` and ``up_blocks``;
     ``h`` is the stem's output ``(batch, width, time)``, ``temb`` the step embedding."""
