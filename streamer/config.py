@@ -212,6 +212,35 @@ class StitchSettings(_Section):
     mode: Literal["overlap_add", "centre_crop"] = "overlap_add"
 
 
+class EewSettings(_Section):
+    """The early-warning fast path (``streamer.eew``, ``docs/eew-picks.md``)."""
+
+    enabled: bool = Field(True, description="provisional picks within about a second of the onset (needs the picker)")
+    stride_s: float = Field(1.0, ge=0.1, le=10, description="a trailing window per armed station this often")
+    steps: int = Field(1, ge=1, le=8, description="sampler steps on the fast path (its cheapest setting)")
+    p_threshold: float = Field(0.5, gt=0, lt=1)
+    s_threshold: float = Field(0.5, gt=0, lt=1)
+    min_post_onset_s: float = Field(0.5, gt=0, le=5, description="data after a maximum before it is a pick")
+    sta_s: float = Field(0.5, gt=0)
+    lta_s: float = Field(10.0, gt=0)
+    trigger_ratio: float = Field(4.0, gt=1, description="STA/LTA ratio that arms a station")
+    detrigger_ratio: float = Field(1.5, gt=0)
+    armed_s: float = Field(6.0, gt=0, le=60, description="seconds of data after a trigger with trailing windows")
+    trigger_window_s: float = Field(2.0, gt=0, description="a provisional P lies this close to a trigger")
+    match_tolerance_s: float = Field(0.5, gt=0, le=2, description="a final pick this close confirms a provisional one")
+    max_age_s: float = Field(3.0, gt=0, description="fast windows older than this are shed (too late to help)")
+    queue_max_windows: int = Field(512, ge=1)
+    retract_after_s: float = Field(300.0, gt=0, description="retract an onset without a final decision after this")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "EewSettings":
+        if self.detrigger_ratio >= self.trigger_ratio:
+            raise ValueError("eew.detrigger_ratio must be below eew.trigger_ratio")
+        if self.sta_s >= self.lta_s:
+            raise ValueError("eew.sta_s must be shorter than eew.lta_s")
+        return self
+
+
 class InventorySettings(_Section):
     stationxml: Path | None = Field(
         None, description="StationXML file: channel azimuths and dips rotate each station's components to Z, N, E"
@@ -244,6 +273,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     stitch: StitchSettings = Field(default_factory=StitchSettings)
     inventory: InventorySettings = Field(default_factory=InventorySettings)
+    eew: EewSettings = Field(default_factory=EewSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 from models.spec import DEFAULT_SPEC, ModelSpec
 from streamer.buffers import StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
+from streamer.eew import FastScheduler
 from streamer.logutil import RateLimitedLog
 from streamer.ack import station_key
 from streamer.inventory import Inventory
@@ -63,6 +64,7 @@ class Ingestor:
         now_ns: Callable[[], int] = time.time_ns,
         inventory: Inventory | None = None,
         mono_ns: Callable[[], int] | None = None,
+        fast: FastScheduler | None = None,
     ) -> None:
         self.spec = spec
         self.buffer_settings = buffer_settings if buffer_settings is not None else BufferSettings()
@@ -87,6 +89,9 @@ class Ingestor:
         self._handled: list[PacketRef] = []
         self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
+        # the early-warning fast path: triggers and trailing windows of armed stations (never acknowledged)
+        self.fast = fast
+        self._fast_windows: list[Window] = []
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -148,7 +153,27 @@ class Ingestor:
         if station_id in self._silent:
             self._silent.discard(station_id)
             log.info("%s: gap closed: data flowing again", station_id)
-        return self._emit(self.windower.collect(station))
+        windows = self._emit(self.windower.collect(station))
+        if self.fast is not None and not result.clock_jump:
+            self._fast_path(block, station)
+        return windows
+
+    def _fast_path(self, block: SampleBlock, station: StationBuffer) -> None:
+        triggers = self.fast.observe(block) if self.fast is not None else []
+        if triggers:
+            self.metrics.eew_triggers.labels(self.metrics.station(block.station_id)).inc(len(triggers))
+        if self.fast is None:
+            return
+        w = self.fast.collect(station, self.windower)
+        if w is not None:
+            wall, mono = self.now_ns(), self.mono_ns()
+            w.newest_arrival_mono_ns = mono - max(0, wall - w.newest_arrival_ns)
+            self._fast_windows.append(w)
+
+    def take_fast(self) -> list[Window]:
+        """Trailing windows of the early-warning fast path cut since the last call."""
+        out, self._fast_windows = self._fast_windows, []
+        return out
 
     def poll(self, now_ns: int | None = None) -> list[Window]:
         """Decide windows of stations that have been silent for a lag (monotonic clock; ``now_ns``:
@@ -171,6 +196,8 @@ class Ingestor:
                 del self._stations[station_id]
                 self._last_seen_mono.pop(station_id, None)
                 self.windower.forget(station_id)
+                if self.fast is not None:
+                    self.fast.forget(station_id)
                 newest = station.newest_sample_ns()
                 if newest is not None and len(self._released) < MAX_RELEASED_STATIONS:
                     self._released[station_id] = newest

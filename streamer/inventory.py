@@ -5,7 +5,8 @@ respected: the orientation used for a window is the one valid at the window's st
 inventory does not list, or lists without azimuth or dip, has no orientation, and its station's
 windows keep the component table's mapping (``models.components``: 1 -> N, 2 -> E).
 
-Limitations: only azimuth, dip and coordinates are read; instrument responses are not applied.
+Limitations: only azimuth, dip, coordinates and the overall sensitivity (with its input units, for the
+early-warning amplitudes) are read; the full response is not applied.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.components import Orientation
 from streamer.errors import StreamerError
@@ -37,6 +39,8 @@ class ChannelEpoch:
     latitude_deg: float | None = None
     longitude_deg: float | None = None
     elevation_m: float | None = None
+    sensitivity: float | None = None  # counts per input unit at the sensitivity frequency
+    input_units: str = ""  # e.g. M/S (velocity sensor) or M/S**2 (accelerometer)
 
     def covers(self, time_ns: int) -> bool:
         return self.start_ns <= time_ns and (self.end_ns is None or time_ns < self.end_ns)
@@ -87,9 +91,19 @@ class Inventory:
                         latitude_deg=_f(cha.latitude if cha.latitude is not None else sta.latitude),
                         longitude_deg=_f(cha.longitude if cha.longitude is not None else sta.longitude),
                         elevation_m=_f(cha.elevation if cha.elevation is not None else sta.elevation),
+                        **_sensitivity(cha),
                     ))
         log.info("inventory %s: %d channels", path, len(epochs))
         return cls(epochs)
+
+
+def _sensitivity(cha: object) -> dict[str, Any]:
+    """The channel's overall sensitivity and input units (empty when the inventory has none)."""
+    resp = getattr(cha, "response", None)
+    sens = getattr(resp, "instrument_sensitivity", None) if resp is not None else None
+    if sens is None or not getattr(sens, "value", None):
+        return {}
+    return {"sensitivity": float(sens.value), "input_units": str(sens.input_units or "").upper()}
 
 
 def _f(value: object) -> float | None:

@@ -132,6 +132,24 @@ class Metrics:
             "samples cut from segments because an earlier version of them was published", registry=r,
         )
 
+        # --- early-warning fast path (streamer.eew) -----------------------------------------------
+        self.eew_triggers = Counter(f"{p}_eew_triggers_total", "STA/LTA triggers that armed a station", ["station"], registry=r)
+        self.eew_windows = Counter(f"{p}_eew_windows_total", "trailing windows run on the fast path", registry=r)
+        self.eew_windows_shed = Counter(
+            f"{p}_eew_windows_shed_total", "trailing windows not run, by reason (age, superseded, queue_full, error)",
+            ["reason"], registry=r,
+        )
+        self.eew_queue_depth = Gauge(f"{p}_eew_queue_depth", "trailing windows waiting for the worker", registry=r)
+        self.eew_picks = Counter(
+            f"{p}_eew_picks_total", "pick lifecycle reports queued for Redis, by status (provisional includes updates)",
+            ["phase", "status"], registry=r,
+        )
+        self.eew_pick_latency = Histogram(
+            f"{p}_eew_pick_latency_seconds",
+            "first provisional report of an onset: its publication minus the arrival of the onset sample",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+
         # --- process: CPU, resident memory, open fds, start time (restart alerts) ---------------
         try:
             ProcessCollector(registry=r)

@@ -20,7 +20,9 @@ from typing import Any
 from streamer.ack import AckMarker
 from streamer.config import Settings
 from streamer.metrics import Metrics
-from streamer.picks import PickDetector, Provenance
+from streamer.eew import Lifecycle, fast_candidates, provisional_pick, window_details
+from streamer.inventory import Inventory
+from streamer.picks import PickDetails, PickDetector, Provenance
 from streamer.records import NS_PER_S, OutputItem, Window
 from streamer.stitch import Segment, Stitcher, sample_index, sample_time_ns
 from streamer.worker import BatchResult, PickerLike
@@ -79,6 +81,8 @@ class OutputStage:
         on_batch: Callable[[BatchResult], None] | None = None,
         on_progress: Callable[[], None] | None = None,
         queue_max_batches: int = 64,
+        inventory: Inventory | None = None,
+        component_order: str = "ENZ",
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -93,6 +97,10 @@ class OutputStage:
         self.on_batch = on_batch
         p = settings.picker
         self.detector = PickDetector(sampling_rate_hz, p.p_threshold, p.s_threshold)
+        self.inventory = inventory
+        self.component_order = component_order
+        # the early-warning lifecycle: provisional reports, then final or retracted (streamer.eew)
+        self.lifecycle = Lifecycle(settings.eew) if settings.eew.enabled else None
         self.stations: dict[str, _Station] = {}
         self._published_end: dict[str, int] = {}  # station -> sample index after its last published segment
         self._suppressed_seen: dict[str, int] = {}
@@ -114,6 +122,11 @@ class OutputStage:
     def submit(self, result: BatchResult) -> None:
         """Queue a batch for the output thread; waits while ``queue_max_batches`` are queued."""
         self._events.put(("batch", result))
+        self.metrics.output_queue_depth.set(self._events.qsize())
+
+    def submit_fast(self, result: BatchResult) -> None:
+        """Queue a fast-path batch (trailing windows) for the output thread."""
+        self._events.put(("fast", result))
         self.metrics.output_queue_depth.set(self._events.qsize())
 
     @property
@@ -169,11 +182,14 @@ class OutputStage:
                         return
                     if kind == "batch":
                         self.handle(arg)
+                    elif kind == "fast":
+                        self.handle_fast(arg)
                     elif kind == "flush":
                         self._flush_all()
                     if time.monotonic() - last_idle_check >= POLL_INTERVAL_S:
                         last_idle_check = time.monotonic()
                         self.flush_idle()
+                        self.expire_onsets()
                 except Exception:  # recover inside the loop: one bad batch must not stop the outputs
                     log.exception("output stage failed on a %s event", kind)
                 finally:
@@ -224,6 +240,11 @@ class OutputStage:
                 st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add")
                 segs = st.raw_probs.add_window(w, result.raw_probs[i], steps=0)
                 items.extend(self._picks(segs, "raw"))
+        if self.lifecycle is not None:
+            for sid in sorted(touched):
+                until = self.detector.judged_until_ns(sid, "denoised")
+                if until is not None:
+                    items.extend(self._lifecycle_items(self.lifecycle.judged(sid, until)))
         safe = {sid: self._covered_ns(sid) for sid in touched}
         marker = AckMarker({k: v for k, v in safe.items() if v is not None}, result_ids=tuple(result_ids))
         items.append(OutputItem.marker(marker))
@@ -231,6 +252,58 @@ class OutputStage:
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def handle_fast(self, result: BatchResult) -> None:
+        """Provisional picks of one fast-path batch (trailing windows) -> the publisher. Nothing here
+        is acknowledged: the final path's windows carry the data's acknowledgement."""
+        if self.lifecycle is None or result.probs is None:
+            return
+        provenance = Provenance(
+            result.model, result.model_version,
+            str(result.extra.get("picker", "")), str(result.extra.get("picker_version", "")),
+        )
+        eew = self.settings.eew
+        picks = []
+        for i, w in enumerate(result.windows):
+            triggers = list(w.meta.get("triggers_ns") or [])  # type: ignore[call-overload]
+            for cand in fast_candidates(result.probs[i], w.mask, eew, self.sampling_rate_hz, triggers, w.start_ns):
+                details = window_details(w, cand.index, self.inventory, self.sampling_rate_hz, result.finished_ns,
+                                         self.component_order)
+                pick = provisional_pick(w, cand, details, provenance, self.sampling_rate_hz, result.steps)
+                if self._final_passed(pick):
+                    continue  # the final path has judged these samples already: too late to report
+                reported = self.lifecycle.provisional(pick)
+                if reported is not None:
+                    picks.append(reported)
+        items = self._lifecycle_items(picks)
+        if items:
+            self.publish(items)
+
+    def _final_passed(self, pick: Any) -> bool:
+        until = self.detector.judged_until_ns(pick.station_id, "denoised")
+        return until is not None and pick.time_ns + self.lifecycle.tolerance_ns < until  # type: ignore[union-attr]
+
+    def _lifecycle_items(self, picks: list[Any]) -> list[OutputItem]:
+        out = []
+        for pick in picks:
+            self.metrics.eew_picks.labels(phase=pick.phase, status=pick.status).inc()
+            out.append(OutputItem.of_pick(pick))
+            if self.on_pick is not None:
+                self.on_pick(pick)
+        return out
+
+    def expire_onsets(self) -> None:
+        """Retract open onsets that no final decision reached in ``eew.retract_after_s``."""
+        if self.lifecycle is not None:
+            items = self._lifecycle_items(self.lifecycle.expire())
+            if items:
+                self.publish(items)
+
+    def seed_open_onsets(self, picks: list[Any]) -> None:
+        """Provisional onsets an earlier run left open (from Redis): this run confirms or retracts them."""
+        if self.lifecycle is not None and picks:
+            self.lifecycle.seed(picks)
+            log.info("%d provisional picks of an earlier run are open; the final path decides them", len(picks))
 
     def _station(self, w: Window) -> _Station:
         st = self.stations.get(w.station_id)
@@ -290,6 +363,9 @@ class OutputStage:
     def _emit_picks(self, picks: list[Any]) -> list[OutputItem]:
         out = []
         for pick in picks:
+            if self.lifecycle is not None and pick.source == "denoised":
+                pick = self.lifecycle.final(self._with_station_details(pick))
+                self.metrics.eew_picks.labels(phase=pick.phase, status="final").inc()
             out.append(OutputItem.of_pick(pick))
             self._count_pick(pick)
         d = self.detector
@@ -299,6 +375,19 @@ class OutputStage:
                 self.metrics.picks_suppressed.labels(reason=reason).inc(total - seen)
                 self._suppressed_seen[reason] = total
         return out
+
+    def _with_station_details(self, pick: Any) -> Any:
+        """A final pick with the station's coordinates (from the inventory, when there is one)."""
+        if self.inventory is None:
+            return pick
+        lat = lon = elev = None
+        for seed_id, epochs in self.inventory.epochs.items():
+            if seed_id.rsplit(".", 1)[0] == pick.station_id:
+                ep = next((e for e in epochs if e.covers(pick.time_ns)), None)
+                if ep is not None:
+                    lat, lon, elev = ep.latitude_deg, ep.longitude_deg, ep.elevation_m
+                    break
+        return replace(pick, details=PickDetails(latitude_deg=lat, longitude_deg=lon, elevation_m=elev))
 
     def _count_pick(self, pick: Any) -> None:
         self.picks += 1
@@ -334,6 +423,11 @@ class OutputStage:
         if st.raw_probs is not None:
             items.extend(self._picks(st.raw_probs.flush(), "raw"))
         items.extend(self._emit_picks(self.detector.flush(provenance=self._provenance, station_id=station_id)))
+        if self.lifecycle is not None:
+            # the run ended: every sample the final path had is judged
+            end = st.denoised.final_end_sample
+            if end is not None:
+                items.extend(self._lifecycle_items(self.lifecycle.judged(station_id, sample_time_ns(end, self.sampling_rate_hz))))
         return items
 
     def _flush_all(self) -> None:

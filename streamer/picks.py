@@ -22,8 +22,10 @@ and restarts because the local-maximum rule already keeps picks ``d`` samples ap
 The pick time is the sample time (no sub-sample interpolation); ``pick_id`` is the first 16 hex digits
 of ``sha1("station|phase|source|round(time / 10 ms)")``.
 
-Limitations: picks are final, never revised (no "preliminary" picks); latency is the stitcher's hold
-plus ``min_distance_s``.
+These are the *final* picks; the early-warning fast path (``streamer.eew``) reports provisional ones
+earlier, and the output stage links each final pick to the provisional report of its onset.
+
+Limitations: latency is the stitcher's hold plus ``min_distance_s``.
 """
 
 from __future__ import annotations
@@ -72,10 +74,38 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class PickDetails:
+    """What an early-warning consumer needs beside the pick time (``streamer.eew``); None: unknown.
+
+    ``amplitudes``: ``(seconds, Pd m, Pv m/s, Pa m/s^2, tau_c s)`` over the first 1, 2, 3 s after the
+    onset that had arrived, from the raw vertical corrected with the inventory's sensitivity.
+    Times in ns since the epoch: the newest sample of the window the pick came from, its arrival,
+    the arrival of the onset sample, and the end of the inference."""
+
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    elevation_m: float | None = None
+    time_uncertainty_s: float | None = None
+    polarity: str = ""
+    snr_db: float | None = None
+    amplitudes: tuple[tuple[int, float, float, float, float], ...] = ()
+    newest_sample_ns: int = 0
+    newest_arrival_ns: int = 0
+    onset_arrival_ns: int = 0
+    inference_ns: int = 0
+
+
+PICK_STATUSES = ("provisional", "final", "retracted")
+
+
+@dataclass(frozen=True)
 class Pick:
     """One phase pick. ``time_ns`` ns since the epoch; ``probability`` the stacked value in [0, 1];
     ``source`` ``"denoised"`` or ``"raw"``; ``steps`` the sampler steps of the windows under the pick
-    (0 for raw); ``emitted_ns`` the wall-clock time the pick was found."""
+    (0 for raw); ``emitted_ns`` the wall-clock time the pick was found. ``status`` and ``update``
+    are the pick's lifecycle (``provisional`` reports of the early-warning fast path, then ``final``
+    or ``retracted``; ``update`` counts the reports of one onset from 0); ``reason`` says why a pick
+    was retracted."""
 
     pick_id: str
     station_id: str
@@ -89,6 +119,10 @@ class Pick:
     picker_version: str
     steps: int
     emitted_ns: int
+    status: str = "final"
+    update: int = 0
+    reason: str = ""
+    details: PickDetails | None = None
 
     @property
     def time_iso(self) -> str:
@@ -184,6 +218,11 @@ class PickDetector:
         cut = keep_from - trace.start
         self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:])
         return out
+
+    def judged_until_ns(self, station_id: str, source: str = "denoised") -> int | None:
+        """Time before which every sample of the station's trace has been judged (None: no trace)."""
+        trace = self._traces.get((station_id, source))
+        return None if trace is None else sample_time_ns(trace.evaluated, self.sampling_rate_hz)
 
     def flush(
         self, *, provenance: Provenance = Provenance(), now_ns: int | None = None, station_id: str | None = None

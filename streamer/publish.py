@@ -5,9 +5,13 @@ consumers).
 
 Idempotency: a segment's entry ID is ``<start_ns // 10^6>-<start_ns mod 10^6>``, so a replay writes the
 same ID and Redis refuses it ("equal or smaller than the target stream top item"): counted as a
-duplicate, not an error. Picks are guarded by their ``pickseen`` key and by the time of any pick of the
-same station, phase and source within ``pick_tolerance_s`` (``picktime`` keys, buckets of that width),
-checked and set in the same Lua script as the XADD. Every XADD trims with ``MAXLEN ~ RedisSettings.maxlen``.
+duplicate, not an error. Denoised picks have a lifecycle (``provisional`` reports of the early-warning
+fast path, ``final``, ``retracted``): one Lua script keyed by onset (``onset`` keys, buckets of
+``match_tolerance_s``) stores each state once, in order, and gives every report of an onset the
+``pick_id`` of its first one and the next ``update``, across restarts. A final pick without a
+provisional one is also guarded by the time of any final pick of the same station and phase within
+``pick_tolerance_s`` (``picktime`` keys); raw-data picks by their ``pickseen`` key and ``picktime``
+keys, as before. Every XADD trims with ``MAXLEN ~ RedisSettings.maxlen``.
 
 Failure handling: :class:`RedisPublisher` keeps outputs in a bounded in-order backlog while Redis is
 unreachable, retries with capped exponential backoff, and calls ``on_acked`` (in order) only once Redis
@@ -93,6 +97,57 @@ redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[2])
 return id
 """
 
+# The lifecycle of denoised picks (provisional -> updates -> final or retracted), keyed by onset so the
+# identity survives restarts: whatever pick_id and update a process proposes, the stored ones win.
+# KEYS: stream, open-picks hash, onset keys b-1, b, b+1 (bucket = match tolerance), picktime keys
+# b-1, b, b+1 (bucket = pick tolerance). ARGV: maxlen, ttl s, time_ns, match tolerance ns, status,
+# proposed pick_id, rev (amplitude seconds), open value, pick tolerance ns, field, value, ...
+# Returns the entry id, or 0 when this state of the onset is stored already (a replay, a late report).
+_LIFECYCLE_LUA = """
+local t = tonumber(ARGV[3])
+local tol = tonumber(ARGV[4])
+local status = ARGV[5]
+local rev = tonumber(ARGV[7])
+local found, fkey
+for i = 3, 5 do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local id, st, up, r, ot = string.match(v, '^(%S+) (%S+) (%d+) (%d+) (%-?%d+)$')
+    if ot and math.abs(tonumber(ot) - t) <= tol then
+      found = {id, st, tonumber(up), tonumber(r), ot}
+      fkey = KEYS[i]
+      break
+    end
+  end
+end
+local id, up, ot
+if found then
+  if found[2] ~= 'provisional' then return 0 end
+  if status == 'provisional' and rev <= found[4] then return 0 end
+  id, up, ot = found[1], found[3] + 1, found[5]
+  if found[4] > rev then rev = found[4] end
+else
+  if status == 'retracted' then return 0 end
+  if status == 'final' then
+    local pt = tonumber(ARGV[9])
+    for i = 6, 8 do
+      local o = redis.call('GET', KEYS[i])
+      if o and math.abs(tonumber(o) - t) < pt then return 0 end
+    end
+  end
+  id, up, ot, fkey = ARGV[6], 0, ARGV[3], KEYS[4]
+end
+local xid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'pick_id', id, 'update', tostring(up), unpack(ARGV, 10))
+redis.call('SET', fkey, id .. ' ' .. status .. ' ' .. up .. ' ' .. rev .. ' ' .. ot, 'EX', ARGV[2])
+if status == 'provisional' then
+  redis.call('HSET', KEYS[2], id, ARGV[8] .. '|' .. up)
+else
+  redis.call('HDEL', KEYS[2], id)
+end
+if status == 'final' then redis.call('SET', KEYS[7], ARGV[3], 'EX', ARGV[2]) end
+return xid
+"""
+
 # Server replies that mean "try again later" rather than "this item is bad".
 _TRANSIENT_PREFIXES = (
     "OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "TRYAGAIN", "CLUSTERDOWN",
@@ -127,6 +182,7 @@ class RedisPublisher:
         batch_max_items: int = 256,
         pick_dedupe_ttl_s: float = 86_400.0,
         pick_tolerance_s: float = 1.0,
+        match_tolerance_s: float = 0.5,
         retry_min_s: float = 0.1,
         idle_ping_s: float = 5.0,
     ) -> None:
@@ -144,6 +200,8 @@ class RedisPublisher:
         self._last_contact = 0.0
         self._segment_script = self.client.register_script(_SEGMENT_LUA)
         self._pick_script = self.client.register_script(_PICK_LUA)
+        self._lifecycle_script = self.client.register_script(_LIFECYCLE_LUA)
+        self.match_tolerance_ns = max(1, round(match_tolerance_s * NS_PER_S))
         self._backlog: deque[tuple[int, OutputItem]] = deque()
         self._seq = 0
         self._cond = threading.Condition()
@@ -342,6 +400,8 @@ class RedisPublisher:
                 self._segment_script(
                     keys=[self.keys.denoised(seg.station_id), self.keys.latest], args=args, client=pipe
                 )
+            elif item.kind == "pick" and item.pick is not None and item.pick.source == "denoised":
+                self._write_lifecycle(item.pick, pipe, maxlen)
             elif item.kind == "pick" and item.pick is not None:
                 pick = item.pick
                 bucket = pick.time_ns // self.pick_tolerance_ns
@@ -375,6 +435,48 @@ class RedisPublisher:
             results[i] = reply
         return results
 
+    def _write_lifecycle(self, pick: Any, pipe: Any, maxlen: str) -> None:
+        mb = pick.time_ns // self.match_tolerance_ns
+        pb = pick.time_ns // self.pick_tolerance_ns
+        fields = encode_pick(pick)
+        fields.pop("pick_id")
+        fields.pop("update")
+        rev = len(pick.details.amplitudes) if pick.details is not None else 0
+        open_value = f"{pick.station_id}|{pick.phase}|{pick.time_ns}|{pick.probability:.4f}"
+        self._lifecycle_script(
+            keys=[
+                self.keys.picks, self.keys.openpicks,
+                *(self.keys.onset(pick.station_id, pick.phase, b) for b in (mb - 1, mb, mb + 1)),
+                *(self.keys.picktime(pick.station_id, pick.phase, pick.source, b) for b in (pb - 1, pb, pb + 1)),
+            ],
+            args=[
+                maxlen, str(self.pick_dedupe_ttl_s), str(pick.time_ns), str(self.match_tolerance_ns), pick.status,
+                pick.pick_id, str(rev), open_value, str(self.pick_tolerance_ns), *flat_fields(dict(fields)),
+            ],
+            client=pipe,
+        )
+
+    def read_open_picks(self) -> list[Any]:
+        """Provisional picks an earlier run left without a final or retracted report (start-up; []
+        when Redis is unreachable: the output stage then only decides its own)."""
+        from streamer.picks import Pick
+
+        try:
+            raw = self.client.hgetall(self.keys.openpicks)
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+            log.warning("could not read the open provisional picks from Redis (%s)", exc)
+            return []
+        out = []
+        for k, v in raw.items():
+            try:
+                station, phase, t, prob, update = (v.decode() if isinstance(v, bytes) else str(v)).split("|")
+                pick_id = k.decode() if isinstance(k, bytes) else str(k)
+                out.append(Pick(pick_id, station, phase, int(t), float(prob), "denoised", "", "", "", "", 0,
+                                time.time_ns(), status="provisional", update=int(update)))
+            except ValueError:
+                log.warning("ignoring a malformed open-pick entry %r", k)
+        return out
+
     def _account(self, items: list[OutputItem], results: list[Any]) -> None:
         now = time.time_ns()
         m = self.metrics
@@ -394,7 +496,11 @@ class RedisPublisher:
                 continue
             m.published.labels(kind=kind).inc()
             if item.pick is not None:
-                m.picks.labels(phase=item.pick.phase, source=item.pick.source).inc()
+                if item.pick.status == "final":
+                    m.picks.labels(phase=item.pick.phase, source=item.pick.source).inc()
+                elif item.pick.status == "provisional" and item.pick.update == 0 and item.pick.details is not None \
+                        and item.pick.details.onset_arrival_ns > 0:
+                    m.eew_pick_latency.observe(max(0.0, (now - item.pick.details.onset_arrival_ns) / NS_PER_S))
             if item.segment is not None and item.segment.newest_arrival_ns > 0:
                 m.end_to_end_latency.observe(max(0.0, (now - item.segment.newest_arrival_ns) / NS_PER_S))
 

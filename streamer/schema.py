@@ -10,6 +10,8 @@ Key layout (prefix ``RedisSettings.stream_prefix``, default ``coldstream``):
 ``{prefix}:pickseen:{pick_id}``     de-duplication marker of a published pick (string, TTL)
 ``{prefix}:picktime:{station}|{phase}|{source}:{bucket}`` time of a published pick (string, TTL)
 ``{prefix}:denoised:{NET.STA.LOC}`` one stream per station, denoised segments, ID from data time
+``{prefix}:onset:{station}|{phase}:{bucket}`` lifecycle of one onset: ``pick_id status update rev time_ns`` (TTL)
+``{prefix}:openpicks``              hash: pick_id -> ``station|phase|time_ns|probability|update`` of provisional picks not yet final or retracted
 ``{prefix}:latest``                 hash: station -> end time (ns) of its newest published segment
 ``{prefix}:windows``                scale-out: windows for the workers (consumer group)
 ``{prefix}:results``                scale-out: worker results for the ingest (consumer group)
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import StreamerError
-from streamer.picks import Pick
+from streamer.picks import Pick, PickDetails
 from streamer.stitch import Segment, sample_index
 
 DTYPE = "<f4"
@@ -61,6 +63,13 @@ class StreamKeys:
 
     def picktime(self, station_id: str, phase: str, source: str, bucket: int) -> str:
         return f"{self.prefix}:picktime:{station_id}|{phase}|{source}:{bucket}"
+
+    def onset(self, station_id: str, phase: str, bucket: int) -> str:
+        return f"{self.prefix}:onset:{station_id}|{phase}:{bucket}"
+
+    @property
+    def openpicks(self) -> str:
+        return f"{self.prefix}:openpicks"
 
     def denoised(self, station_id: str) -> str:
         return f"{self.prefix}:denoised:{station_id}"
@@ -190,11 +199,19 @@ _PICK_FIELDS = (
     "pick_id", "station", "phase", "time_ns", "time_iso", "probability", "source", "denoiser",
     "denoiser_version", "picker", "picker_version", "steps", "emitted_ns",
 )
+_AMPLITUDE_FIELDS = ("pd_{k}s_m", "pv_{k}s_m_s", "pa_{k}s_m_s2", "tau_c_{k}s_s")
 
 
-def encode_pick(pick: Pick) -> dict[str, str]:
-    """Flat string fields of a pick (no JSON)."""
-    return {
+def _opt(value: float | None, fmt: str = "{:.6g}") -> str:
+    return "" if value is None or value != value else fmt.format(value)
+
+
+def encode_pick(pick: Pick, published_ns: int | None = None) -> dict[str, str]:
+    """Flat string fields of a pick (no JSON). Lifecycle fields (``status``, ``update``,
+    ``reason``) and the early-warning fields (coordinates, amplitudes, timing) follow
+    ``docs/redis-schema.md``; an unknown value is an empty string, amplitude fields exist only for
+    the seconds that had arrived."""
+    out = {
         "pick_id": pick.pick_id,
         "station": pick.station_id,
         "phase": pick.phase,
@@ -208,12 +225,65 @@ def encode_pick(pick: Pick) -> dict[str, str]:
         "picker_version": pick.picker_version,
         "steps": str(pick.steps),
         "emitted_ns": str(pick.emitted_ns),
+        "status": pick.status,
+        "update": str(pick.update),
+        "reason": pick.reason,
     }
+    d = pick.details if pick.details is not None else PickDetails()
+    out.update({
+        "latitude_deg": _opt(d.latitude_deg, "{:.6f}"),
+        "longitude_deg": _opt(d.longitude_deg, "{:.6f}"),
+        "elevation_m": _opt(d.elevation_m, "{:.1f}"),
+        "time_uncertainty_s": _opt(d.time_uncertainty_s, "{:.3f}"),
+        "polarity": d.polarity,
+        "snr_db": _opt(d.snr_db, "{:.1f}"),
+        "amplitude_seconds": str(len(d.amplitudes)),
+        "newest_sample_ns": str(d.newest_sample_ns),
+        "newest_arrival_ns": str(d.newest_arrival_ns),
+        "onset_arrival_ns": str(d.onset_arrival_ns),
+        "inference_ns": str(d.inference_ns),
+        "published_ns": str(time.time_ns() if published_ns is None else published_ns),
+    })
+    for sec, pd, pv, pa, tc in d.amplitudes:
+        for name, value in zip(_AMPLITUDE_FIELDS, (pd, pv, pa, tc)):
+            out[name.format(k=sec)] = _opt(value)
+    return out
+
+
+def _optional(fields: dict[Any, Any], name: str, default: str = "") -> str:
+    try:
+        return field_text(field_value(fields, name))
+    except EntryDecodeError:
+        return default
+
+
+def _float_or_none(text: str) -> float | None:
+    return float(text) if text else None
 
 
 def decode_pick(fields: dict[Any, Any]) -> Pick:
+    """Inverse of :func:`encode_pick`; entries written before the lifecycle fields existed decode as
+    ``final``, update 0."""
     try:
         v = {name: field_text(field_value(fields, name)) for name in _PICK_FIELDS}
+        amps = []
+        for sec in (1, 2, 3):
+            vals = [_optional(fields, n.format(k=sec)) for n in _AMPLITUDE_FIELDS]
+            if vals[0]:
+                amps.append((sec, *(float(x) if x else float("nan") for x in vals)))
+        details = PickDetails(
+            latitude_deg=_float_or_none(_optional(fields, "latitude_deg")),
+            longitude_deg=_float_or_none(_optional(fields, "longitude_deg")),
+            elevation_m=_float_or_none(_optional(fields, "elevation_m")),
+            time_uncertainty_s=_float_or_none(_optional(fields, "time_uncertainty_s")),
+            polarity=_optional(fields, "polarity"),
+            snr_db=_float_or_none(_optional(fields, "snr_db")),
+            amplitudes=tuple(amps),  # type: ignore[arg-type]
+            newest_sample_ns=int(_optional(fields, "newest_sample_ns", "0") or 0),
+            newest_arrival_ns=int(_optional(fields, "newest_arrival_ns", "0") or 0),
+            onset_arrival_ns=int(_optional(fields, "onset_arrival_ns", "0") or 0),
+            inference_ns=int(_optional(fields, "inference_ns", "0") or 0),
+        )
         return Pick(
             pick_id=v["pick_id"],
             station_id=v["station"],
@@ -227,9 +297,18 @@ def decode_pick(fields: dict[Any, Any]) -> Pick:
             picker_version=v["picker_version"],
             steps=int(v["steps"]),
             emitted_ns=int(v["emitted_ns"]),
+            status=_optional(fields, "status", "final") or "final",
+            update=int(_optional(fields, "update", "0") or 0),
+            reason=_optional(fields, "reason"),
+            details=details,
         )
     except (ValueError, EntryDecodeError) as exc:
         raise EntryDecodeError(f"bad pick entry: {exc}") from exc
+
+
+def published_ns_of(fields: dict[Any, Any]) -> int:
+    """When the publisher wrote a pick entry (0 for entries without the field)."""
+    return int(_optional(fields, "published_ns", "0") or 0)
 
 
 def flat_fields(fields: dict[str, bytes | str]) -> list[bytes | str]:

@@ -51,6 +51,7 @@ import numpy as np
 
 from streamer.ack import AckBook, AckMarker, station_key
 from streamer.config import Settings
+from streamer.eew import FastScheduler
 from streamer.ingest import Ingestor
 from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker
 from streamer.metrics import Metrics, serve_metrics
@@ -167,7 +168,11 @@ class Service:
         Returns the in-process worker (None in the ingest role)."""
         s = self.settings
         spec = self._spec()
-        self.publisher = RedisPublisher(s.redis, self.metrics, self._on_acked, on_dropped=self._on_dropped)
+        self.publisher = RedisPublisher(s.redis, self.metrics, self._on_acked, on_dropped=self._on_dropped,
+                                        match_tolerance_s=s.eew.match_tolerance_s)
+        inventory = load_inventory(s)
+        # the early-warning fast path needs the picker and runs where the worker runs (role "all")
+        fast_path = s.eew.enabled and self.role == "all" and self.picker is not None
         self.output = OutputStage(
             s,
             self.metrics,
@@ -179,8 +184,14 @@ class Service:
             on_pick=self.on_pick,
             on_batch=self.on_batch,
             on_progress=lambda: self.health.progress("output"),
+            inventory=inventory,
+            component_order=spec.component_order,
         )
+        if not fast_path:
+            self.output.lifecycle = None
         self.output.seed_published_ends(self.publisher.read_latest())
+        if fast_path:
+            self.output.seed_open_onsets(self.publisher.read_open_picks())
         if self.role == "ingest":
             from streamer.scaleout.sink import RedisSink
 
@@ -199,9 +210,17 @@ class Service:
                 raw_picker=s.picker.raw_comparison,
                 on_shed=self._on_shed,
                 on_progress=lambda: self.health.progress("worker"),
+                on_fast_result=self.output.submit_fast if fast_path else None,
+                fast_steps=s.eew.steps,
+                fast_max_age_s=s.eew.max_age_s,
+                fast_queue_max_windows=s.eew.queue_max_windows,
             )
             self.sink = LocalSink(self.worker, self.output)
-        self.ingestor = Ingestor(spec, s.buffers, s.windows, self.metrics, inventory=load_inventory(s))
+        fast = FastScheduler(s.eew, spec.sampling_rate_hz) if fast_path else None
+        self.ingestor = Ingestor(spec, s.buffers, s.windows, self.metrics, inventory=inventory, fast=fast)
+        if s.eew.enabled and not fast_path:
+            log.info("early-warning fast path off: %s", "needs the picker" if self.role == "all" and self.picker is None
+                     else "runs only in the all-in-one service (coldstream run), not in the scale-out roles")
         return self.worker
 
     def _on_shed(self, windows: list[Window], reason: str) -> None:
@@ -258,7 +277,7 @@ class Service:
         it; a dropped segment stays a hole (later segments were stored; segments only append)."""
         window_ns = round(self._spec().window_s * NS_PER_S)
         for item in items:
-            if item.pick is not None:
+            if item.pick is not None and item.pick.status == "final":  # a restart reports final picks again
                 self.acks.lost(item.pick.station_id, item.pick.time_ns - window_ns)
 
     # --- packets -------------------------------------------------------------------------------------
@@ -273,6 +292,8 @@ class Service:
             for handled in self.ingestor.take_handled():
                 self.tracker.handled(handled)
         self._submit(windows)
+        if self.worker is not None:
+            self.worker.submit_fast(self.ingestor.take_fast())
 
     def _submit(self, windows: list[Window]) -> None:
         """Hand windows (already in the book) to the sink."""

@@ -136,8 +136,20 @@ class Worker:
         on_progress: Callable[[], None] | None = None,
         target_latency_s: float | None = None,
         pad_batch_multiple: int = 8,
+        on_fast_result: ResultHandler | None = None,
+        fast_steps: int = 1,
+        fast_max_age_s: float = 3.0,
+        fast_queue_max_windows: int = 512,
     ) -> None:
         self.denoiser = denoiser
+        # the early-warning fast path: trailing windows, served first but never twice in a row while
+        # grid windows wait, so they cannot starve the final path (at most every other batch)
+        self.on_fast_result = on_fast_result
+        self.fast_steps = int(fast_steps)
+        self.fast_max_age_ns = round(fast_max_age_s * 1e9)
+        self.fast_queue_max_windows = int(fast_queue_max_windows)
+        self._fast: deque[Window] = deque()
+        self._last_was_fast = False
         self.pad_batch_multiple = max(int(pad_batch_multiple), 1)
         self.target_latency_ms = None if target_latency_s is None else target_latency_s * 1000.0
         self.picker = picker
@@ -215,6 +227,31 @@ class Worker:
             reason = SHED_QUEUE_FULL
             self._report_shed(dropped, reason)
 
+    def submit_fast(self, windows: Sequence[Window]) -> None:
+        """Queue trailing windows of the fast path (thread-safe, non-blocking). A newer window of a
+        station replaces its queued one (``superseded``); beyond the bound the oldest go
+        (``queue_full``); all counted in ``coldstream_eew_windows_shed_total``."""
+        if not windows:
+            return
+        shed: dict[str, int] = {}
+        with self._cond:
+            if self._stopping or self.on_fast_result is None:
+                shed["stopping"] = len(windows)
+            else:
+                for w in windows:
+                    before = len(self._fast)
+                    self._fast = deque(q for q in self._fast if q.station_id != w.station_id)
+                    if len(self._fast) < before:
+                        shed["superseded"] = shed.get("superseded", 0) + before - len(self._fast)
+                    self._fast.append(w)
+                while len(self._fast) > self.fast_queue_max_windows:
+                    self._fast.popleft()
+                    shed["queue_full"] = shed.get("queue_full", 0) + 1
+            self.metrics.eew_queue_depth.set(len(self._fast))
+            self._cond.notify_all()
+        for reason, n in shed.items():
+            self.metrics.eew_windows_shed.labels(reason=reason).inc(n)
+
     @property
     def depth(self) -> int:
         """Windows waiting (not counting the batch in progress)."""
@@ -266,6 +303,7 @@ class Worker:
             self._stopping = True
             left = list(self._queue)
             self._queue.clear()
+            self._fast.clear()
             self.metrics.queue_depth.set(0)
             self._cond.notify_all()
         return left
@@ -293,7 +331,7 @@ class Worker:
         """Up to ``batch_size`` windows; [] when none arrived in ``timeout_s``; None when stopped."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
-            while not self._queue:
+            while not self._queue and not (self._fast and not self._stopping):
                 if self._stopping:
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -302,12 +340,22 @@ class Worker:
                 self._cond.wait(remaining if remaining is not None else 1.0)
             if self._cancelled:
                 return None
-            fill_deadline = time.monotonic() + self.max_wait_ms / 1000.0
-            while len(self._queue) < self.batch_size and not self._stopping:
-                remaining = fill_deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            if not self._fast_turn():
+                fill_deadline = time.monotonic() + self.max_wait_ms / 1000.0
+                while len(self._queue) < self.batch_size and not self._stopping and not self._fast:
+                    remaining = fill_deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            if self._fast_turn():
+                fast = self._take_fast_locked()
+                if fast:
+                    self._busy = True
+                    self._last_was_fast = True
+                    return fast
+                if not self._queue:
+                    return []
+            self._last_was_fast = False
             shed = self._shed_locked()
             n = min(self.batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
@@ -315,6 +363,25 @@ class Worker:
             self.metrics.queue_depth.set(len(self._queue))
         for reason, windows in shed:
             self._report_shed(windows, reason)
+        return batch
+
+    def _fast_turn(self) -> bool:
+        """Fast windows go first, but not twice in a row while grid windows wait."""
+        return bool(self._fast) and not self._stopping and (not self._last_was_fast or not self._queue)
+
+    def _take_fast_locked(self) -> list[Window]:
+        wall, mono = self.clock_ns(), self.mono_ns()
+        stale = 0
+        while self._fast and self._age_ns(self._fast[0], wall, mono) > self.fast_max_age_ns:
+            self._fast.popleft()
+            stale += 1
+        if stale:
+            self.metrics.eew_windows_shed.labels(reason="age").inc(stale)
+            self._rl.warning("eew-age", "shed %d trailing windows older than %.1f s (too late to help)",
+                             stale, self.fast_max_age_ns / 1e9)
+        n = min(self.batch_size, len(self._fast))
+        batch = [self._fast.popleft() for _ in range(n)]
+        self.metrics.eew_queue_depth.set(len(self._fast))
         return batch
 
     def _shed_locked(self) -> list[tuple[str, list[Window]]]:
@@ -334,14 +401,23 @@ class Worker:
             self.on_shed(windows, reason)
 
     def _process_guarded(self, batch: list[Window]) -> BatchResult | None:
+        fast = bool(batch[0].meta.get("fast"))
         try:
+            if fast:
+                result = self.process_fast(batch)
+                assert self.on_fast_result is not None
+                self.on_fast_result(result)
+                return result
             result = self.process_batch(batch)
             self.on_result(result)
             return result
         except Exception as exc:  # recover inside the loop: count, report, keep going
             self.last_error = exc
-            log.exception("batch of %d windows failed; shedding it", len(batch))
-            self._report_shed(batch, SHED_ERROR)
+            log.exception("%s batch of %d windows failed; shedding it", "fast" if fast else "a", len(batch))
+            if fast:
+                self.metrics.eew_windows_shed.labels(reason=SHED_ERROR).inc(len(batch))
+            else:
+                self._report_shed(batch, SHED_ERROR)
             return None
         finally:
             with self._cond:
@@ -400,6 +476,33 @@ class Worker:
             extra={"picker": str(getattr(self.picker, "name", "")), "picker_version": str(getattr(self.picker, "version", ""))}
             if self.picker is not None
             else {},
+        )
+
+    def process_fast(self, batch: list[Window]) -> BatchResult:
+        """The fast path's trailing windows: ``fast_steps`` sampler steps, then PhaseNet (no queue)."""
+        t0 = time.perf_counter()
+        n = len(batch)
+        n_run = self.padded_size(n)
+        x = np.stack([w.data for w in batch]).astype(np.float32, copy=False)
+        mask = np.stack([w.mask for w in batch])
+        if n_run > n:
+            x = np.concatenate([x, np.repeat(x[-1:], n_run - n, axis=0)])
+            mask = np.concatenate([mask, np.repeat(mask[-1:], n_run - n, axis=0)])
+        res = self.denoiser.denoise_windows(x, steps=self.fast_steps)
+        denoised = np.where(mask, _to_numpy(res.x0), np.float32(0.0)).astype(np.float32, copy=False)
+        probs = _to_numpy(self.picker.predict(denoised))[:n] if self.picker is not None else None
+        batch_ms = (time.perf_counter() - t0) * 1000.0
+        steps_done = int(res.steps_done)
+        self.controller.observe(n_run, steps_done, float(res.elapsed_ms), max(batch_ms - float(res.elapsed_ms), 0.0))
+        self.metrics.eew_windows.inc(n)
+        self.metrics.inference_duration.observe(batch_ms / 1000.0)
+        return BatchResult(
+            windows=batch, denoised=denoised[:n], probs=probs, raw_probs=None, steps=steps_done,
+            steps_chosen=self.fast_steps, reason=None, inference_ms=float(res.elapsed_ms), batch_ms=batch_ms,
+            finished_ns=self.clock_ns(), model=str(getattr(self.denoiser, "name", "")),
+            model_version=str(getattr(self.denoiser, "version", "")),
+            extra={"fast": True, "picker": str(getattr(self.picker, "name", "")),
+                   "picker_version": str(getattr(self.picker, "version", ""))},
         )
 
     def _latency_budget_ms(self, batch: list[Window]) -> float | None:

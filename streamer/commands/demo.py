@@ -67,6 +67,8 @@ def find_seisbench_cache(settings: Settings) -> Path | None:
 
 
 def demo_settings(args: argparse.Namespace, workdir: Path, redis_url: str, replay_port: int) -> Settings:
+    from streamer.demo_data.build import stationxml_path
+
     base: dict[str, Any] = {
         "seedlink": {
             "servers": [{"host": "127.0.0.1", "port": replay_port, "streams": ["XX_*"]}],
@@ -76,6 +78,8 @@ def demo_settings(args: argparse.Namespace, workdir: Path, redis_url: str, repla
         "redis": {"url": redis_url, "stream_prefix": "coldstream-demo"},
         "metrics": {"enabled": False},
         "worker": {"batch_size": 8, "max_wait_ms": 100.0},
+        # illustrative coordinates and sensitivity: the early-warning picks carry them (docs/demo-data.md)
+        "inventory": {"stationxml": str(stationxml_path())},
     }
     overrides = load_settings(args.config, args.overrides, environ={}).model_dump(
         mode="json", exclude_defaults=True
@@ -228,8 +232,10 @@ class LiveView:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="coldstream demo: catalogue P/S against published picks")
-        for col in ("station", "event", "phase", "SNR", "catalogue", "denoised pick", "error s"):
+        t = Table(title="coldstream demo: catalogue P/S against published picks (errors and latencies in s; "
+                        "latency: onset sample's arrival to Redis; one id: provisional and final share a pick_id)")
+        for col in ("sta", "event", "ph", "SNR", "onset", "prov err", "prov lat", "final err", "final lat",
+                    "one id"):
             t.add_column(col)
         for row in summary["matches"]:
             t.add_row(*[str(x) for x in row])
@@ -237,6 +243,10 @@ class LiveView:
         console.print(t)
         count = _sample(metrics, "coldstream_end_to_end_latency_seconds_count")
         total = _sample(metrics, "coldstream_end_to_end_latency_seconds_sum")
+        statuses: dict[str, int] = {}
+        for p in summary["picks"]:
+            statuses[p["status"]] = statuses.get(p["status"], 0) + 1
+        console.print("pick reports by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
         console.print(
             f"segments published: {summary['segments']}, picks: {len(summary['picks'])}, "
             f"mean end-to-end latency: {total / count if count else float('nan'):.1f} s, "
@@ -261,9 +271,13 @@ def collect_results(redis_url: str, settings: Settings, catalogue: dict[str, Any
 
     from streamer.schema import StreamKeys, decode_pick, decode_segment
 
+    from streamer.schema import published_ns_of
+
     client: Any = redis.Redis.from_url(redis_url)
     keys = StreamKeys(settings.redis.stream_prefix)
-    picks = [decode_pick(f) for _i, f in client.xrange(keys.picks)]
+    entries = [(decode_pick(f), published_ns_of(f)) for _i, f in client.xrange(keys.picks)]
+    picks = [p for p, _ in entries]
+    published = {(p.pick_id, p.update): t for p, t in entries}
     segments: dict[str, list[Any]] = {}
     n_segments = 0
     for sid in catalogue["stations"]:
@@ -273,18 +287,37 @@ def collect_results(redis_url: str, settings: Settings, catalogue: dict[str, Any
     client.close()
     matches = []
     for want in catalogue["picks"]:
-        cands = [p for p in picks if p.station_id == want["station_id"] and p.phase == want["phase"]
-                 and p.source == "denoised" and abs(p.time_ns - want["time_ns"]) < 2 * NS_PER_S]
-        best = min(cands, key=lambda p: abs(p.time_ns - want["time_ns"])) if cands else None
+        def best(status: str) -> Any:
+            cands = [p for p in picks if p.station_id == want["station_id"] and p.phase == want["phase"]
+                     and p.source == "denoised" and p.status == status and p.update in (0, p.update)
+                     and abs(p.time_ns - want["time_ns"]) < 2 * NS_PER_S]
+            if status == "provisional":
+                cands = [p for p in cands if p.update == 0]  # the first report of the onset
+            return min(cands, key=lambda p: abs(p.time_ns - want["time_ns"])) if cands else None
+
+        def cell(p: Any) -> tuple[str, str]:
+            if p is None:
+                return "-", "-"
+            err = f"{(p.time_ns - want['time_ns']) / NS_PER_S:+.2f}"
+            arrival = p.details.onset_arrival_ns if p.details is not None else 0
+            t_pub = published.get((p.pick_id, p.update), 0)
+            lat = f"{(t_pub - arrival) / NS_PER_S:.1f}" if arrival and t_pub else "-"
+            return err, lat
+
+        prov, fin = best("provisional"), best("final")
         matches.append((
-            want["station_id"], want["event_id"], want["phase"], want["snr"], want["time"][11:22],
-            best.time_iso[11:22] if best else "-",
-            f"{(best.time_ns - want['time_ns']) / NS_PER_S:+.2f}" if best else "missed",
+            want["station_id"].split(".")[1], want["event_id"].split("-")[0], want["phase"], want["snr"],
+            f"{(want['time_ns'] - catalogue['start_ns']) / NS_PER_S:.2f}", *cell(prov), *cell(fin),
+            "yes" if prov is not None and fin is not None and prov.pick_id == fin.pick_id else "",
         ))
     return {
         "picks": [
-            {"pick_id": p.pick_id, "station": p.station_id, "phase": p.phase, "time": p.time_iso,
-             "probability": round(p.probability, 3), "source": p.source, "steps": p.steps}
+            {"pick_id": p.pick_id, "status": p.status, "update": p.update, "station": p.station_id, "phase": p.phase,
+             "time": p.time_iso, "probability": round(p.probability, 3), "source": p.source, "steps": p.steps,
+             "reason": p.reason,
+             "latency_s": round((published[(p.pick_id, p.update)] - p.details.onset_arrival_ns) / NS_PER_S, 2)
+             if p.details is not None and p.details.onset_arrival_ns and published.get((p.pick_id, p.update))
+             else None}
             for p in picks
         ],
         "segments": n_segments,
@@ -321,7 +354,7 @@ def plot_traces(path: Path, summary: dict[str, Any], catalogue: dict[str, Any]) 
             if p["station_id"] == sid:
                 ax.axvline((p["time_ns"] - t0) / NS_PER_S, color="k", ls=":", lw=0.8)
         for p in summary["picks"]:
-            if p["station"] == sid:
+            if p["station"] == sid and p.get("status", "final") == "final":
                 tp = (obspy.UTCDateTime(p["time"]).ns - t0) / NS_PER_S
                 ax.axvline(tp, color="C3" if p["phase"] == "P" else "C2", lw=1.0)
         ax.set_ylabel(sid, rotation=0, ha="right", fontsize=8)

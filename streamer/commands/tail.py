@@ -1,6 +1,8 @@
 """``coldstream tail``: print picks and per-station latency from Redis as they are published.
 
-One line per pick (``XREAD BLOCK`` on ``{prefix}:picks``) and, every ``--interval`` seconds, one line
+One line per pick report (``XREAD BLOCK`` on ``{prefix}:picks``): an onset's provisional reports
+(``provisional#0``, then updates ``#1``, ``#2`` as the amplitude seconds arrive), its ``final`` or
+``retracted`` report, all with one ``id``, and, every ``--interval`` seconds, one line
 with each station's latency: now minus the end time of its newest denoised segment (the
 ``{prefix}:latest`` hash the publisher keeps beside the per-station ``{prefix}:denoised:*`` streams,
 falling back to the newest entry of a station's stream).
@@ -31,7 +33,7 @@ import redis
 
 from streamer.config import ConfigError, RedisSettings, load_settings
 from streamer.publish import connect, mask_url
-from streamer.schema import EntryDecodeError, StreamKeys, decode_pick
+from streamer.schema import EntryDecodeError, StreamKeys, decode_pick, published_ns_of
 
 HELP = "Print picks and per-station latency from the Redis output streams, live."
 
@@ -76,17 +78,42 @@ class _Printer:
             self.stream.flush()
 
 
+STATUS_STYLE = {"provisional": "yellow", "final": "green", "retracted": "red"}
+
+
 def format_pick_line(fields: dict[Any, Any]) -> tuple[str, str]:
-    """(plain, rich markup) for one pick entry."""
+    """(plain, rich markup) for one pick entry: its lifecycle state (``provisional`` reports and their
+    updates, ``final``, ``retracted``), the early-warning fields it carries, and where the latency
+    went (onset sample's arrival -> inference -> Redis) when the entry says."""
     pick = decode_pick(fields)
     delay_s = (pick.emitted_ns - pick.time_ns) / NS_PER_S
+    status = f"{pick.status}#{pick.update}"
     parts = [
-        pick.time_iso, pick.station_id, pick.phase, f"p={pick.probability:.2f}", pick.source,
-        f"steps={pick.steps}", f"delay={delay_s:.1f}s", f"id={pick.pick_id}",
+        status, pick.time_iso, pick.station_id, pick.phase, f"p={pick.probability:.2f}", pick.source,
+        f"steps={pick.steps}",
     ]
+    d = pick.details
+    published = published_ns_of(fields)
+    if d is not None and d.onset_arrival_ns and published:
+        infer = f" (inference +{(d.inference_ns - d.onset_arrival_ns) / NS_PER_S:.1f}s)" if d.inference_ns else ""
+        parts.append(f"latency={(published - d.onset_arrival_ns) / NS_PER_S:.1f}s{infer}")
+    else:
+        parts.append(f"delay={delay_s:.1f}s")
+    if d is not None:
+        if d.polarity:
+            parts.append(f"polarity={d.polarity}")
+        if d.snr_db is not None:
+            parts.append(f"snr={d.snr_db:.0f}dB")
+        if d.amplitudes:
+            sec, pd, pv, pa, tc = d.amplitudes[-1]
+            parts.append(f"Pd{sec}s={pd:.2e}m Pv={pv:.2e}m/s Pa={pa:.2e}m/s2 tc={tc:.2f}s")
+    if pick.reason:
+        parts.append(f"reason={pick.reason}")
+    parts.append(f"id={pick.pick_id}")
     plain = "pick " + "  ".join(parts)
     style = PHASE_STYLE.get(pick.phase, "bold")
     markup = plain.replace(f"  {pick.phase}  ", f"  [{style}]{pick.phase}[/]  ", 1)
+    markup = markup.replace(status, f"[{STATUS_STYLE.get(pick.status, 'bold')}]{status}[/]", 1)
     return plain, markup
 
 

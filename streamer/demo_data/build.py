@@ -217,6 +217,41 @@ def verify_picks(cache_root: str) -> list[tuple[str, float, float]]:
     return out
 
 
+DEMO_SENSITIVITY = 6.0e8  # counts per m/s: a broadband sensor and a 24-bit digitiser (illustrative)
+
+
+def write_stationxml(path: Path, catalogue: dict[str, Any] | None = None) -> Path:
+    """An illustrative StationXML for the demo stations (fictional coordinates near 47 N, 11 E and a
+    flat velocity response of ``DEMO_SENSITIVITY``): it lets the demo's early-warning picks carry
+    coordinates and Pd/Pv/Pa/tau_c. The demo's counts are ObsPy example data, so the amplitudes are
+    illustrative only."""
+    from obspy import UTCDateTime
+    from obspy.core.inventory import Channel, Inventory, Network, Response, Station
+    from obspy.core.inventory.response import InstrumentSensitivity
+
+    cat = catalogue if catalogue is not None else load_catalogue()
+    start = UTCDateTime(2020, 1, 1)
+    stations = []
+    for i, sid in enumerate(cat["stations"]):
+        net, sta, loc = sid.split(".")
+        lat, lon, elev = 47.0 + 0.1 * i, 11.0 + 0.15 * i, 500.0 + 50.0 * i
+        chans = []
+        for cha in cat["channels"]:
+            azimuth, dip = {"E": (90.0, 0.0), "N": (0.0, 0.0), "Z": (0.0, -90.0)}[cha[-1]]
+            resp = Response(instrument_sensitivity=InstrumentSensitivity(
+                value=DEMO_SENSITIVITY, frequency=1.0, input_units="M/S", output_units="COUNTS"))
+            chans.append(Channel(cha, loc, lat, lon, elev, 0.0, azimuth=azimuth, dip=dip,
+                                 sample_rate=cat["sampling_rate_hz"], start_date=start, response=resp))
+        stations.append(Station(sta, lat, lon, elev, channels=chans, start_date=start))
+    inv = Inventory(networks=[Network(cat["stations"][0].split(".")[0], stations=stations)], source="coldstream demo")
+    inv.write(str(path), format="STATIONXML")
+    return path
+
+
+def stationxml_path() -> Path:
+    return HERE / "demo.xml"
+
+
 def load_catalogue(path: Path | None = None) -> dict[str, Any]:
     """The bundled catalogue (``catalogue.json`` beside this module unless ``path``)."""
     return dict(json.loads((path or HERE / CATALOGUE_NAME).read_text()))
