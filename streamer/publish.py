@@ -122,7 +122,8 @@ for i = 3, 5 do
 end
 local id, up, ot
 if found then
-  if found[2] ~= 'provisional' then return 0 end
+  -- closed: final is final; after a retraction only a final pick (a later decision) is news
+  if found[2] == 'final' or (found[2] == 'retracted' and status ~= 'final') then return 0 end
   if status == 'provisional' and rev <= found[4] then return 0 end
   id, up, ot = found[1], found[3] + 1, found[5]
   if found[4] > rev then rev = found[4] end

@@ -300,7 +300,7 @@ def decode_pick(fields: dict[Any, Any]) -> Pick:
             status=_optional(fields, "status", "final") or "final",
             update=int(_optional(fields, "update", "0") or 0),
             reason=_optional(fields, "reason"),
-            details=details,
+            details=None if details == PickDetails() else details,
         )
     except (ValueError, EntryDecodeError) as exc:
         raise EntryDecodeError(f"bad pick entry: {exc}") from exc

@@ -371,10 +371,9 @@ class Worker:
 
     def _take_fast_locked(self) -> list[Window]:
         wall, mono = self.clock_ns(), self.mono_ns()
-        stale = 0
-        while self._fast and self._age_ns(self._fast[0], wall, mono) > self.fast_max_age_ns:
-            self._fast.popleft()
-            stale += 1
+        fresh = deque(w for w in self._fast if self._age_ns(w, wall, mono) <= self.fast_max_age_ns)
+        stale = len(self._fast) - len(fresh)
+        self._fast = fresh
         if stale:
             self.metrics.eew_windows_shed.labels(reason="age").inc(stale)
             self._rl.warning("eew-age", "shed %d trailing windows older than %.1f s (too late to help)",

@@ -83,8 +83,11 @@ def read_segments(client: Any, prefix: str, station_id: str) -> list[Segment]:
     return [decode_segment(fields).segment for _id, fields in entries]
 
 
-def read_picks(client: Any, prefix: str) -> list[Any]:
-    return [decode_pick(fields) for _id, fields in client.xrange(StreamKeys(prefix).picks)]
+def read_picks(client: Any, prefix: str, status: str | None = "final") -> list[Any]:
+    """The pick reports in Redis, in stream order: only those of ``status`` (default the final picks;
+    None: every report of the lifecycle)."""
+    picks = [decode_pick(fields) for _id, fields in client.xrange(StreamKeys(prefix).picks)]
+    return [p for p in picks if status is None or p.status == status]
 
 
 def assert_continuous(segments: list[Segment], start_sample: int, end_sample: int) -> None:

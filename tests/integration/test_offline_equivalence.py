@@ -57,7 +57,10 @@ def test_offline_path_equals_the_live_service(tmp_path, redis_client, redis_url,
     path = recording_with_z12_copy(tmp_path)
     catalogue = load_catalogue()
     stations = [*catalogue["stations"], COPY]
-    fixed_steps = {"worker": {"min_steps": 1, "max_steps": 1}}  # the daemon's steps otherwise follow its budget
+    # the daemon's steps otherwise follow its budget; the early-warning fast path is off: it has no
+    # offline counterpart, and a final pick it reported first carries the provisional report's pick_id
+    # (tests/integration/test_eew.py covers that link)
+    fixed_steps = {"worker": {"min_steps": 1, "max_steps": 1}, "eew": {"enabled": False}}
 
     # live: replay server -> SeedLink -> service -> Redis
     with ReplayServerThread([path], speed=0) as replay:

@@ -115,7 +115,9 @@ def test_replay_is_counted_as_duplicates_and_adds_nothing(
     assert _value(metrics, "coldstream_picks_total", phase="P", source="denoised") == 3
     assert _value(metrics, "coldstream_redis_publish_errors_total") == 0
     assert len(acked) == 17  # duplicates are stored data too: acknowledged
-    assert redis_client.ttl(keys.pickseen(_pick(0).pick_id)) > 3600
+    # denoised picks are kept by onset (the lifecycle keys), with the de-duplication TTL
+    t0 = _pick(0).time_ns
+    assert redis_client.ttl(keys.onset(STATION, "P", t0 // 500_000_000)) > 3600
     pub.close()
 
 

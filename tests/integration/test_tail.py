@@ -67,8 +67,8 @@ def test_once_prints_stored_picks_and_latency(redis_url: str, redis_client: obje
     assert tail.run(_args(redis_url, redis_key_prefix, "--once", "--last", "3"), out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 4
-    assert lines[0].startswith("pick 2025-11-24T16:00:01.000000Z  NC.AAA.00  S  p=0.91  denoised  steps=3  delay=4.2s")
-    assert [ln.split()[3] for ln in lines[:3]] == ["S", "P", "S"]
+    assert lines[0].startswith("pick final#0  2025-11-24T16:00:01.000000Z  NC.AAA.00  S  p=0.91  denoised  steps=3  delay=4.2s")
+    assert [ln.split()[4] for ln in lines[:3]] == ["S", "P", "S"]
     lat = lines[3].split()
     assert lat[0] == "latency" and lat[1] == "BK.BBB." and lat[3] == "STALE" and lat[4] == "NC.AAA.00"
     assert 1.5 < float(lat[5].rstrip("s")) < 30
@@ -90,7 +90,7 @@ def test_follows_new_picks_live(redis_url: str, redis_client: object, redis_key_
     assert rc == [0]
     lines = out.getvalue().splitlines()
     picks = [ln for ln in lines if ln.startswith("pick ")]
-    assert [(ln.split()[2], ln.split()[3]) for ln in picks] == [("NC.AAA.00", "S"), ("BK.BBB.", "P")]
+    assert [(ln.split()[3], ln.split()[4]) for ln in picks] == [("NC.AAA.00", "S"), ("BK.BBB.", "P")]
     assert sum(ln.startswith("latency") for ln in lines) >= 2  # at start and refreshed while waiting
 
 
@@ -99,7 +99,7 @@ def test_piped_cli_output_is_plain_and_errors_are_clean(redis_url: str, redis_cl
     cmd = [sys.executable, "-m", "streamer.cli", "tail", "--url", redis_url, "--prefix", redis_key_prefix, "--once", "--last", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[0].startswith("pick 2025-11-24T16:00:01.000000Z  NC.AAA.00  P")
+    assert res.stdout.splitlines()[0].startswith("pick final#0  2025-11-24T16:00:01.000000Z  NC.AAA.00  P")
     assert "\x1b[" not in res.stdout
     bad = [sys.executable, "-m", "streamer.cli", "tail", "--url", "redis://:pw-secret@127.0.0.1:1/0", "--once"]
     res = subprocess.run(bad, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
@@ -120,3 +120,28 @@ def test_latency_falls_back_to_the_denoised_streams(redis_url: str, redis_client
     assert tail.run(_args(redis_url, redis_key_prefix, "--once"), out) == 0
     lat = out.getvalue().split()
     assert lat[:2] == ["latency", "NC.AAA.00"] and 2.5 < float(lat[2].rstrip("s")) < 30
+
+
+def test_shows_an_onsets_lifecycle_with_one_id(redis_url: str, redis_client: object, redis_key_prefix: str) -> None:
+    from dataclasses import replace
+
+    from streamer.picks import PickDetails
+
+    now = time.time_ns()
+    base = _pick("XX.EEW.", "P", 1)
+    d = PickDetails(latitude_deg=47.0, longitude_deg=11.0, elevation_m=500.0, polarity="U", snr_db=25.0,
+                    onset_arrival_ns=now - 900_000_000, inference_ns=now - 300_000_000)
+    amps = replace(d, amplitudes=((1, 1e-6, 2e-5, 3e-4, 0.35),))
+    _publish(redis_url, redis_key_prefix, [
+        OutputItem.of_pick(replace(base, status="provisional", details=d)),
+        OutputItem.of_pick(replace(base, status="provisional", details=amps)),
+        OutputItem.of_pick(replace(base, status="final", pick_id="other-id", details=amps)),
+    ])
+    out = io.StringIO()
+    assert tail.run(_args(redis_url, redis_key_prefix, "--once", "--last", "10"), out) == 0
+    lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("pick ")]
+    assert [ln.split()[1] for ln in lines] == ["provisional#0", "provisional#1", "final#2"]
+    assert len({ln.split("id=")[1] for ln in lines}) == 1  # one identity from first report to final
+    assert "latency=" in lines[0] and "(inference +0.6s)" in lines[0]
+    assert "polarity=U" in lines[0] and "snr=25dB" in lines[0]
+    assert "Pd1s=1.00e-06m" in lines[1] and "tc=0.35s" in lines[1]
