@@ -71,7 +71,8 @@ def test_consumer_example_runs_against_published_data(
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert len(lines) == 1
-    t_iso, sta, phase, prob, peak = lines[0].split()
+    status, t_iso, sta, phase, prob, peak = lines[0].split()
+    assert status == "final"
     assert (t_iso, sta, phase) == ("2025-11-24T16:00:40.000000Z", station, "P")
     assert float(prob) == pytest.approx(0.9, abs=1e-3)
     assert float(peak.removeprefix("peak=")) == pytest.approx(np.abs(wave[:, 4000:4100]).max(), abs=0.051)
