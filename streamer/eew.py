@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.signal import butter, sosfilt
+from scipy.signal import butter, lfilter, sosfilt
 
 from models.peaks import local_peaks
 from streamer.picks import Pick, PickDetails, make_pick_id
@@ -107,26 +107,43 @@ class StaLta:
         c_sta = 1.0 / max(1.0, self.sta_s * self.rate_hz)
         c_lta = 1.0 / max(1.0, self.lta_s * self.rate_hz)
         warm = round(self.lta_s * self.rate_hz)
+        # the three recursions as IIR filters with carried state (vectorised: one call per record)
+        hp, (zi_hp,) = lfilter([a_hp, -a_hp], [1.0, -a_hp], x, zi=[self._hp_state(x[0])])
+        self._hp_x, self._hp_y = float(x[-1]), float(hp[-1])
+        cf = hp * hp
+        sta, (zs,) = lfilter([c_sta], [1.0, c_sta - 1.0], cf, zi=[(1.0 - c_sta) * self._sta])
+        lta, (zl,) = lfilter([c_lta], [1.0, c_lta - 1.0], cf, zi=[(1.0 - c_lta) * self._lta])
+        self._sta, self._lta = float(sta[-1]), float(lta[-1])
+        del zi_hp, zs, zl
+        first = max(0, warm - self._count - 1)  # samples before the warm-up ends cannot trigger
+        self._count += n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(lta > 0, sta / lta, 0.0)
         out: list[int] = []
-        sta, lta, hx, hy, count, on = self._sta, self._lta, self._hp_x, self._hp_y, self._count, self._on
-        for i in range(n):  # a few hundred samples per record: plain Python is fast enough here
-            xi = x[i]
-            hy = a_hp * (hy + xi - hx)
-            hx = xi
-            cf = hy * hy
-            sta += c_sta * (cf - sta)
-            lta += c_lta * (cf - lta)
-            count += 1
-            if count < warm or lta <= 0:
-                continue
-            r = sta / lta
-            if not on and r >= self.ratio:
+        i = first
+        on = self._on
+        while i < n:  # hysteresis: alternate between the next crossing up and the next one down
+            if not on:
+                hits = np.flatnonzero(r[i:] >= self.ratio)
+                if hits.size == 0:
+                    break
+                i += int(hits[0])
                 on = True
                 out.append(start_ns + round(i * dt_ns))
-            elif on and r < self.detrigger:
+            else:
+                hits = np.flatnonzero(r[i:] < self.detrigger)
+                if hits.size == 0:
+                    break
+                i += int(hits[0])
                 on = False
-        self._sta, self._lta, self._hp_x, self._hp_y, self._count, self._on = sta, lta, hx, hy, count, on
+        self._on = on
         return out
+
+    def _hp_state(self, x0: float) -> float:
+        """The high-pass filter's carried state for the next sample ``x0``: ``zi`` of lfilter's direct
+        form II transposed, from the last input and output."""
+        a_hp = math.exp(-2 * math.pi * 1.0 / self.rate_hz)
+        return a_hp * self._hp_y - a_hp * self._hp_x
 
     def _restart(self, first: float) -> None:
         self._sta = self._lta = 0.0
