@@ -337,12 +337,30 @@ def templating() -> dict[str, Any]:
     ]}
 
 
+def early_warning(lay: Layout) -> None:
+    lay.row("Early-warning picks")
+    lay.add(timeseries("Provisional pick latency", "First provisional report of an onset: written to Redis minus the "
+                       "arrival of the onset sample at the service (p50, p95). docs/eew-picks.md.",
+                       [target(f"histogram_quantile(0.5, sum by (le) (rate(coldstream_eew_pick_latency_seconds_bucket{{{SEL}}}[{RATE}])))", "p50"),
+                        target(f"histogram_quantile(0.95, sum by (le) (rate(coldstream_eew_pick_latency_seconds_bucket{{{SEL}}}[{RATE}])))", "p95", "B")],
+                       "s"), 8, 8)
+    lay.add(timeseries("Pick reports by status / min", "Lifecycle reports queued for Redis: provisional (first reports "
+                       "and updates), final, retracted. Many retractions: noisy triggers or a threshold too low.",
+                       [target(f"sum by (status) (rate(coldstream_eew_picks_total{{{SEL}}}[{RATE}])) * 60", "{{status}}")]), 8, 8)
+    lay.add(timeseries("Fast path windows / s", "Trailing windows run, and shed by reason (age: too late to help; "
+                       "superseded: a newer one of the station was queued), with the stations triggering.",
+                       [target(f"sum(rate(coldstream_eew_windows_total{{{SEL}}}[{RATE}]))", "run"),
+                        target(f"sum by (reason) (rate(coldstream_eew_windows_shed_total{{{SEL}}}[{RATE}]))", "shed {{reason}}", "B"),
+                        target(f"sum(rate(coldstream_eew_triggers_total{{{SEL}}}[{RATE}]))", "triggers", "C")]), 8, 8)
+
+
 def dashboard() -> dict[str, Any]:
     lay = Layout()
     service_health(lay)
     data_health(lay)
     ml_pipeline(lay)
     outputs(lay)
+    early_warning(lay)
     return {
         "title": "coldstream",
         "uid": "coldstream-noc",
