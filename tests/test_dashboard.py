@@ -153,7 +153,7 @@ def test_every_panel_has_title_datasource_and_unique_ref_ids(dashboard: dict[str
 
 def test_rows_and_variables(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Service health", "Data health", "ML pipeline", "Outputs"]
+    assert rows == ["Service health", "Data health", "ML pipeline", "Outputs", "Early-warning picks"]
     assert dashboard["schemaVersion"] >= 36 and dashboard["uid"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
