@@ -59,7 +59,7 @@ def test_offline_path_equals_the_live_service(tmp_path, redis_client, redis_url,
     stations = [*catalogue["stations"], COPY]
     # the daemon's steps otherwise follow its budget; the early-warning fast path is off: it has no
     # offline counterpart, and a final pick it reported first carries the provisional report's pick_id
-    # (tests/integration/test_eew.py covers that link)
+    # (tests/integration/test_eew_service.py covers that link)
     fixed_steps = {"worker": {"min_steps": 1, "max_steps": 1}, "eew": {"enabled": False}}
 
     # live: replay server -> SeedLink -> service -> Redis
