@@ -113,6 +113,10 @@ class BufferSettings(_Section):
 class WindowSettings(_Section):
     stride_s: float = Field(10.0, gt=0)
     min_valid_fraction: float = Field(0.5, ge=0, le=1, description="windows with less valid data are skipped")
+    late_grace_s: float = Field(
+        3.0, ge=0, le=60,
+        description="a late window with missing data waits this long (wall time) for the other components",
+    )
 
 
 class WorkerSettings(_Section):

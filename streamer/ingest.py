@@ -153,7 +153,7 @@ class Ingestor:
         if station_id in self._silent:
             self._silent.discard(station_id)
             log.info("%s: gap closed: data flowing again", station_id)
-        windows = self._emit(self.windower.collect(station))
+        windows = self._emit(self.windower.collect(station, now_ns=self.mono_ns()))
         if self.fast is not None and not result.clock_jump:
             self._fast_path(block, station)
         return windows
@@ -189,6 +189,8 @@ class Ingestor:
             silent_ns = now - last
             if silent_ns >= self.windower.lag_ns(station):
                 out.extend(self._emit(self.windower.collect(station, flush=True)))
+            else:  # late windows whose grace ended (windows.late_grace_s)
+                out.extend(self._emit(self.windower.collect(station, now_ns=now)))
             if silent_ns >= SILENCE_LOG_S * NS_PER_S and station_id not in self._silent:
                 self._silent.add(station_id)
                 log.info("%s: gap opened: no data for %.0f s", station_id, silent_ns / NS_PER_S)

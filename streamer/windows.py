@@ -12,14 +12,20 @@ twice. Windows are ``spec.window_samples`` long, components in ``spec.component_
 
 When a window is decided (in grid order; a window waits while the one before it waits):
 
-- *complete*: every component the station has holds valid data at every sample of the window
-  (for a resampled channel: also as far beyond both ends as the anti-alias filter reaches):
-  decided at once;
+- *complete*: all components exist and hold valid data at every sample of the window (for a
+  resampled channel: also as far beyond both ends as the anti-alias filter reaches): decided at
+  once. During a station's first ``windows.late_grace_s`` (live path) a group missing a component
+  is not complete either, since a backlog served channel by channel brings the others moments
+  later; after that a station with fewer components (Z only) is complete with what it has;
 - *late*: the station's newest sample is at least ``lag`` past the window end, with
   ``lag = max(stride_s, 2 x the longest block seen on the station)``, capped at
   ``horizon_s - window`` so the window is still in the ring: decided with whatever arrived (an
   out-of-order record, or another component's record of the same interval, has until then to
-  fill a hole);
+  fill a hole), but only once it has been late for ``windows.late_grace_s`` of monotonic time
+  (the live path; a finished recording has no grace): a server that sends a backlog channel by
+  channel (ringserver's ring is in scan order: all of E, then N, then Z) delivers the other
+  components within that grace, so their windows are complete, not zero-filled or skipped; a
+  window about to leave the ring is decided at once;
 - *flush* (``flush=True``, the caller saw no data from the station for ``lag`` of wall-clock
   time): windows ending at or before the station's newest sample are decided.
 
@@ -102,6 +108,8 @@ class _Schedule:
     epoch: int
     next_start: int | None = None  # model-grid index of the next window to decide
     decided_any: bool = False
+    late_since_ns: int | None = None  # monotonic time the next window was first found late but incomplete
+    first_seen_ns: int = 0  # monotonic time the schedule was made (the station's first data)
 
 
 class Windower:
@@ -126,6 +134,7 @@ class Windower:
         self.stride_samples = max(1, round(window_settings.stride_s * spec.sampling_rate_hz))
         self.stride_ns = time_of(self.stride_samples, rate)
         self.window_ns = time_of(self.window_samples, rate)
+        self.grace_ns = round(window_settings.late_grace_s * NS_PER_S)
         self.max_gap_samples = math.floor(buffer_settings.max_zero_fill_gap_s * spec.sampling_rate_hz + 1e-9)
         self.horizon_ns = round(buffer_settings.horizon_s * NS_PER_S)
         if self.horizon_ns < self.window_ns + self.stride_ns:
@@ -150,12 +159,14 @@ class Windower:
             return None
         return time_of(sched.next_start, self.rate)
 
-    def collect(self, station: StationBuffer, flush: bool = False) -> WindowBatch:
-        """Decide every window of ``station`` that is due; returns the emitted and skipped ones."""
+    def collect(self, station: StationBuffer, flush: bool = False, now_ns: int | None = None) -> WindowBatch:
+        """Decide every window of ``station`` that is due; returns the emitted and skipped ones.
+        ``now_ns`` (monotonic) starts and ends the grace of a late, incomplete window (None: no
+        grace, as for a finished recording)."""
         out = WindowBatch()
         sched = self._schedules.get(station.station_id)
         if sched is None or sched.epoch != station.epoch:
-            sched = _Schedule(epoch=station.epoch)
+            sched = _Schedule(epoch=station.epoch, first_seen_ns=now_ns or 0)
             self._schedules[station.station_id] = sched
         if station.newest_end_ns is None or station.first_start_ns is None:
             return out
@@ -174,8 +185,24 @@ class Windower:
             end_ns = time_of(start + self.window_samples, self.rate)
             if end_ns > newest - horizon_ns:
                 late = newest >= end_ns + lag or (flush and newest >= end_ns)
-                if not late and not self._complete(station, code, start, start_ns, end_ns):
-                    break
+                # while the station is young (its first grace), a group without all components is
+                # not complete: the other components of a first backlog may still come
+                young = now_ns is not None and self.grace_ns > 0 and now_ns - sched.first_seen_ns < self.grace_ns
+                complete = (not young or len(station.groups[code]) == self.spec.n_components) and self._complete(
+                    station, code, start, start_ns, end_ns)
+                if not complete:
+                    if not late:
+                        sched.late_since_ns = None
+                        break
+                    leaving = newest >= end_ns + horizon_ns - self.window_ns  # about to leave the ring
+                    if not flush and not leaving and self.grace_ns and now_ns is not None:
+                        if sched.late_since_ns is None:
+                            sched.late_since_ns = now_ns
+                        if now_ns - sched.late_since_ns < self.grace_ns:
+                            break  # other components of a backlog served channel by channel are on the way
+                    # the grace is over: the late windows behind this one go at once (one grace per episode)
+                else:
+                    sched.late_since_ns = None
                 window, reason = self._cut(station, code, start, start_ns)
                 if window is not None:
                     out.windows.append(window)

@@ -123,6 +123,8 @@ def test_scripted_sequence_metrics(metrics: Metrics, caplog: pytest.LogCaptureFi
     assert value(metrics, "coldstream_records_rejected_total", station=st, reason="expired") == 1
     assert value(metrics, "coldstream_records_rejected_total", station=st, reason="rate") == 2
     assert value(metrics, "coldstream_nonfinite_samples_total", station=st) == 2
+    clock.t_ns += 4 * NS_PER_S  # the late window with the Z gap waits windows.late_grace_s, then the poll decides it
+    windows += ing.poll()
     emitted = value(metrics, "coldstream_windows_emitted_total", station=st)
     skipped = value(metrics, "coldstream_windows_skipped_total", station=st, reason="gap")
     assert emitted == len(windows) and skipped >= 1 and emitted + skipped == 3
@@ -160,12 +162,17 @@ def test_bad_station_does_not_disturb_others(metrics: Metrics) -> None:
 
 
 def test_float_records_and_zero_filled_single_component(metrics: Metrics) -> None:
-    ing, _ = make(metrics)
+    ing, clock = make(metrics)
     windows = feed(ing, records("ZZZ", 45.0, encoding="FLOAT32", comps="Z"))
+    assert windows == []  # a young station without E and N: they may still come (windows.late_grace_s)
+    clock.t_ns += 4 * NS_PER_S
+    windows = ing.poll()
     assert len(windows) == 1
     assert windows[0].meta["zero_filled_components"] == ["E", "N"]
-    ing2, _ = make(Metrics(), single_component="skip")
+    ing2, clock2 = make(Metrics(), single_component="skip")
     assert feed(ing2, records("ZZZ", 45.0, comps="Z")) == []
+    clock2.t_ns += 4 * NS_PER_S
+    assert ing2.poll() == []
     assert ing2.metrics.registry.get_sample_value("coldstream_windows_skipped_total", {"station": "XX.ZZZ.00", "reason": "missing_component"}) == 1
 
 
@@ -360,3 +367,31 @@ def test_a_packet_without_samples_is_handled(metrics: Metrics, monkeypatch: pyte
     ref = PacketRef("srv", "XX_LOG", 7)
     assert ing.add_payload(b"text record", T0_NS, ref) == []
     assert ing.take_handled() == [ref]
+
+
+def test_a_backlog_served_channel_by_channel_waits_for_every_component(metrics: Metrics) -> None:
+    """ringserver serves a ring in scan order (all of E, then all of N, then Z): no window may be
+    decided before its other components arrived (before the fix they were zero-filled or skipped)."""
+    ing, _ = make(metrics)
+    windows: list[Window] = []
+    for comp in "ENZ":
+        windows += feed(ing, records("BKL", 62.0, comps=comp))
+    assert [w.start_ns for w in windows] == [T0_NS + k * NS_PER_S for k in (7, 17, 27)]
+    assert all(w.mask.all() and "zero_filled_components" not in w.meta for w in windows)
+    assert value(metrics, "coldstream_windows_skipped_total", station="XX.BKL.00", reason="gap") == 0
+
+
+def test_a_component_that_stops_arriving_holds_nothing_back(metrics: Metrics) -> None:
+    """A dead vertical: its late windows wait only the grace, then go on with Z zero-filled."""
+    ing, clock = make(metrics)
+    windows = feed(ing, records("DED", 20.0, comps="Z"))
+    windows += feed(ing, records("DED", 92.0, comps="EN"))
+    assert windows == []  # late, but within the grace: the vertical may be on its way
+    clock.t_ns += 4 * NS_PER_S  # more than windows.late_grace_s (3 s)
+    for _ in range(10):  # one window per grace, as the poll finds them
+        windows += ing.poll()
+        clock.t_ns += 4 * NS_PER_S
+    # the windows overlapping the vertical's last data are skipped (a long trailing hole); after it
+    # they go on with the vertical zero-filled
+    filled = [w for w in windows if w.start_ns >= T0_NS + 27 * NS_PER_S]
+    assert len(filled) >= 3 and all(w.meta.get("zero_filled_components") == ["Z"] for w in filled)
