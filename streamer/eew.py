@@ -435,6 +435,11 @@ class Lifecycle:
         self._open: dict[tuple[str, str], list[_Onset]] = {}
         self.counts = {"provisional": 0, "update": 0, "final": 0, "confirmed": 0, "retracted": 0}
 
+    def reported(self, station_id: str) -> bool:
+        """The station has an open provisional P onset (its first report is out). Read from the
+        worker thread to order trailing windows: a plain dict lookup, safe under the GIL."""
+        return bool(self._open.get((station_id, "P")))
+
     def open_onsets(self, station_id: str | None = None) -> list[Pick]:
         return [o.pick for (sid, _), lst in sorted(self._open.items()) for o in lst
                 if station_id is None or sid == station_id]

@@ -214,6 +214,7 @@ class Service:
                 fast_steps=s.eew.steps,
                 fast_max_age_s=s.eew.max_age_s,
                 fast_queue_max_windows=s.eew.queue_max_windows,
+                fast_reported=self._fast_reported if fast_path else None,
             )
             self.sink = LocalSink(self.worker, self.output)
         fast = FastScheduler(s.eew, spec.sampling_rate_hz) if fast_path else None
@@ -222,6 +223,12 @@ class Service:
             log.info("early-warning fast path off: %s", "needs the picker" if self.role == "all" and self.picker is None
                      else "runs only in the all-in-one service (coldstream run), not in the scale-out roles")
         return self.worker
+
+    def _fast_reported(self, window: Window) -> bool:
+        """Worker thread: the window's station has a provisional P out already (its window only adds
+        amplitude updates), so windows of stations still waiting for a first report go first."""
+        lifecycle = self.output.lifecycle if self.output is not None else None
+        return lifecycle is not None and lifecycle.reported(window.station_id)
 
     def _on_shed(self, windows: list[Window], reason: str) -> None:
         self.acks.drop(windows)

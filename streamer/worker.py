@@ -140,6 +140,7 @@ class Worker:
         fast_steps: int = 1,
         fast_max_age_s: float = 3.0,
         fast_queue_max_windows: int = 512,
+        fast_reported: Callable[[Window], bool] | None = None,
     ) -> None:
         self.denoiser = denoiser
         # the early-warning fast path: trailing windows, served first but never twice in a row while
@@ -150,6 +151,9 @@ class Worker:
         self.fast_queue_max_windows = int(fast_queue_max_windows)
         self._fast: deque[Window] = deque()
         self._last_was_fast = False
+        # stations whose onset is reported already (their windows only add amplitude updates) go
+        # behind those still waiting for a first report; under a burst their windows age out first
+        self.fast_reported = fast_reported
         self.pad_batch_multiple = max(int(pad_batch_multiple), 1)
         self.target_latency_ms = None if target_latency_s is None else target_latency_s * 1000.0
         self.picker = picker
@@ -378,6 +382,9 @@ class Worker:
             self.metrics.eew_windows_shed.labels(reason="age").inc(stale)
             self._rl.warning("eew-age", "shed %d trailing windows older than %.1f s (too late to help)",
                              stale, self.fast_max_age_ns / 1e9)
+        if self.fast_reported is not None and len(self._fast) > self.batch_size:
+            first = [w for w in self._fast if not self.fast_reported(w)]
+            self._fast = deque(first + [w for w in self._fast if self.fast_reported(w)])
         n = min(self.batch_size, len(self._fast))
         batch = [self._fast.popleft() for _ in range(n)]
         self.metrics.eew_queue_depth.set(len(self._fast))

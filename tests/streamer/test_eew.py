@@ -277,3 +277,23 @@ def test_pick_schema_round_trips_the_lifecycle_and_early_warning_fields() -> Non
     # an entry written before the lifecycle fields existed reads as a final pick, update 0
     old = {k: v for k, v in bare.items() if k not in ("status", "update", "reason", "latitude_deg")}
     assert (decode_pick(old).status, decode_pick(old).update) == ("final", 0)
+
+
+def test_worker_serves_stations_without_a_first_report_first(metrics) -> None:
+    from test_worker import FakeDenoiser, FakePicker, make_window
+
+    from streamer.worker import Worker
+
+    reported = {"XX.R0.", "XX.R1.", "XX.R2."}
+    got = []
+    w = Worker(FakeDenoiser(), metrics, lambda r: None, batch_size=2, max_wait_ms=0, picker=FakePicker(),
+               on_fast_result=got.append, fast_max_age_s=1e6, fast_reported=lambda x: x.station_id in reported)
+    now = time.time_ns()
+    windows = []
+    for name in ("XX.R0.", "XX.R1.", "XX.N0.", "XX.R2.", "XX.N1."):
+        fw = make_window(1, arrival_ns=now, station=name)
+        fw.meta["fast"] = True
+        windows.append(fw)
+    w.submit_fast(windows)
+    r = w.process_once(0.1)
+    assert r is not None and [x.station_id for x in r.windows] == ["XX.N0.", "XX.N1."]
