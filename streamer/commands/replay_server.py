@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--record-s", type=float, default=None,
         help="re-pack so that no record holds more than this many seconds (e.g. 1: what 1-s records cost)",
     )
+    parser.add_argument(
+        "--record-bytes", type=int, default=None, choices=[256],
+        help="serve records holding what 256-byte records hold (in 512-byte SeedLink 3 packets): what smaller "
+             "records cost in latency (128-byte records: approximate them with --record-s 0.5)",
+    )
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         server = ReplayServer(
             args.sources, host=args.host, port=args.port, speed=args.speed,
             loop_forever=args.loop, ring_packets=args.ring_packets, live_start=args.live_start,
-            record_s=args.record_s,
+            record_s=args.record_s, record_bytes=args.record_bytes,
         )
     except ReplayError as exc:
         print(f"coldstream replay-server: {exc}", file=sys.stderr)

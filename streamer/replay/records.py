@@ -17,6 +17,7 @@ import datetime as dt
 import io
 import logging
 import struct
+from typing import Any
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from streamer.records import NS_PER_S
 log = logging.getLogger(__name__)
 
 RECORD_BYTES = 512
+SMALL_RECORD_BYTES = (256,)  # emulated record lengths (their samples in a 512-byte packet); ObsPy packs no shorter
 SEQ_MODULUS = 1 << 24
 MSEED_SUFFIXES = {".mseed", ".miniseed", ".ms", ".msd", ".seed", ".mseed3", ".ms3"}
 
@@ -90,9 +92,12 @@ def _native_512_records(data: bytes) -> list[bytes] | None:
     return out
 
 
-def _repack_512(path: Path, record_s: float | None = None) -> list[bytes]:
+def _repack_512(path: Path, record_s: float | None = None, record_bytes: int | None = None) -> list[bytes]:
     """Re-write a file's traces as 512-byte miniSEED 2 records (Steim2 for integers); with
-    ``record_s``, no record holds more than ``record_s`` seconds of samples."""
+    ``record_s``, no record holds more than ``record_s`` seconds of samples; with ``record_bytes``
+    (256), each record holds exactly the samples a record of that many bytes holds (ObsPy's
+    packing at that length), carried in a 512-byte record: SeedLink 3 packets are 512 bytes, so
+    this is how a v3 server can show what smaller records cost in latency."""
     import numpy as np
     from obspy import read
 
@@ -105,17 +110,36 @@ def _repack_512(path: Path, record_s: float | None = None) -> list[bytes]:
         else:
             tr.data = tr.data.astype(np.float32)
             encoding = "FLOAT32"
-        if record_s is None:
+        if record_s is None and record_bytes is None:
             tr.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding=encoding)
             continue
-        n = max(1, int(round(record_s * tr.stats.sampling_rate)))
-        for i in range(0, tr.stats.npts, n):
+        for i, n in _pieces(tr, encoding, record_s, record_bytes):
             piece = tr.copy()
             piece.data = tr.data[i : i + n].copy()
             piece.stats.starttime = tr.stats.starttime + i / tr.stats.sampling_rate
             piece.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding=encoding)
     data = buf.getvalue()
     return [data[i:i + RECORD_BYTES] for i in range(0, len(data), RECORD_BYTES)]
+
+
+def _pieces(tr: Any, encoding: str, record_s: float | None, record_bytes: int | None) -> list[tuple[int, int]]:
+    """``(first sample, count)`` of each record: ``record_s`` seconds each, or what ObsPy packs into
+    records of ``record_bytes`` bytes (the sample count depends on the data's compressibility)."""
+    if record_bytes is None:
+        n = max(1, int(round((record_s or 1.0) * tr.stats.sampling_rate)))
+        return [(i, min(n, tr.stats.npts - i)) for i in range(0, tr.stats.npts, n)]
+    from obspy import read
+
+    small = io.BytesIO()
+    tr.write(small, format="MSEED", reclen=record_bytes, encoding=encoding)
+    raw = small.getvalue()
+    out, first = [], 0
+    for off in range(0, len(raw), record_bytes):
+        n = int(read(io.BytesIO(raw[off:off + record_bytes]), format="MSEED", headonly=True)[0].stats.npts)
+        if n:
+            out.append((first, n))
+            first += n
+    return out
 
 
 def iter_input_files(sources: Sequence[Path | str]) -> Iterable[Path]:
@@ -131,25 +155,32 @@ def iter_input_files(sources: Sequence[Path | str]) -> Iterable[Path]:
             raise ReplayError(f"{path}: no such file or directory")
 
 
-def load_records(sources: Sequence[Path | str], record_s: float | None = None) -> list[ReplayRecord]:
+def load_records(
+    sources: Sequence[Path | str], record_s: float | None = None, record_bytes: int | None = None,
+) -> list[ReplayRecord]:
     """All data records of the given files/directories as 512-byte miniSEED 2 records.
 
     Files that are already 512-byte miniSEED 2 are served byte for byte; others (other record
     lengths, miniSEED 3) are re-packed with ObsPy. With ``record_s`` every file is re-packed so
     that no record holds more than ``record_s`` seconds (a record is released when its last sample
     is due, so this is the data latency a client sees: 1-s records against the several seconds a
-    512-byte Steim-2 record of a quiet 100 Hz channel holds). Unreadable files are skipped with a
-    warning.
+    512-byte Steim-2 record of a quiet 100 Hz channel holds). With ``record_bytes`` (256)
+    each record holds what a record of that length holds (see :func:`_repack_512`). Unreadable
+    files are skipped with a warning.
     """
     if record_s is not None and not record_s > 0:
         raise ReplayError(f"record length must be > 0 s, got {record_s}")
+    if record_bytes is not None and record_bytes not in SMALL_RECORD_BYTES:
+        raise ReplayError(f"record bytes must be one of {SMALL_RECORD_BYTES}, got {record_bytes}")
+    if record_s is not None and record_bytes is not None:
+        raise ReplayError("give a record length in seconds or in bytes, not both")
     records: list[ReplayRecord] = []
     for path in iter_input_files(sources):
         data = path.read_bytes()
-        chunks = None if record_s is not None else _native_512_records(data)
+        chunks = None if record_s is not None or record_bytes is not None else _native_512_records(data)
         if chunks is None:
             try:
-                chunks = _repack_512(path, record_s)
+                chunks = _repack_512(path, record_s, record_bytes)
             except Exception as exc:  # ObsPy raises many types for non-miniSEED input
                 log.warning("skipping %s: not readable as miniSEED (%s)", path, exc)
                 continue

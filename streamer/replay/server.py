@@ -63,6 +63,7 @@ class ReplayServer:
         records: list[ReplayRecord] | None = None,
         live_start: bool = False,
         record_s: float | None = None,
+        record_bytes: int | None = None,
     ) -> None:
         if speed < 0 or math.isnan(speed):
             raise ReplayError("speed must be >= 0 (0 or inf: as fast as possible)")
@@ -79,7 +80,7 @@ class ReplayServer:
         # replay does not depend on when it connected), or with live_start at the next packet,
         # as a live server does.
         self.live_start = live_start
-        all_records = records if records is not None else load_records(sources, record_s)
+        all_records = records if records is not None else load_records(sources, record_s, record_bytes)
         if not all_records:
             raise ReplayError("nothing to serve")
         first_start = min(r.start_ns for r in all_records)

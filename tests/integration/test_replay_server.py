@@ -569,3 +569,41 @@ def test_one_second_records_reach_an_independent_client_complete(archive: Path) 
     expected = read(str(archive / "XX_BBB.mseed")).select(channel="HHZ")
     samples = np.concatenate([tr.data for tr in sorted(client.traces, key=lambda t: t.stats.starttime)])
     np.testing.assert_array_equal(samples, expected[0].data)
+
+
+@pytest.mark.parametrize("nbytes", [256])
+def test_small_record_lengths_hold_what_such_records_hold(archive: Path, nbytes: int) -> None:
+    """``--record-bytes 256``: each served record carries the samples that ObsPy packs into a
+    record of that length (checked against an independent packing), in a 512-byte SeedLink 3 packet,
+    and ObsPy's SeedLink client still receives every sample."""
+    import io
+
+    from obspy import UTCDateTime, read
+
+    src = read(str(archive / "XX_BBB.mseed")).select(channel="HHZ")[0]
+    tr = src.copy()
+    tr.data = tr.data.astype(np.int32)
+    small = io.BytesIO()
+    tr.write(small, format="MSEED", reclen=nbytes, encoding="STEIM2")
+    raw = small.getvalue()
+    want = [read(io.BytesIO(raw[i:i + nbytes]), headonly=True)[0].stats.npts for i in range(0, len(raw), nbytes)]
+
+    records = [r for r in load_records([archive], record_bytes=nbytes) if (r.station, r.channel) == ("BBB", "HHZ")]
+    assert all(len(r.payload) == 512 for r in records)
+    got = [read(io.BytesIO(r.payload), headonly=True)[0].stats.npts for r in records]
+    assert got == [n for n in want if n]
+    default = [r for r in load_records([archive]) if (r.station, r.channel) == ("BBB", "HHZ")]
+    assert max(got) < max(read(io.BytesIO(r.payload), headonly=True)[0].stats.npts for r in default)
+    with pytest.raises(ReplayError, match="record bytes"):
+        load_records([archive], record_bytes=128)  # ObsPy packs no record shorter than 256 bytes
+
+    with ReplayServerThread([archive], speed=0, record_bytes=nbytes) as srv:
+        client = _obspy_collector(f"127.0.0.1:{srv.port}")
+        client.conn.timeout = 10
+        client.connect()
+        client.select_stream("XX", "BBB", "HHZ")
+        client.conn.begin_time = UTCDateTime(2025, 12, 31)
+        client.conn.end_time = UTCDateTime(2026, 1, 1, 1)
+        client.run()
+    samples = np.concatenate([t.data for t in sorted(client.traces, key=lambda t: t.stats.starttime)])
+    np.testing.assert_array_equal(samples, src.data)
