@@ -198,3 +198,43 @@ def test_flush_and_stop_never_hang_on_a_dead_output_thread(settings, metrics):
     assert out.flush_all(timeout_s=1.0) is False
     out.stop(timeout_s=1.0)
     assert time.monotonic() - t0 < 3
+
+
+# --------------------------------------------------------------------------- early-warning lifecycle
+def _fast_result(station: str, end_ns: int, peak_at_ns: int | None, trigger_ns: int):
+    """A fast-path batch: one trailing window ending at ``end_ns`` with a P maximum at ``peak_at_ns``."""
+    from streamer.records import Window
+
+    start = end_ns - 30 * NS_PER_S
+    w = Window(station, start, 100.0, np.ones((3, N), np.float32), np.ones((3, N), bool), end_ns, ("HHE", "HHN", "HHZ"))
+    w.meta.update(fast=True, triggers_ns=[trigger_ns])
+    r = result([w])
+    r.probs[:] = 0.0
+    if peak_at_ns is not None:
+        i = round((peak_at_ns - start) * 100 / NS_PER_S)
+        idx = np.arange(N)
+        r.probs[0, 0] = 0.9 * np.exp(-0.5 * ((idx - i) / 8.0) ** 2)
+    r.steps = 1
+    return r
+
+
+def test_a_provisional_pick_the_final_path_does_not_confirm_is_retracted(settings, metrics):
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    onset = T0 + 45 * NS_PER_S
+    out.handle_fast(_fast_result("XX.STA.", onset + NS_PER_S, onset, onset))
+    (prov,) = [i.pick for i in sink.items if i.kind == "pick"]
+    assert (prov.status, prov.update, prov.time_ns) == ("provisional", 0, onset)
+    assert prov.details is not None and prov.details.newest_sample_ns == onset + NS_PER_S - NS_PER_S // 100
+    # the final path sees no pick there (its probability is flat): once it has judged past the onset
+    # plus the tolerance, the provisional pick is retracted, once, with the same pick_id
+    for k in range(8):
+        out.handle(result([window(k)]))
+    picks = [i.pick for i in sink.items if i.kind == "pick"]
+    assert [(p.pick_id, p.status, p.update, p.reason) for p in picks] == [
+        (prov.pick_id, "provisional", 0, ""), (prov.pick_id, "retracted", 1, "not_confirmed"),
+    ]
+    # a later fast window on samples the final path has judged reports nothing
+    out.handle_fast(_fast_result("XX.STA.", onset + 2 * NS_PER_S, onset, onset))
+    assert len([i for i in sink.items if i.kind == "pick"]) == 2
+    assert metrics.registry.get_sample_value("coldstream_eew_picks_total", {"phase": "P", "status": "retracted"}) == 1
