@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -89,24 +88,10 @@ def write_inventory(path: Path, stations: int) -> None:
 
 
 def start_replay(path: Path, workdir: Path, record_s: float | None) -> tuple[subprocess.Popen[bytes], int]:
-    from streamer.redis_server import free_port
+    sys.path.insert(0, str(REPO / "bench"))
+    from soak import start_replay as start
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamer.cli", "replay-server", "--port", str(port), "--speed", "1", str(path)]
-    if record_s:
-        cmd += ["--record-s", str(record_s)]
-    log_file = open(workdir / "replay.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"replay server exited: see {workdir / 'replay.log'}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("replay server did not start")
+    return start([path], workdir, extra=("--record-s", str(record_s)) if record_s else (), timeout_s=180.0)
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -310,17 +310,19 @@ def soak_settings(args: argparse.Namespace, workdir: Path, redis_url: str, port:
     return load_settings(overrides=overrides, environ={})
 
 
-def start_replay(paths: list[Path], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_replay(paths: list[Path], workdir: Path, extra: tuple[str, ...] = ("--loop",),
+                 timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``coldstream replay-server`` subprocess in real time on a free port (``extra``: more options)."""
     from streamer.redis_server import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "streamer.cli", "replay-server", "--port", str(port), "--speed", "1", "--loop",
+    cmd = [sys.executable, "-m", "streamer.cli", "replay-server", "--port", str(port), "--speed", "1", *extra,
            *map(str, paths)]
     log_file = open(workdir / "replay.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
     import socket
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"replay server exited: see {workdir / 'replay.log'}")
