@@ -222,16 +222,10 @@ def run_one(args: argparse.Namespace, stations: int) -> dict[str, Any]:
             })
             return out
         finally:
-            if service is not None and thread is not None and thread.is_alive():
-                service.request_stop()
-                service.request_stop()
-                thread.join(30)
-            replay.terminate()
-            try:
-                replay.wait(10)
-            except subprocess.TimeoutExpired:
-                replay.kill()
-            redis.stop()
+            sys.path.insert(0, str(REPO / "bench"))
+            from soak import stop_all
+
+            stop_all(service, thread, replay, redis)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,11 +289,12 @@ def summarise(soak: Soak, metrics: Metrics, exit_code: int, wall_s: float) -> di
 
 
 # --------------------------------------------------------------------------------------------- run
-def soak_settings(args: argparse.Namespace, workdir: Path, redis_url: str, port: int, weights: Path | None) -> Settings:
+def soak_settings(args: argparse.Namespace, workdir: Path, redis_url: str, port: int, weights: Path | None,
+                  streams: list[str] | None = None, maxlen: int = 2000) -> Settings:
     overrides: dict[str, Any] = {
-        "seedlink": {"servers": [{"host": "127.0.0.1", "port": port, "streams": ["XX_*"]}],
+        "seedlink": {"servers": [{"host": "127.0.0.1", "port": port, "streams": streams or ["XX_*"]}],
                      "state_file": str(workdir / "seedlink.state")},
-        "redis": {"url": redis_url, "stream_prefix": "soak", "maxlen": 2000},
+        "redis": {"url": redis_url, "stream_prefix": "soak", "maxlen": maxlen},
         "metrics": {"enabled": False},
         "windows": {"stride_s": args.stride_s},
         "worker": {"device": args.device, "batch_size": args.batch_size},
@@ -375,6 +376,22 @@ def exactly_once(client: Any, prefix: str, station: str, first_sample: int, end_
     }
 
 
+def stop_all(service: Any, thread: Any, replay: subprocess.Popen[bytes] | None, redis: Any) -> None:
+    """Tear a run down whatever state it is in: the service (cancelled if still running), the replay
+    server subprocess, Redis."""
+    if service is not None and thread is not None and thread.is_alive():
+        service.request_stop()
+        service.request_stop()
+        thread.join(30)
+    if replay is not None:
+        replay.terminate()
+        try:
+            replay.wait(10)
+        except subprocess.TimeoutExpired:
+            replay.kill()
+    redis.stop()
+
+
 def run_cx(args: argparse.Namespace) -> Soak:
     """Real data through ringserver (see the module docstring)."""
     import redis as redis_lib
@@ -409,20 +426,7 @@ def run_cx(args: argparse.Namespace) -> Soak:
         thread = None
         try:
             keys = sorted({"_".join(s.split(".")[:2]) for s in stations})
-            overrides: dict[str, Any] = {
-                "seedlink": {"servers": [{"host": "127.0.0.1", "port": ring.port, "streams": keys}],
-                             "state_file": str(workdir / "seedlink.state")},
-                "redis": {"url": redis.url, "stream_prefix": "soak", "maxlen": 100_000},
-                "metrics": {"enabled": False},
-                "windows": {"stride_s": args.stride_s},
-                "worker": {"device": args.device, "batch_size": args.batch_size},
-                "picker": {"enabled": args.seisbench_cache is not None},
-            }
-            if args.torch_threads:
-                overrides["worker"]["torch_threads"] = args.torch_threads
-            if args.seisbench_cache is not None:
-                overrides["picker"]["seisbench_cache"] = str(args.seisbench_cache)
-            settings = load_settings(overrides=overrides, environ={})
+            settings = soak_settings(args, workdir, redis.url, ring.port, None, streams=keys, maxlen=100_000)
             write_resume_state(workdir / "seedlink.state", ring.address, keys, begin_ns)
             service = Service(settings, metrics, environ={})
             service.load_models()
@@ -514,16 +518,7 @@ def run(args: argparse.Namespace) -> Soak:
             thread.join(120)
             soak.summary = summarise(soak, metrics, service.exit_code, wall)
         finally:
-            if service is not None and thread is not None and thread.is_alive():
-                service.request_stop()
-                service.request_stop()
-                thread.join(30)
-            replay.terminate()
-            try:
-                replay.wait(10)
-            except subprocess.TimeoutExpired:
-                replay.kill()
-            redis.stop()
+            stop_all(service, thread, replay, redis)
     return soak
 
 
