@@ -134,8 +134,10 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
-    if meta.get("guard_db") and hasattr(model, "guard_db"):
-        model.guard_db = tuple(meta["guard_db"])  # type: ignore[assignment]  # an inference setting of the mask model (no weights)
+    if meta.get("guard_db") and hasattr(model, "set_guard"):
+        # Inference settings of the mask model (no weights).
+        model.set_guard(meta["guard_db"], meta.get("guard_max_hz"), meta.get("guard_smooth_s"),  # type: ignore[operator]
+                        float(meta.get("spec", {}).get("sampling_rate_hz", 100.0)))
     return model.eval(), meta
 
 

@@ -18,7 +18,8 @@ and bin. Erasing is still possible (M = 0); it is what the training loss penalis
 ``Denoiser.residual_mix``, and with ``guard_db`` a measured lower bound on the gain keeps every cell far above its
 own window's noise floor (:meth:`STFTMaskNet.guard`): an event onset clearly above the noise cannot be erased.
 The guard has no weights; a sidecar's top-level ``guard_db`` sets it on loaded weights (an inference setting like
-``residual_mix``).
+``residual_mix``), with ``guard_max_hz`` (the guard acts on bins up to that frequency only) and ``guard_smooth_s``
+(a cell must stay above its floor for about that long, measured on the power averaged over that time).
 
 Input and output are ``(batch, 3, window_samples)`` in normalized units.
 """
@@ -101,6 +102,22 @@ class STFTMaskNet(nn.Module):
         nn.init.constant_(last.bias, 3.0)  # type: ignore[arg-type]  # the head convolution has a bias
         self._frame_multiple = 2 ** (len(widths) - 1)
         self.guard_db = tuple(guard_db) if guard_db else None
+        self.guard_max_bin: int | None = None  # bins at or above it are left to the network (None: all guarded)
+        self.guard_smooth_frames = 1  # frames of the guard's moving power average (1: none)
+
+    def set_guard(self, guard_db, max_hz: float | None = None, smooth_s: float | None = None,
+                  sampling_rate_hz: float = 100.0) -> None:
+        """Configure the guard in physical units: ``guard_db`` (lo, hi) or None (off); ``max_hz``: guard only the
+        bins whose centre frequency is at most this; ``smooth_s``: average the power over about this long (an odd
+        number of frames) before comparing it with the floor."""
+        self.guard_db = tuple(guard_db) if guard_db else None  # type: ignore[assignment]
+        self.guard_max_bin = None
+        if max_hz is not None:
+            self.guard_max_bin = int(max_hz * self.n_fft / sampling_rate_hz) + 1
+        self.guard_smooth_frames = 1
+        if smooth_s:
+            half = int(round(smooth_s * sampling_rate_hz / self.hop / 2))
+            self.guard_smooth_frames = 2 * half + 1
 
     def guard(self, sy: torch.Tensor) -> torch.Tensor:
         """The measured fall-back: a lower bound on the gain, ``(batch*3, bins, frames)`` in [0, 1].
@@ -110,12 +127,26 @@ class STFTMaskNet(nn.Module):
         above is kept whole, whatever the network says: stationary noise stays under the lower bound (a Rayleigh
         magnitude exceeds its 20th percentile by 15 dB about once in a thousand cells), a transient far above the
         noise of its own window (an event onset) cannot be erased. Coda-only windows, with no quiet frames, are
-        left to the network."""
+        left to the network.
+
+        Two restrictions (``set_guard``) keep the guard from passing what no earthquake looks like: with
+        ``guard_smooth_frames`` > 1 the power is averaged over that many frames first (a burst shorter than about
+        a second, such as the modulated noise of a wind turbine, averages down; an arrival's energy lasts), and
+        bins at or above ``guard_max_bin`` are not guarded at all (the network's judgement stands there; the
+        guard exists for the low-frequency energy of an event, which the network can take for microseism)."""
         mag = sy.abs()
+        k = self.guard_smooth_frames
+        if k > 1:
+            power = nn.functional.avg_pool1d(mag.pow(2), k, 1, k // 2, count_include_pad=False)
+            mag = power[..., : sy.shape[-1]].sqrt()
         floor = torch.quantile(mag, GUARD_QUANTILE, dim=-1, keepdim=True).clamp(min=1e-6)
         snr_db = 20 * torch.log10(mag.clamp(min=1e-12) / floor)
         lo, hi = self.guard_db  # type: ignore[misc]  # set when the guard is on
-        return ((snr_db - lo) / (hi - lo)).clamp(0, 1)
+        g = ((snr_db - lo) / (hi - lo)).clamp(0, 1)
+        if self.guard_max_bin is not None:
+            g = g.clone()
+            g[:, self.guard_max_bin :, :] = 0
+        return g
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:
         b, c, n = x.shape

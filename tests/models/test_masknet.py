@@ -106,3 +106,62 @@ def test_guard_setting_comes_from_the_sidecar(tmp_path):
     release_checkpoint(tmp_path / "m.pt", tmp_path / "g.pt", guard_db=[15, 25])
     assert load_checkpoint(tmp_path / "m.pt")[0].guard_db is None
     assert load_checkpoint(tmp_path / "g.pt")[0].guard_db == (15, 25)
+
+
+def _eraser() -> STFTMaskNet:
+    m = _tiny()
+    torch.nn.init.constant_(m.head[-1].bias, -30.0)  # the network erases everything: only the guard keeps anything
+    return m
+
+
+def _kept(m: STFTMaskNet, y: np.ndarray, sl: slice) -> float:
+    with torch.no_grad():
+        out = m(torch.from_numpy(y), torch.ones(1))
+    return float(out[0, 2, sl].abs().max() / np.abs(y[0, 2, sl]).max())
+
+
+def _noise(seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 3, 3000)).astype(np.float32)
+
+
+def test_guard_smoothing_keeps_a_lasting_arrival_and_not_a_short_burst():
+    t = np.arange(3000) / 100.0
+    arrival, burst = _noise(), _noise()
+    arrival[0, :, 1500:2100] += 12 * np.sin(2 * np.pi * 3 * t[:600]) * np.exp(-t[:600] / 3.0)  # lasts seconds
+    burst[0, :, 1500:1515] += 8 * np.sin(2 * np.pi * 20 * t[:15])  # 0.15 s, loud enough for the plain guard
+    m = _eraser()
+    m.set_guard((12.0, 20.0))
+    burst_plain = _kept(m, burst, slice(1500, 1515))
+    m.set_guard((12.0, 20.0), smooth_s=1.0)
+    assert m.guard_smooth_frames == 7  # 1 s at hop 16 and 100 Hz: an odd number of frames
+    assert _kept(m, arrival, slice(1500, 2100)) > 0.8
+    assert burst_plain > 0.5
+    assert _kept(m, burst, slice(1500, 1515)) < 0.5 * burst_plain
+
+
+def test_guard_max_hz_leaves_higher_bins_to_the_network():
+    t = np.arange(600) / 100.0
+    low, high = _noise(), _noise()
+    low[0, :, 1500:2100] += 12 * np.sin(2 * np.pi * 2 * t) * np.exp(-t / 3.0)
+    high[0, :, 1500:2100] += 12 * np.sin(2 * np.pi * 20 * t) * np.exp(-t / 3.0)
+    m = _eraser()
+    m.set_guard((12.0, 20.0), max_hz=5.0)
+    assert m.guard_max_bin == 4  # bins 0-3 (0, 1.6, 3.1, 4.7 Hz) are guarded
+    assert _kept(m, low, slice(1500, 2100)) > 0.8
+    assert _kept(m, high, slice(1500, 2100)) < 0.05  # erased: above 5 Hz the network's gain stands
+    m.set_guard((12.0, 20.0))
+    assert _kept(m, high, slice(1500, 2100)) > 0.8
+
+
+def test_guard_restrictions_come_from_the_sidecar(tmp_path):
+    from models.checkpoint import release_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", _tiny(), schedule_kind="linear", n_train_steps=8,
+                    spec={"sampling_rate_hz": 50.0})
+    release_checkpoint(tmp_path / "m.pt", tmp_path / "g.pt", guard_db=[8, 14], guard_max_hz=5.0, guard_smooth_s=1.0)
+    m = load_checkpoint(tmp_path / "g.pt")[0]
+    assert m.guard_db == (8, 14)
+    assert m.guard_max_bin == int(5.0 * 64 / 50.0) + 1  # converted at the weights' own sampling rate
+    assert m.guard_smooth_frames == 2 * round(1.0 * 50.0 / 16 / 2) + 1
+    plain = load_checkpoint(tmp_path / "m.pt")[0]
+    assert plain.guard_db is None and plain.guard_max_bin is None and plain.guard_smooth_frames == 1
