@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra weight of the PhaseNet term where the output is picked more than the clean target (0 = symmetric)",
     )
     parser.add_argument(
+        "--picker-mix", type=float, default=0.0,
+        help="score the PhaseNet term on pred + R * (y - pred), the output as residual mix R makes it (default 0)",
+    )
+    parser.add_argument(
         "--noise-only-share", type=float, default=None, help="share of noise-only windows (target zero; default 0.15)"
     )
     parser.add_argument(
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         stft_weight=args.stft_weight,
         picker_weight=args.picker_weight,
         false_pick_weight=args.false_pick_weight,
+        picker_mix=args.picker_mix,
         init_weights=args.init_weights,
         pairs=pairs,
         architecture=args.architecture,

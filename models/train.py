@@ -89,6 +89,11 @@ class TrainConfig:
     asym_weight: float = 0.0
     mask_widths: tuple[int, ...] = (48, 96, 160)
     snapshot_minutes: tuple[float, ...] = ()
+    picker_mix: float = 0.0
+    """The PhaseNet term scores ``pred + picker_mix * (y - pred)``, the output as the shipped residual mix makes it,
+    against the clean target: on a noise-only window the network cannot then lower the picker's response below the
+    raw input's (a uniform gain leaves PhaseNet's normalized input unchanged), only raise it, which the false-pick
+    weight penalises. 0: the network's own output, as before."""
 
 
 def _device(name: str) -> torch.device:
@@ -235,8 +240,8 @@ class _Trainer:
         log.info("resumed from step %d (%.1f min)", self.step, self.elapsed_s / 60)
 
     # -------------------------------------------------------------------------------------- loss
-    def _loss(self, pred: torch.Tensor, x0: torch.Tensor, w: torch.Tensor, picker: bool = True
-              ) -> dict[str, torch.Tensor]:
+    def _loss(self, pred: torch.Tensor, x0: torch.Tensor, w: torch.Tensor, picker: bool = True,
+              y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         parts = {"l1": onset_weighted_l1(pred, x0, w)}
         if cfg.stft_weight > 0:
@@ -244,7 +249,8 @@ class _Trainer:
         if cfg.asym_weight > 0:
             parts["asym"] = asymmetric_magnitude_loss(pred, x0)
         if self.picker_loss is not None and picker:
-            parts["pick"] = self.picker_loss(pred, x0)
+            seen = pred if not cfg.picker_mix or y is None else pred + cfg.picker_mix * (y - pred)
+            parts["pick"] = self.picker_loss(seen, x0)
         total = (parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.asym_weight * parts.get("asym", 0.0)
                  + cfg.picker_weight * parts.get("pick", 0.0))
         parts["total"] = total
@@ -267,7 +273,7 @@ class _Trainer:
             s, s_next = steps[k], steps[k + 1]
             last = k == len(steps) - 2
             pred = self._call(self.model, x, torch.full((b,), s / T, device=self.device), yn).float()
-            p = self._loss(pred, x0n, w, picker=last)
+            p = self._loss(pred, x0n, w, picker=last, y=yn)
             loss = loss + (1.0 if last else cfg.chain_intermediate_weight) * p["total"]
             if last:
                 parts = p
@@ -300,7 +306,7 @@ class _Trainer:
         with amp:
             xt = degrade(x0n, yn, self.gammas[t])
             pred = self.model(xt, t.float() / T).float()
-        parts = self._loss(pred, x0n, w)
+        parts = self._loss(pred, x0n, w, y=yn)
         loss = parts["total"]
         if cfg.unfold_weight > 0 and T > 1:
             t2 = (torch.rand(b, device=self.device) * (t - 1).clamp(min=1).float()).long() + 1
@@ -308,7 +314,7 @@ class _Trainer:
             with amp:
                 x2 = degrade(pred.detach(), yn, self.gammas[t2])
                 pred2 = self.model(x2, t2.float() / T).float()
-            parts2 = self._loss(pred2, x0n, w)
+            parts2 = self._loss(pred2, x0n, w, y=yn)
             loss = loss + cfg.unfold_weight * parts2["total"]
         return self._optimize(loss, parts)
 

@@ -192,3 +192,28 @@ def test_chain_training_step_runs_and_exports_a_mask_model(tmp_path, rng):
     model, meta = load_checkpoint(path)
     assert meta["model_class"] == "STFTMaskNet" and meta["schedule"]["n_train_steps"] == 4
     assert meta["training"]["config"]["chain_steps"] == [2]
+
+
+def test_picker_mix_scores_the_output_as_the_residual_mix_makes_it(tmp_path):
+    """With ``picker_mix`` r the PhaseNet term sees pred + r (y - pred), against the clean target."""
+    import torch
+
+    from models.train import TrainConfig, _Trainer
+
+    torch.manual_seed(0)
+    seen = []
+
+    def record(pred, target):
+        seen.append((pred.clone(), target.clone()))
+        return pred.new_zeros(())
+
+    pred, x0, y = (torch.randn(2, 3, 3000) for _ in range(3))
+    w = torch.ones(2, 1, 3000)
+    for mix, expected in ((0.0, pred), (0.4, 0.6 * pred + 0.4 * y)):
+        cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / f"run{mix}"), max_steps=1, batch_size=2,
+                          picker_weight=1.0, architecture="mask", mask_widths=(8, 16, 16), n_train_steps=4,
+                          progress=False, picker_mix=mix)
+        trainer = _Trainer.__new__(_Trainer)  # only the loss is under test: no data, no picker weights
+        trainer.cfg, trainer.picker_loss = cfg, record
+        trainer._loss(pred, x0, w, y=y)
+        assert torch.allclose(seen[-1][0], expected, atol=1e-6) and torch.equal(seen[-1][1], x0)
