@@ -102,4 +102,25 @@ def test_per_source_report_json_markdown_png(sets, tmp_path):
     import json
 
     assert json.loads(paths["json"].read_text())["sources"]["syn-b"]["mixture_counts"]["noise_windows"] == 6
+    raw_b = result["sources"]["syn-b"]["mixtures"]["raw"]
+    assert raw_b["noise_recordings"] <= 3 and 0 <= raw_b["noise_p_pick_recordings"] <= raw_b["noise_recordings"]
+    assert f"({raw_b['noise_p_pick_recordings']} of {raw_b['noise_recordings']})" in md
     assert "FAIL" in gate_markdown(gate(result, "half/1").to_dict())
+
+
+def test_noise_picks_are_also_counted_by_distinct_recording():
+    """Noise-only windows are crops of a few recordings: the report says on how many distinct ones a pick fell."""
+    from models.data import EvalSet
+    from models.source_eval import mixture_metrics
+
+    n = 3000
+    rng = np.random.default_rng(0)
+    noisy = rng.standard_normal((5, 3, n)).astype(np.float32)
+    es = EvalSet(noisy=noisy, clean=np.zeros_like(noisy), p=np.array([1000, -1, -1, -1, -1]),
+                 s=np.full(5, -1), snr_db=np.array([0.0] + [np.nan] * 4),
+                 noise_only=np.array([False, True, True, True, True]),
+                 names=["E|A", "-|A", "-|A", "-|B", "-|C"])
+    picks = [(0, "P", 1000, 0.9), (1, "P", 500, 0.5), (2, "P", 700, 0.4), (4, "P", 100, 0.6), (4, "S", 900, 0.6)]
+    m = mixture_metrics(noisy, es, picks)
+    assert m["noise_p_picks"] == 3  # what the gate counts: every P pick on a noise-only window
+    assert m["noise_recordings"] == 3 and m["noise_p_pick_recordings"] == 2  # A (twice) and C
