@@ -165,6 +165,20 @@ def _obspy_collector(url: str):
     return Collect(url)
 
 
+def _obspy_collect_bbb_hhz(port: int) -> list:
+    """Every XX.BBB HHZ trace of the archive's day, as ObsPy's SeedLink client receives it (a time window)."""
+    from obspy import UTCDateTime
+
+    client = _obspy_collector(f"127.0.0.1:{port}")
+    client.conn.timeout = 10  # ObsPy 1.5.1 cannot connect with its default timeout=None
+    client.connect()
+    client.select_stream("XX", "BBB", "HHZ")
+    client.conn.begin_time = UTCDateTime(2025, 12, 31)
+    client.conn.end_time = UTCDateTime(2026, 1, 1, 1)
+    client.run()
+    return client.traces
+
+
 def test_obspy_client_receives_the_archive(server: ReplayServerThread, archive: Path) -> None:
     from obspy import UTCDateTime
 
@@ -550,7 +564,7 @@ def test_replay_server_command_serves_and_stops_on_sigterm(archive: Path) -> Non
 def test_one_second_records_reach_an_independent_client_complete(archive: Path) -> None:
     """``--record-s 1``: every record holds at most 1 s of data (the data latency a client sees), and
     ObsPy's SeedLink client still receives every sample."""
-    from obspy import UTCDateTime, read
+    from obspy import read
 
     records = load_records([archive], record_s=1.0)
     assert max(r.end_ns - r.start_ns for r in records) <= 10**9
@@ -558,16 +572,10 @@ def test_one_second_records_reach_an_independent_client_complete(archive: Path) 
         load_records([archive], record_s=0.0)
 
     with ReplayServerThread([archive], speed=0, record_s=1.0) as srv:
-        client = _obspy_collector(f"127.0.0.1:{srv.port}")
-        client.conn.timeout = 10
-        client.connect()
-        client.select_stream("XX", "BBB", "HHZ")
-        client.conn.begin_time = UTCDateTime(2025, 12, 31)
-        client.conn.end_time = UTCDateTime(2026, 1, 1, 1)
-        client.run()
-    assert all(tr.stats.npts <= 100 for tr in client.traces)
+        traces = _obspy_collect_bbb_hhz(srv.port)
+    assert all(tr.stats.npts <= 100 for tr in traces)
     expected = read(str(archive / "XX_BBB.mseed")).select(channel="HHZ")
-    samples = np.concatenate([tr.data for tr in sorted(client.traces, key=lambda t: t.stats.starttime)])
+    samples = np.concatenate([tr.data for tr in sorted(traces, key=lambda t: t.stats.starttime)])
     np.testing.assert_array_equal(samples, expected[0].data)
 
 
@@ -578,7 +586,7 @@ def test_small_record_lengths_hold_what_such_records_hold(archive: Path, nbytes:
     and ObsPy's SeedLink client still receives every sample."""
     import io
 
-    from obspy import UTCDateTime, read
+    from obspy import read
 
     src = read(str(archive / "XX_BBB.mseed")).select(channel="HHZ")[0]
     tr = src.copy()
@@ -598,12 +606,6 @@ def test_small_record_lengths_hold_what_such_records_hold(archive: Path, nbytes:
         load_records([archive], record_bytes=128)  # ObsPy packs no record shorter than 256 bytes
 
     with ReplayServerThread([archive], speed=0, record_bytes=nbytes) as srv:
-        client = _obspy_collector(f"127.0.0.1:{srv.port}")
-        client.conn.timeout = 10
-        client.connect()
-        client.select_stream("XX", "BBB", "HHZ")
-        client.conn.begin_time = UTCDateTime(2025, 12, 31)
-        client.conn.end_time = UTCDateTime(2026, 1, 1, 1)
-        client.run()
-    samples = np.concatenate([t.data for t in sorted(client.traces, key=lambda t: t.stats.starttime)])
+        traces = _obspy_collect_bbb_hhz(srv.port)
+    samples = np.concatenate([t.data for t in sorted(traces, key=lambda t: t.stats.starttime)])
     np.testing.assert_array_equal(samples, src.data)
