@@ -142,9 +142,8 @@ class STFTMaskNet(nn.Module):
         floor = torch.quantile(mag, GUARD_QUANTILE, dim=-1, keepdim=True).clamp(min=1e-6)
         snr_db = 20 * torch.log10(mag.clamp(min=1e-12) / floor)
         lo, hi = self.guard_db  # type: ignore[misc]  # set when the guard is on
-        g = ((snr_db - lo) / (hi - lo)).clamp(0, 1)
+        g = ((snr_db - lo) / (hi - lo)).clamp(0, 1)  # a new tensor: zeroing bins in place below is safe
         if self.guard_max_bin is not None:
-            g = g.clone()
             g[:, self.guard_max_bin :, :] = 0
         return g
 
