@@ -82,8 +82,11 @@ def save_checkpoint(
     n_train_steps: int,
     spec: dict[str, Any],
     training: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``path`` (``.pt``, float32 state dict) and its JSON sidecar; return the sidecar dict."""
+    """Write ``path`` (``.pt``, float32 state dict) and its JSON sidecar; return the sidecar dict.
+
+    ``inference``: top-level inference settings for the sidecar (e.g. the guard a model was trained with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -99,7 +102,7 @@ def save_checkpoint(
         "training": training or {},
         "code_version": code_version(),
         "sha256": file_sha256(path),
-    }
+    } | dict(inference or {})
     sidecar_path(path).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

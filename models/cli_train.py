@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score the PhaseNet term on pred + R * (y - pred), the output as residual mix R makes it (default 0)",
     )
     parser.add_argument(
+        "--train-guard", type=float, nargs=2, default=[], metavar=("LO_DB", "HI_DB"),
+        help="mask model: train with the guard in the loop (as guard_db at inference); exported with the weights",
+    )
+    parser.add_argument("--train-guard-max-hz", type=float, default=None, help="with --train-guard: guard_max_hz")
+    parser.add_argument("--train-guard-smooth-s", type=float, default=None, help="with --train-guard: guard_smooth_s")
+    parser.add_argument(
         "--noise-only-share", type=float, default=None, help="share of noise-only windows (target zero; default 0.15)"
     )
     parser.add_argument(
@@ -106,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         picker_weight=args.picker_weight,
         false_pick_weight=args.false_pick_weight,
         picker_mix=args.picker_mix,
+        train_guard_db=tuple(args.train_guard),
+        train_guard_max_hz=args.train_guard_max_hz,
+        train_guard_smooth_s=args.train_guard_smooth_s,
         init_weights=args.init_weights,
         pairs=pairs,
         architecture=args.architecture,

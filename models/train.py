@@ -94,6 +94,12 @@ class TrainConfig:
     against the clean target: on a noise-only window the network cannot then lower the picker's response below the
     raw input's (a uniform gain leaves PhaseNet's normalized input unchanged), only raise it, which the false-pick
     weight penalises. 0: the network's own output, as before."""
+    train_guard_db: tuple[float, ...] = ()
+    """Train with the mask model's guard in the loop (``(lo, hi)`` dB; empty: off, as before): the network is scored
+    on ``max(gain, guard)``, the gain it will run with, so it learns around what the guard keeps instead of meeting
+    it first at release. Exported weights carry these guard settings in their sidecar."""
+    train_guard_max_hz: float | None = None
+    train_guard_smooth_s: float | None = None
 
 
 def _device(name: str) -> torch.device:
@@ -142,6 +148,12 @@ class _Trainer:
             self._init_from(cfg.init_weights)
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
+        if cfg.train_guard_db:
+            if not hasattr(self.model, "set_guard"):
+                raise DataError("train_guard_db needs the mask architecture (the guard bounds its gain)")
+            for m in (self.model, self.ema):
+                m.set_guard(tuple(cfg.train_guard_db), cfg.train_guard_max_hz, cfg.train_guard_smooth_s,  # type: ignore[operator]
+                            DEFAULT_SPEC.sampling_rate_hz)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.picker_loss = None
         if cfg.picker_weight > 0:
@@ -375,6 +387,8 @@ class _Trainer:
             n_train_steps=cfg.n_train_steps,
             spec=asdict(DEFAULT_SPEC),
             training=training,
+            inference={"guard_db": list(cfg.train_guard_db), "guard_max_hz": cfg.train_guard_max_hz,
+                       "guard_smooth_s": cfg.train_guard_smooth_s} if cfg.train_guard_db else None,
         )
         return path
 

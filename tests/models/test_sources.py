@@ -217,3 +217,38 @@ def test_picker_mix_scores_the_output_as_the_residual_mix_makes_it(tmp_path):
         trainer.cfg, trainer.picker_loss = cfg, record
         trainer._loss(pred, x0, w, y=y)
         assert torch.allclose(seen[-1][0], expected, atol=1e-6) and torch.equal(seen[-1][1], x0)
+
+
+def test_training_with_the_guard_in_the_loop_exports_it_with_the_weights(tmp_path, rng):
+    """``train_guard_db``: the network is trained with the guard bounding its gain, and the exported sidecar carries
+    the guard settings, so the weights run with the gain they were trained with."""
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.train import TrainConfig, _Trainer, train
+
+    for i in range(6):
+        data = 0.01 * rng.standard_normal((9001, 3))
+        data[3000:3600] += np.sin(np.arange(600) / 3.0)[:, None] * 3
+        np.savez(tmp_path / f"XX_S{i}_2020.npz", data=data, itp=3000, its=3300, channels="HHE_HHN_HHZ")
+    common = dict(data=str(tmp_path), max_steps=1, batch_size=2, picker_weight=0, architecture="mask",
+                  mask_widths=(8, 16, 16), chain_steps=(1,), n_train_steps=4, progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "run"), train_guard_db=(8.0, 14.0), train_guard_max_hz=5.0,
+                      train_guard_smooth_s=1.0, **common)  # type: ignore[arg-type]
+    trainer = _Trainer(cfg)
+    for m in (trainer.model, trainer.ema):
+        assert m.guard_db == (8.0, 14.0) and m.guard_max_bin == 4 and m.guard_smooth_frames == 7
+    # The trained forward is bounded by the guard: a loud arrival is kept whatever the network says.
+    with torch.no_grad():
+        for p in trainer.model.head.parameters():
+            p.fill_(0.0)
+        trainer.model.head[-1].bias.fill_(-30.0)  # type: ignore[index]  # the network erases everything
+        t = torch.arange(3000) / 100.0
+        x = 0.01 * torch.randn(1, 3, 3000)
+        x[..., 1500:2100] += torch.sin(2 * torch.pi * 2 * t[:600]) * torch.exp(-t[:600] / 3.0)
+        out = trainer._call(trainer.model, x, torch.ones(1), x)
+        assert out[0, 2, 1500:2100].abs().max() > 0.5 * x[0, 2, 1500:2100].abs().max()
+    model, meta = load_checkpoint(train(cfg))
+    assert meta["guard_db"] == [8.0, 14.0] and meta["guard_max_hz"] == 5.0 and meta["guard_smooth_s"] == 1.0
+    assert model.guard_db == (8.0, 14.0) and model.guard_smooth_frames == 7
+    assert "guard_db" not in load_checkpoint(train(TrainConfig(out=str(tmp_path / "plain"), **common)))[1]  # type: ignore[arg-type]
