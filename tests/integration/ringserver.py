@@ -214,7 +214,7 @@ class ScanFeeder:
                 if self.speed > 0:
                     due = wall0 + (end_ns - t0_ns) / 1e9 / self.speed
                     while not self._stop.is_set() and time.monotonic() < due:
-                        time.sleep(min(0.05, due - time.monotonic()))
+                        time.sleep(max(0.0, min(0.05, due - time.monotonic())))  # due may pass meanwhile
                 if self._stop.is_set():
                     return
                 fh = files.get(name)
