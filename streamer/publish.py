@@ -152,8 +152,15 @@ return xid
 # Server replies that mean "try again later" rather than "this item is bad".
 _TRANSIENT_PREFIXES = (
     "OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "TRYAGAIN", "CLUSTERDOWN",
-    "NOSCRIPT",
+    "NOSCRIPT", "MISCONF", "NOREPLICAS",
 )
+
+
+def _is_transient(message: str) -> bool:
+    """A server reply meaning "try again later". Every output is written by a Lua script, and a write
+    the server refuses inside a script comes back wrapped in the script's error text, its code after
+    a dash (``@user_script: 2: -OOM command not allowed ...``), not at the start."""
+    return message.startswith(_TRANSIENT_PREFIXES) or any(f" -{code} " in message for code in _TRANSIENT_PREFIXES)
 
 
 # --------------------------------------------------------------------------------- publisher
@@ -427,11 +434,11 @@ class RedisPublisher:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise _Transient(str(exc)) from exc
         except redis.ResponseError as exc:  # e.g. script loading refused
-            if str(exc).startswith(_TRANSIENT_PREFIXES):
+            if _is_transient(str(exc)):
                 raise _Transient(str(exc)) from exc
             raise
         for i, reply in zip(written, replies):
-            if isinstance(reply, Exception) and str(reply).startswith(_TRANSIENT_PREFIXES):
+            if isinstance(reply, Exception) and _is_transient(str(reply)):
                 raise _Transient(str(reply))
             results[i] = reply
         return results
