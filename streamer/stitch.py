@@ -21,9 +21,10 @@ Modes
 ``centre_crop``
     Each sample takes the value of the one window whose centre is nearest (ties go to the earlier
     window; masked samples lose against valid ones), so no blending at all. Samples up to
-    ``W + (N - 1 + S) // 2`` are final after window ``W``: the newest ``N - (N - 1 + S) // 2 - 1``
-    samples wait (about ``(N - S) / 2``, 10 s for N = 3000, S = 1000 at 100 Hz), half the overlap-add
-    cost, but each join is a hard switch between two model outputs.
+    ``W + (N - 1 + S) // 2`` are final after window ``W`` (a hole in a channel, masked in every window
+    so far, waits for the windows after ``W`` that cover it: one may hold it as valid data): the newest
+    ``N - (N - 1 + S) // 2 - 1`` samples wait (about ``(N - S) / 2``, 10 s for N = 3000, S = 1000 at
+    100 Hz), half the overlap-add cost, but each join is a hard switch between two model outputs.
 
 Either way the output also waits for a window to be complete (its newest sample arrived) and for the
 window stride; see ``docs/redis-schema.md`` for the end-to-end figures.
@@ -61,6 +62,7 @@ MaskRows = Literal["per_channel", "any"]
 
 _NO_STEPS = np.iinfo(np.int32).max
 _KEY_MAX = np.iinfo(np.int64).max
+_MASKED_KEY = 1 << 40  # centre_crop: added to the priority of a masked sample (any valid one wins)
 
 
 class StitchError(StreamerError, ValueError):
@@ -389,12 +391,27 @@ class Stitcher:
         if held is not None and held.data.size:
             self._accumulate(start, held)
             self._k_done = k
-            self._final_end = max(self._final_end, start + self.hold_samples)
+            self._final_end = max(self._final_end, start + self._final_samples(start, held))
         else:
             self._k_done = k
             self._final_end = max(self._final_end, self._start_of(k + 1))
         out.extend(self._emit_until(self._final_end))
         return out
+
+    def _final_samples(self, start: int, held: _Held) -> int:
+        """Samples from ``start`` on that are final once the window ``held`` starting there is
+        stitched: ``hold_samples``, but in ``centre_crop`` mode not past a sample from ``start +
+        stride`` on that a channel with data in this window holds only as masked (a hole): the next
+        windows may still bring valid data there, and a valid sample wins whatever its distance to
+        the centre. A channel without any data in the window (a missing component) holds nothing back."""
+        buf = self._buf
+        if self.mode != "centre_crop" or buf is None or self.hold_samples <= self.stride_samples:
+            return self.hold_samples
+        valid = np.isfinite(held.data) if held.mask is None else held.mask & np.isfinite(held.data)
+        lo = max(start + self.stride_samples, buf.start) - buf.start
+        hi = min(start + self.hold_samples, buf.end) - buf.start
+        masked = np.flatnonzero((buf.key[valid.any(axis=1), lo:hi] >= _MASKED_KEY).any(axis=0))
+        return self.hold_samples if masked.size == 0 else buf.start + lo + int(masked[0]) - start
 
     def _accumulate(self, start: int, held: _Held) -> None:
         assert self._final_end is not None
@@ -419,7 +436,7 @@ class Stitcher:
             buf.den[:, b0:b1] += w
         else:
             # invalid samples only win where no valid sample exists
-            key = self._crop_key[w0:w1] + np.where(valid, 0, 1 << 40)
+            key = self._crop_key[w0:w1] + np.where(valid, 0, _MASKED_KEY)
             better = key < buf.key[:, b0:b1]
             buf.num[:, b0:b1] = np.where(better, x, buf.num[:, b0:b1])
             buf.den[:, b0:b1] = np.where(better, valid.astype(np.float64), buf.den[:, b0:b1])
