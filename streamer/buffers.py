@@ -25,7 +25,8 @@ station's newest sample end ``T``, wall clock ``now``):
   at this block.
 - ``t1 <= T - max_clock_jump_s``: clock jump backward. A single such block is rejected as
   "expired" (a stray or corrupted header); once blocks in the new time base span at least
-  ``resume_after_s`` (one model window) the station is reset to the new time base.
+  ``resume_after_s`` (one model window) without a hole of more than a second, the station is
+  reset to the new time base.
 - ``t1 <= T - horizon_s``: reject "expired" (older than anything the buffer retains).
 - otherwise insert. Samples already present are kept (first arrival wins) and the new ones
   dropped: reported as overlap. A forward discontinuity (``t0`` after the channel's head) is
@@ -63,6 +64,9 @@ __all__ = [
 # accelerometer, geophone. Preference order when several groups are equally current.
 INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}
 _MAX_BLOCK_ENTRIES = 4096
+# the records of a new time base (clock jump back) hang together; a far-past block further than this
+# from the span seen so far starts a new span, so isolated stray headers never add up to a reset
+_BACK_SPAN_SLACK_NS = NS_PER_S
 
 
 @lru_cache(maxsize=4096)
@@ -343,8 +347,11 @@ class StationBuffer:
                 self.reset()
                 out.clock_jump = True
             elif end_ns <= newest - jump_ns:
-                lo = start_ns if self._back_lo is None else min(self._back_lo, start_ns)
-                hi = end_ns if self._back_hi is None else max(self._back_hi, end_ns)
+                lo, hi = self._back_lo, self._back_hi
+                if lo is None or hi is None or start_ns > hi + _BACK_SPAN_SLACK_NS or end_ns < lo - _BACK_SPAN_SLACK_NS:
+                    lo, hi = start_ns, end_ns  # not joined to the span so far (a stray header): a new span
+                else:
+                    lo, hi = min(lo, start_ns), max(hi, end_ns)
                 if hi - lo < self.resume_after_ns:
                     self._back_lo, self._back_hi = lo, hi
                     out.rejected = "expired"
