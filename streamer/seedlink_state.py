@@ -51,11 +51,17 @@ class SeedLinkStateError(StreamerError):
 # time helpers
 # ---------------------------------------------------------------------------------------------
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
 
 def ns_to_iso(t_ns: int) -> str:
-    """``2026-11-25T12:00:05.120000Z`` (microsecond resolution, UTC)."""
+    """``2026-11-25T12:00:05.120000Z`` (microsecond resolution, UTC). Times outside the calendar
+    (years 1-9999; a corrupt header's) give its first or last instant, never an error."""
     sec, rem = divmod(int(t_ns), NS_PER_S)
-    d = dt.datetime.fromtimestamp(sec, tz=dt.timezone.utc) + dt.timedelta(microseconds=rem // 1000)
+    try:
+        d = _EPOCH + dt.timedelta(seconds=sec, microseconds=rem // 1000)
+    except OverflowError:
+        d = (dt.datetime.max if sec > 0 else dt.datetime.min).replace(tzinfo=dt.timezone.utc)
     return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -64,8 +70,7 @@ def iso_to_ns(text: str) -> int:
     d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.timezone.utc)
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    delta = d - epoch
+    delta = d - _EPOCH
     return (delta.days * 86400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
 
 
@@ -292,8 +297,25 @@ class StateTracker:
 
     def handled(self, ref: PacketRef) -> None:
         """The packet's data will never be in an output (rejected or undecodable): ``acknowledge``
-        moves over it whatever its data time, so one bad header cannot freeze its station."""
+        moves over it whatever its data time, so one bad header cannot freeze its station, and its
+        resume time becomes that of the packet delivered before it (a bad header's time would make
+        a resume by time ask for far too much, or for nothing until that time)."""
         with self._lock:
+            pending = self._pending.get(ref.station_key, {}).get(ref.server, deque())
+            # normally the newest entry (handled right after its delivery)
+            i = next((j for j in range(len(pending) - 1, -1, -1) if pending[j].seq == ref.sequence), -1)
+            if i < 0:
+                return  # already acknowledged by its data time: a mark left now would pass a later packet
+            # its header time is not data time (0 when undecodable, far future or past when rejected):
+            # a resume by time starts after the data before it, not there
+            acked = self._acked.get(ref.server, {}).get(ref.station_key)
+            before = pending[i - 1].end_ns if i > 0 else (acked.end_ns if acked is not None else None)
+            if before is not None:
+                state = StationState(ref.sequence, before)
+                pending[i] = state
+                delivered = self._delivered.get(ref.server, {})
+                if ref.station_key in delivered and delivered[ref.station_key].seq == ref.sequence:
+                    delivered[ref.station_key] = state
             self._handled.add((ref.server, ref.station_key, ref.sequence))
 
     def keys(self) -> list[str]:
