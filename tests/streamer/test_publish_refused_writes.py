@@ -57,7 +57,7 @@ def _refuse_noreplicas(c: redis.Redis) -> Callable[[], None]:
 
 
 @pytest.mark.parametrize("refuse", [_refuse_oom, _refuse_readonly, _refuse_noreplicas], ids=["oom", "readonly", "noreplicas"])
-def test_review_output_refused_writes_are_retried_not_acknowledged(
+def test_refused_writes_are_retried_not_acknowledged(
     private_redis: RedisProcess, redis_key_prefix: str, metrics: Metrics, refuse: Callable[[redis.Redis], Callable[[], None]]
 ) -> None:
     client = redis.Redis.from_url(private_redis.url)

@@ -43,7 +43,7 @@ def _joined(segs: list[Segment]) -> tuple[int, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("mode", ["centre_crop", "overlap_add"])
 @pytest.mark.parametrize("hole", [slice(12, 14), slice(10, 20), slice(18, 20)], ids=["inside", "whole", "end"])
-def test_review_output_masked_sample_waits_for_a_valid_later_window(mode: StitchMode, hole: slice) -> None:
+def test_masked_sample_waits_for_a_valid_later_window(mode: StitchMode, hole: slice) -> None:
     windows = _windows(hole)
     live = _joined(_stitch(mode, windows, max_out_of_order=0))
     # the reference: every window stitched before anything is emitted (held for reordering until the flush)
@@ -55,7 +55,7 @@ def test_review_output_masked_sample_waits_for_a_valid_later_window(mode: Stitch
     assert live[2][1, hole].all()
 
 
-def test_review_output_missing_component_keeps_the_centre_crop_latency() -> None:
+def test_missing_component_keeps_the_centre_crop_latency() -> None:
     """A component the station does not send (masked in every window) is no hole to wait for."""
     st = Stitcher(N, S, "centre_crop", channels=2)
     data = np.ones((2, N), np.float32)
