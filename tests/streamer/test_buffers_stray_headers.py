@@ -1,4 +1,4 @@
-"""Review of the ingest buffers: stray far-past headers must not reset a station's buffers."""
+"""Ingest buffers: stray far-past headers must not reset a station's buffers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review of the SeedLink resume state: handled (rejected, undecodable) packets must not move the
+"""SeedLink resume state under bad headers: handled (rejected, undecodable) packets must not move the
 resume time, a late handled mark must not pass over a later packet, and an absurd header time must
 not stop the reconnects of a whole server."""
 
