@@ -311,8 +311,13 @@ class Service:
 
     # --- running -------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Blocking main for the CLI: installs SIGTERM/SIGINT handlers; returns the exit status."""
-        return asyncio.run(self.run_async(install_signals=True))
+        """Blocking main for the CLI: installs SIGTERM/SIGINT handlers; returns the exit status (2 on a
+        start-up error, logged)."""
+        try:
+            return asyncio.run(self.run_async(install_signals=True))
+        except ServiceError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
 
     async def run_async(self, install_signals: bool = False) -> int:
         from streamer.seedlink import build_sources
@@ -329,11 +334,17 @@ class Service:
         assert self.publisher is not None and self.sink is not None
         self.health.reset()  # the model load and warm-up are not a stall of any stage
         s = self.settings
+        if s.metrics.enabled:  # before any thread starts: a port in use stops the start, nothing left running
+            try:
+                self.metrics_server = serve_metrics(self.metrics, s.metrics.bind_address, s.metrics.port)
+            except OSError as exc:
+                raise ServiceError(
+                    f"cannot serve metrics on {s.metrics.bind_address}:{s.metrics.port} "
+                    f"(metrics.bind_address, metrics.port): {exc}"
+                ) from exc
         self.tracker = StateTracker.from_settings(s.seedlink, self.metrics)
         self.publisher.start()
         self.sink.start()
-        if s.metrics.enabled:
-            self.metrics_server = serve_metrics(self.metrics, s.metrics.bind_address, s.metrics.port)
         self.sources = build_sources(s.seedlink, self.on_packet, self.tracker, self.metrics)
         tasks = [asyncio.create_task(src.run(self._stop), name=f"seedlink-{src.name}") for src in self.sources]
         tasks.append(asyncio.create_task(save_state_periodically(self.tracker, self._stop), name="state-save"))
@@ -355,7 +366,11 @@ class Service:
         loop = self._loop
         if loop is None:
             return
-        if threading.current_thread() is threading.main_thread() and loop.is_running():
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:  # not on any event loop's thread
+            on_loop = False
+        if on_loop:
             self._on_signal()
         else:
             loop.call_soon_threadsafe(self._on_signal)
@@ -459,6 +474,7 @@ class Service:
             self.tracker.save()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()  # release the port (a restart in this process binds it again)
         self.metrics.ready.set(0)
         self.notifier.close()
         log.info("coldstream stopped (exit status %d)", self.exit_code)
