@@ -8,8 +8,8 @@ tests). With ``password`` it requires AUTH (``--requirepass``); the password nev
 
 Limitations: the free port is found by binding port 0 and closing the socket, so another process
 may take it before the server binds: usually a clear start-up error, but if that process is itself a
-Redis server that answers PING before ours exits, ``start`` may return as if ours were up. stdout and
-stderr of the server are discarded.
+Redis server that starts listening between the check that the port is free and our PING, ``start`` may
+return as if ours were up. stdout and stderr of the server are discarded.
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ class RedisServer:
     def start(self) -> None:
         """Start the server and wait until it answers PING; raises :class:`RedisServerError`."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._port_taken():
+            # another server there would answer our PING while ours fails to bind and exits
+            raise RedisServerError(f"cannot start redis-server on {HOST}:{self.port}: the port is already in use")
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
@@ -123,6 +126,13 @@ class RedisServer:
             time.sleep(0.05)
         self.stop()
         raise RedisServerError(f"redis-server did not answer on {HOST}:{self.port} within {self.ready_timeout_s:g} s")
+
+    def _port_taken(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def _answers_ping(self) -> bool:
         try:
