@@ -39,11 +39,13 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.signal import butter, lfilter, sosfilt
 
+from models.grid import time_of
 from models.peaks import local_peaks
 from streamer.picks import Pick, PickDetails, make_pick_id
 from streamer.records import NS_PER_S, SampleBlock, Window
@@ -69,6 +71,7 @@ HIGHPASS_HZ = 0.075  # ElarmS/EPIC: Pd from displacement high-passed at 0.075 Hz
 POLARITY_SEARCH_S = 0.2
 NOISE_BEFORE_S = 5.0
 VERTICAL_CODES = ("Z",)
+CLOSED_ONSETS_KEPT = 32  # decided onsets remembered per station and phase (more than a trailing window holds)
 
 
 # ------------------------------------------------------------------------------------ trigger
@@ -212,16 +215,19 @@ class FastScheduler:
             return None
         if end_ns < st.triggers[-1]:
             return None  # the trigger is not in the common data yet
-        end_index = math.floor(end_ns * self.rate_hz / NS_PER_S + 1e-9)
+        # exact integers: in floats, ns since the epoch times a rate lose the last sample (and put
+        # start_ns hundreds of ns off the sample grid)
+        rate = windower.rate
+        end_index = end_ns * rate.numerator // (rate.denominator * NS_PER_S)  # first model sample not in yet
         start = end_index - windower.window_samples
-        start_ns = round(start * NS_PER_S / self.rate_hz)
+        start_ns = time_of(start, rate)
         window, _reason = windower._cut(station, code, start, start_ns)  # noqa: SLF001 - one cutter for both paths
         if window is None:
             return None
         st.last_end_ns = end_ns
         window.meta["fast"] = True
         window.meta["triggers_ns"] = list(st.triggers)
-        window.meta["onset_arrivals"] = _arrivals(station, code, start, windower.window_samples)
+        window.meta["onset_arrivals"] = _arrivals(station, code, start, windower.window_samples, rate)
         return window
 
     def forget(self, station_id: str) -> None:
@@ -230,9 +236,10 @@ class FastScheduler:
             del self._triggers[seed_id]
 
 
-def _arrivals(station: StationBuffer, code: str, start: int, n: int) -> list[tuple[int, int]]:
+def _arrivals(station: StationBuffer, code: str, start: int, n: int, rate: Fraction) -> list[tuple[int, int]]:
     """``[(window sample index, arrival ns)]``: when each block under the window's vertical arrived
-    (so a pick can say when its onset sample reached the service)."""
+    (so a pick can say when its onset sample reached the service). ``start`` and ``n`` are samples at
+    the model's ``rate``; the buffer logs its blocks in samples at the channel's own rate."""
     order = station.spec.component_order
     z_slot = order.index("Z") if "Z" in order else 0
     chan = station.groups[code].get(z_slot)
@@ -240,10 +247,17 @@ def _arrivals(station: StationBuffer, code: str, start: int, n: int) -> list[tup
         return []
     out = []
     for b0, b1, arr in list(chan._blocks):  # noqa: SLF001 - the buffer's own arrival log
+        if chan.rate != rate:  # the first model sample at or after each block edge
+            b0, b1 = (_first_index_at(time_of(b, chan.rate), rate) for b in (b0, b1))
         if b1 > start and b0 < start + n:
             out.append((max(b0, start) - start, arr))
     out.sort()
     return out
+
+
+def _first_index_at(t_ns: int, rate: Fraction) -> int:
+    """The first sample index at ``rate`` whose time is not before ``t_ns``."""
+    return -(-t_ns * rate.numerator // (rate.denominator * NS_PER_S))
 
 
 # ------------------------------------------------------------------------------- candidates
@@ -433,6 +447,9 @@ class Lifecycle:
         self.settings = settings
         self.tolerance_ns = round(settings.match_tolerance_s * NS_PER_S)
         self._open: dict[tuple[str, str], list[_Onset]] = {}
+        # onset times (ns) the final path decided (final or retracted): a later trailing window of one
+        # of them is too late, never a new onset
+        self._closed: dict[tuple[str, str], deque[int]] = {}
         self.counts = {"provisional": 0, "update": 0, "final": 0, "confirmed": 0, "retracted": 0}
 
     def reported(self, station_id: str) -> bool:
@@ -454,6 +471,8 @@ class Lifecycle:
         """A fast-path report: a new onset (published), or a known one: published as an update only
         when it carries more amplitude seconds than the last report."""
         o = self._find(pick.station_id, pick.phase, pick.time_ns)
+        if o is None and self._decided(pick.station_id, pick.phase, pick.time_ns):
+            return None
         if o is None:
             p = replace(pick, status="provisional", update=0)
             self._open.setdefault((pick.station_id, pick.phase), []).append(_Onset(pick.station_id, pick.phase, pick.time_ns, p))
@@ -472,9 +491,11 @@ class Lifecycle:
         """A final-path pick: confirms the open onset within the tolerance (its identity and its
         latest details carry over), else a final pick of its own."""
         self.counts["final"] += 1
+        self._close(pick.station_id, pick.phase, pick.time_ns)
         o = self._find(pick.station_id, pick.phase, pick.time_ns)
         if o is None:
             return replace(pick, status="final", update=0)
+        self._close(o.station_id, o.phase, o.time_ns)
         self._open[(pick.station_id, pick.phase)].remove(o)
         self.counts["confirmed"] += 1
         details = pick.details
@@ -482,13 +503,18 @@ class Lifecycle:
             details = replace(o.pick.details, inference_ns=pick.details.inference_ns if pick.details else 0)
         return replace(pick, pick_id=o.pick.pick_id, status="final", update=o.pick.update + 1, details=details)
 
-    def judged(self, station_id: str, until_ns: int, now_ns: int | None = None) -> list[Pick]:
-        """The final path has judged every sample of ``station_id`` before ``until_ns``: open onsets
-        earlier than that (less the tolerance) had no final pick and are retracted."""
+    def judged(
+        self, station_id: str, until_ns: int, now_ns: int | None = None, since_ns: int | None = None,
+    ) -> list[Pick]:
+        """The final path has judged every sample of ``station_id`` from ``since_ns`` (None: all) to
+        ``until_ns``: open onsets in there (less the tolerance) had no final pick and are retracted.
+        Onsets before ``since_ns`` lie in samples the final path never saw (shed windows, a hole): no
+        decision, so they stay open (``eew.retract_after_s`` ends them)."""
         out: list[Pick] = []
         for phase in ("P", "S"):
             lst = self._open.get((station_id, phase), [])
-            for o in [o for o in lst if o.time_ns + self.tolerance_ns < until_ns]:
+            for o in [o for o in lst if o.time_ns + self.tolerance_ns < until_ns
+                      and (since_ns is None or o.time_ns - self.tolerance_ns >= since_ns)]:
                 lst.remove(o)
                 out.append(self._retract(o, "not_confirmed", now_ns))
         return out
@@ -512,7 +538,14 @@ class Lifecycle:
             if self._find(p.station_id, p.phase, p.time_ns) is None:
                 self._open.setdefault((p.station_id, p.phase), []).append(_Onset(p.station_id, p.phase, p.time_ns, p))
 
+    def _decided(self, station_id: str, phase: str, time_ns: int) -> bool:
+        return any(abs(t - time_ns) <= self.tolerance_ns for t in self._closed.get((station_id, phase), ()))
+
+    def _close(self, station_id: str, phase: str, time_ns: int) -> None:
+        self._closed.setdefault((station_id, phase), deque(maxlen=CLOSED_ONSETS_KEPT)).append(time_ns)
+
     def _retract(self, o: _Onset, reason: str, now_ns: int | None) -> Pick:
+        self._close(o.station_id, o.phase, o.time_ns)
         self.counts["retracted"] += 1
         emitted = time.time_ns() if now_ns is None else now_ns
         return replace(o.pick, status="retracted", update=o.pick.update + 1, reason=reason, emitted_ns=emitted)

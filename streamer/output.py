@@ -243,8 +243,9 @@ class OutputStage:
         if self.lifecycle is not None:
             for sid in sorted(touched):
                 until = self.detector.judged_until_ns(sid, "denoised")
+                since = self.detector.judged_since_ns(sid, "denoised")
                 if until is not None:
-                    items.extend(self._lifecycle_items(self.lifecycle.judged(sid, until)))
+                    items.extend(self._lifecycle_items(self.lifecycle.judged(sid, until, since_ns=since)))
         safe = {sid: self._covered_ns(sid) for sid in touched}
         marker = AckMarker({k: v for k, v in safe.items() if v is not None}, result_ids=tuple(result_ids))
         items.append(OutputItem.marker(marker))
@@ -422,12 +423,14 @@ class OutputStage:
             items.extend(self._picks(st.probs.flush(), "denoised"))
         if st.raw_probs is not None:
             items.extend(self._picks(st.raw_probs.flush(), "raw"))
+        since = self.detector.judged_since_ns(station_id, "denoised")  # before the flush ends the run
         items.extend(self._emit_picks(self.detector.flush(provenance=self._provenance, station_id=station_id)))
         if self.lifecycle is not None:
             # the run ended: every sample the final path had is judged
             end = st.denoised.final_end_sample
             if end is not None:
-                items.extend(self._lifecycle_items(self.lifecycle.judged(station_id, sample_time_ns(end, self.sampling_rate_hz))))
+                until = sample_time_ns(end, self.sampling_rate_hz)
+                items.extend(self._lifecycle_items(self.lifecycle.judged(station_id, until, since_ns=since)))
         return items
 
     def _flush_all(self) -> None:

@@ -132,12 +132,14 @@ class Pick:
 @dataclass
 class _Trace:
     """Held-back part of one station/source probability trace: absolute samples ``[start, start + n)``
-    of which ``[start, evaluated)`` serve only as left context."""
+    of which ``[start, evaluated)`` serve only as left context; the run without a hole began at
+    ``run_start``."""
 
     start: int
     evaluated: int
     probs: np.ndarray  # (2, n) float64: P, S
     steps: np.ndarray  # (n,) int32
+    run_start: int
 
     @property
     def end(self) -> int:
@@ -204,25 +206,32 @@ class PickDetector:
             out.extend(self._evaluate(key, trace, trace.end, provenance, source, now_ns))
             trace = None
         if trace is None:
-            trace = _Trace(segment.start_sample, segment.start_sample, probs, steps)
+            trace = _Trace(segment.start_sample, segment.start_sample, probs, steps, segment.start_sample)
         else:
             trace = _Trace(
                 trace.start,
                 trace.evaluated,
                 np.concatenate([trace.probs, probs], axis=1),
                 np.concatenate([trace.steps, steps]),
+                trace.run_start,
             )
         out.extend(self._evaluate(key, trace, trace.end - self.distance_samples, provenance, source, now_ns))
         # keep d samples of left context before the first unevaluated sample
         keep_from = max(trace.start, trace.evaluated - self.distance_samples)
         cut = keep_from - trace.start
-        self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:])
+        self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:], trace.run_start)
         return out
 
     def judged_until_ns(self, station_id: str, source: str = "denoised") -> int | None:
         """Time before which every sample of the station's trace has been judged (None: no trace)."""
         trace = self._traces.get((station_id, source))
         return None if trace is None else sample_time_ns(trace.evaluated, self.sampling_rate_hz)
+
+    def judged_since_ns(self, station_id: str, source: str = "denoised") -> int | None:
+        """Start (ns) of the trace's run without a hole: samples from there to
+        :meth:`judged_until_ns` have been judged; those before it, in a hole, were not (None: no trace)."""
+        trace = self._traces.get((station_id, source))
+        return None if trace is None else sample_time_ns(trace.run_start, self.sampling_rate_hz)
 
     def flush(
         self, *, provenance: Provenance = Provenance(), now_ns: int | None = None, station_id: str | None = None
