@@ -138,6 +138,8 @@ def event_snr_db(rec: Recording, sampling_rate_hz: float = 100.0) -> float:
     noise = rec.noise_segment(min_samples=200)
     if rec.p_sample is None or noise is None:
         return -math.inf
+    if not np.any(noise[2]):  # no vertical (or a dead one): no Z SNR, so not a clean event to mix at a Z SNR
+        return -math.inf
     return snr_db(rec.data[2], rec.p_sample, noise[2], sampling_rate_hz)
 
 

@@ -466,7 +466,7 @@ def build_protocol_cases(
     events = [r for r in recordings if r.is_event and r.three_component
               and event_snr_db(r, sampling_rate_hz) >= min_event_snr_db]
     noise = [(r.name, r.noise_segment()) for r in recordings if r.three_component]
-    noise = [(nm, seg) for nm, seg in noise if seg is not None]
+    noise = [(nm, seg) for nm, seg in noise if seg is not None and np.any(seg[2] != 0)]  # Z scales the noise
     if not events or len(noise) < 2:
         from models.errors import DataError
 

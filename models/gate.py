@@ -53,11 +53,12 @@ class GateResult:
 
     @property
     def harm_passed(self) -> bool:
-        return all(c.passed for c in self.checks if c.kind == "harm")
+        harm = [c.passed for c in self.checks if c.kind == "harm"]
+        return bool(harm) and all(harm)  # nothing checked is nothing shown harmless
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.harm_passed and all(c.passed for c in self.checks)
 
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]

@@ -314,9 +314,13 @@ def read_source_split(path: str | Path) -> dict:
     if "sources" not in doc:
         raise DataError(f"split file {path} has no per-source split")
     for src, e in doc["sources"].items():
-        overlap = (set(e["train"]) & set(e["test"])) | (set(e["train"]) & set(e["val"]))
-        if overlap:
-            raise DataError(f"split file {path}: {src} stations in two splits: {sorted(overlap)[:5]}")
+        for what, parts in (("stations", e), ("noise recordings", e.get("noise_by_time"))):
+            if parts is None:
+                continue
+            train, val, test = (set(parts[k]) for k in ("train", "val", "test"))
+            overlap = (train & test) | (train & val) | (val & test)
+            if overlap:
+                raise DataError(f"split file {path}: {src} {what} in two splits: {sorted(overlap)[:5]}")
     return doc
 
 
