@@ -118,24 +118,40 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.
         raise WeightsNotFoundError(f"denoiser weights not found: {path}")
     if not side.is_file():
         raise WeightsNotFoundError(f"denoiser weights sidecar not found: {side} (expected beside {path.name})")
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ShapeMismatchError(f"{side}: the weights sidecar is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ShapeMismatchError(f"{side}: the weights sidecar is not a JSON object")
     actual = file_sha256(path)
-    expected = sha256 or meta.get("sha256")
-    if expected and actual != expected:
+    expected = str(sha256 or meta.get("sha256") or "").strip().lower()
+    if not expected:
+        # Weights are only ever loaded against a checksum: a sidecar without one cannot vouch for them.
+        raise ChecksumMismatchError(f"{side}: no sha256 to verify {path.name} against")
+    if actual != expected:
         raise ChecksumMismatchError(f"{path}: sha256 {actual} does not match the expected {expected}")
     meta["sha256"] = actual
     cls = MODEL_CLASSES.get(str(meta.get("model_class")))
     if cls is None:
         raise ShapeMismatchError(f"{path}: unknown model class {meta.get('model_class')!r}")
+    if not isinstance(meta.get("model_args"), dict):
+        raise ShapeMismatchError(f"{side}: model_args (the {cls.__name__} constructor arguments) is missing")
     args = dict(meta["model_args"])
     for key in ("channel_mults", "bottleneck_dilations", "widths"):
         if key in args:
             args[key] = tuple(args[key])
-    model = cls(**args)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model = cls(**args)
+    except (TypeError, ValueError) as exc:  # an unknown or unusable constructor argument
+        raise ShapeMismatchError(f"{side}: model_args do not describe a {cls.__name__}: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, or objects weights_only refuses
+        raise ShapeMismatchError(f"{path}: the weights cannot be read as a state dict: {exc}") from exc
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise ShapeMismatchError(f"{path}: weights do not fit the model described by {side.name}: {exc}") from exc
     if meta.get("guard_db") and hasattr(model, "set_guard"):
         # Inference settings of the mask model (no weights).

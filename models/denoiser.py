@@ -43,8 +43,22 @@ class DenoiseResult:
 
 
 def _resolve_device(device: str) -> str:
+    """``"auto"``: CUDA when available, else CPU; an explicit CUDA device must exist (no silent fall-back)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidParameterError(
+                f"device {device!r} requested but no CUDA device is available (use 'auto' or 'cpu')"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameterError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     return device
 
 
@@ -115,7 +129,10 @@ class Denoiser:
         path = Path(path)
         model, meta = load_checkpoint(path, sha256)
         spec_d = meta.get("spec") or {}
-        spec = ModelSpec(**spec_d) if spec_d else DEFAULT_SPEC
+        try:
+            spec = ModelSpec(**spec_d) if spec_d else DEFAULT_SPEC
+        except TypeError as exc:
+            raise ShapeMismatchError(f"{path}: the sidecar's spec is not a ModelSpec: {exc}") from exc
         sched = meta.get("schedule", {})
         den = cls(
             model,
@@ -157,7 +174,8 @@ class Denoiser:
 
         ``steps``: network calls (1 = direct prediction, k > 1 = truncated cold sampler over an evenly spaced step
         list; None = ``default_steps``). ``budget_ms``: stop early and return the best estimate so far.
-        Non-finite samples are treated as zero; all-zero windows come back as zeros. ``callback(k, x0)`` sees each
+        Non-finite samples are treated as zero; all-zero windows come back as zeros, and windows whose every
+        component is constant come back unchanged. ``callback(k, x0)`` sees each
         intermediate estimate in counts.
         """
         start = time.perf_counter()
@@ -173,6 +191,11 @@ class Denoiser:
             yn, mean, scale = normalize_window(y.double())
             yn, mean, scale = yn.float(), mean, scale
             silent = (y.abs().amax(dim=(1, 2)) == 0) | (scale.view(-1) <= SCALE_FLOOR)
+            # A window whose every component is constant (a flat-lined station, a constant fill) carries no
+            # signal: it comes back as it went in. Its centred data are zero and its scale falls back to 1, so a
+            # waveform network would otherwise draw its response to silence there, which a picker that
+            # normalizes by the standard deviation sees at full scale.
+            flat = (arr.max(axis=-1) == arr.min(axis=-1)).all(axis=1)[:, None, None]
 
             def finish(x0n: torch.Tensor) -> np.ndarray:
                 est = self._to_counts(x0n, mean, scale, silent)
@@ -180,7 +203,7 @@ class Denoiser:
                     # Keep a fraction of what the model removed: a noise floor under the estimate, so that a
                     # faint residual wavelet on a noise-only window is not the only thing a picker sees.
                     est = est + np.float32(self.residual_mix) * (arr - est)
-                return est
+                return np.where(flat, arr, est) if flat.any() else est
 
             cb = None
             if callback is not None:

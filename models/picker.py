@@ -127,8 +127,11 @@ class Picker:
 
     # ------------------------------------------------------------------------------------------ numpy
     def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """P/S/Noise probabilities ``(batch, 3, N)`` float32 for ``(batch, 3, N)`` spec-order windows in counts."""
-        x = np.nan_to_num(np.asarray(x, dtype=np.float32))
+        """P/S/Noise probabilities ``(batch, 3, N)`` float32 for ``(batch, 3, N)`` spec-order windows in counts
+        (non-finite samples are treated as zero)."""
+        # Non-finite samples count as zero, as in the denoiser (nan_to_num's default would turn inf into
+        # the largest float32, and the mean and std of a window holding a few of those are inf and NaN).
+        x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         if x.ndim != 3 or x.shape[1] != 3:
             raise ValueError(f"expected (batch, 3, N), got {x.shape}")
         b, _, n = x.shape
