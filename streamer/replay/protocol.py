@@ -35,7 +35,7 @@ def glob_match(pattern: str, text: str) -> bool:
 
 
 def _selector_matches(selector: str, location: str, channel: str) -> bool:
-    """v3 selector ``[LL]CCC[.T]`` (``?`` wildcards, ``-`` = blank location) against a stream."""
+    """v3 selector ``[LL]CCC[.T]`` or ``.T`` (``?`` wildcards, ``-`` = blank location) against a stream."""
     pattern, _, rtype = selector.partition(".")
     if rtype and rtype.upper() != "D":
         return False
@@ -44,8 +44,8 @@ def _selector_matches(selector: str, location: str, channel: str) -> bool:
         loc_p, cha_p = pattern[:2], pattern[2:]
     elif len(pattern) == 2:
         loc_p, cha_p = pattern, "???"
-    else:
-        loc_p, cha_p = "??", pattern
+    else:  # CCC, or no pattern at all (".T": every stream of that type)
+        loc_p, cha_p = "??", pattern or "???"
     loc_p = loc_p.replace("-", " ")
     if len(cha_p) != 3 or len(loc_p) != 2:
         return False
@@ -64,6 +64,8 @@ def selection_accepts(selectors: Sequence[str], location: str, channel: str) -> 
 def valid_selector(selector: str) -> bool:
     s = selector[1:] if selector.startswith("!") else selector
     pattern, _, rtype = s.partition(".")
+    if not pattern:  # ".T": the LLCCC part may be left out
+        return re.fullmatch(r"[A-Za-z]", rtype) is not None
     return len(pattern) in (2, 3, 5) and len(rtype) <= 1 and re.fullmatch(r"[A-Za-z0-9?\-]+", pattern) is not None
 
 
@@ -74,6 +76,8 @@ def parse_seedlink_time(text: str) -> int:
         raise ValueError(f"bad SeedLink time {text!r}")
     nums = [int(p) for p in parts[:5]] + [0] * (5 - min(5, len(parts)))
     sec = float(parts[5]) if len(parts) == 6 else 0.0
+    if not 0 <= sec < 61:  # also NaN and inf, which would fail below with another exception type
+        raise ValueError(f"bad SeedLink time {text!r}")
     base = dt.datetime(nums[0], nums[1], nums[2], nums[3], nums[4], tzinfo=dt.timezone.utc)
     whole = int(math.floor(sec))
     epoch_s = int(base.timestamp()) + whole

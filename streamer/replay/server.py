@@ -70,6 +70,8 @@ class ReplayServer:
         self.fast = speed == 0 or math.isinf(speed)
         if loop_forever and self.fast:
             raise ReplayError("--loop needs a finite, positive --speed")
+        if ring_packets is not None and ring_packets < 1:
+            raise ReplayError(f"the ring must keep at least 1 packet per station, got {ring_packets}")
         self.host = host
         self._port = port
         self.speed = speed

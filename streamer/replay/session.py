@@ -214,27 +214,32 @@ class Session:
 
     def _start_request(self, cmd: str, args: list[str]) -> bool:
         entry = self.current
-        if entry is None:
-            if self.multistation:
-                self._error(f"{cmd} after a rejected STATION")
-                return False
-            entry = StationRequest(net="*", sta="*", selectors=self.uni_selectors)
-            self.entries.append(entry)
+        if entry is None and self.multistation:
+            self._error(f"{cmd} after a rejected STATION")
+            return False
+        seq: int | None = None
+        begin_ns: int | None = None
+        end_ns: int | None = None
         try:
             if cmd == "TIME":
                 if not 1 <= len(args) <= 2:
                     raise ValueError("TIME needs begin [end]")
-                entry.begin_ns = parse_seedlink_time(args[0])
-                entry.end_ns = parse_seedlink_time(args[1]) if len(args) == 2 else None
+                begin_ns = parse_seedlink_time(args[0])
+                end_ns = parse_seedlink_time(args[1]) if len(args) == 2 else None
             else:
                 if len(args) > 2:
                     raise ValueError(f"{cmd} takes [seq [begin]]")
-                entry.seq = parse_sequence(args[0]) if args else None
-                entry.begin_ns = parse_seedlink_time(args[1]) if len(args) == 2 else None
+                seq = parse_sequence(args[0]) if args else None
+                begin_ns = parse_seedlink_time(args[1]) if len(args) == 2 else None
         except ValueError as exc:
-            if self.current is not None:
-                self._error(str(exc))
+            # In uni-station mode too: the client waits for data or an ERROR, and a rejected
+            # request must not stay behind to shadow the next one.
+            self._error(str(exc))
             return False
+        if entry is None:
+            entry = StationRequest(net="*", sta="*", selectors=self.uni_selectors)
+            self.entries.append(entry)
+        entry.seq, entry.begin_ns, entry.end_ns = seq, begin_ns, end_ns
         entry.mode = cmd
         entry.explicit_start = True
         if self.current is not None:
@@ -295,7 +300,11 @@ class Session:
                     for i in range(c.next, stop):
                         batch.append((c.arch.end_ns(i), c.arch.key, i, c))
                 batch.sort(key=lambda x: (x[0], x[1], x[2]))
-                for _end, _key, i, c in batch:
+                for n, (_end, _key, i, c) in enumerate(batch):
+                    if n and n % 256 == 0:
+                        # Skipped packets (selectors, windows) send nothing, so drain() would never
+                        # yield: let other sessions and the release clock run during a long scan.
+                        await asyncio.sleep(0)
                     if srv.stalled or self.closed:
                         break
                     if i != c.next:

@@ -1,0 +1,182 @@
+"""Review checks of the replay server's SeedLink v3 replies, over real sockets on loopback."""
+
+from __future__ import annotations
+
+import socket
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.replay import ReplayRecord, ReplayServerThread, parse_seedlink_time
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+T0_ISO = "2026-01-01T00:00:00"
+
+
+def write_archive(directory: Path, stations: tuple[str, ...] = ("XX_AAA", "XX_BBB"), duration_s: float = 30.0) -> None:
+    from obspy import Stream, Trace, UTCDateTime
+
+    rng = np.random.default_rng(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    for key in stations:
+        net, sta = key.split("_")
+        traces = []
+        for cha in ("HHN", "HHZ"):
+            n = int(duration_s * 100)
+            data = (np.cumsum(rng.integers(-40, 41, n)) + rng.integers(-500, 500, n)).astype(np.int32)
+            header = {"network": net, "station": sta, "location": "00", "channel": cha,
+                      "sampling_rate": 100.0, "starttime": UTCDateTime(T0_ISO)}
+            traces.append(Trace(data, header=header))
+        Stream(traces).write(str(directory / f"{key}.mseed"), format="MSEED", reclen=512, encoding="STEIM2")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("review-archive")
+    write_archive(d)
+    return d
+
+
+class RawClient:
+    def __init__(self, port: int, timeout_s: float = 3.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.buf = b""
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\r")
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+
+    def line(self) -> str:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line.decode()
+
+    def packet(self) -> tuple[str, bytes]:
+        self._fill(3)
+        if self.buf.startswith(b"END"):
+            self.buf = self.buf[3:]
+            return "END", b""
+        self._fill(520)
+        head, payload, self.buf = self.buf[:8], self.buf[8:520], self.buf[520:]
+        return head.decode(), payload
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_select_with_type_only_is_accepted(archive: Path) -> None:
+    # "LLCCC." may be left out of a v3 selector: ".D" selects every data stream.
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("STATION AAA XX")
+        assert c.line() == "OK"
+        c.send("SELECT .D")
+        assert c.line() == "OK"
+        c.send("FETCH")
+        assert c.line() == "OK"
+        c.send("END")
+        heads = []
+        while (head := c.packet()[0]) != "END":
+            heads.append(head)
+        assert srv.server is not None
+        assert heads == [f"SL{i:06X}" for i in range(srv.server.stations["XX_AAA"].n)]
+        c.close()
+
+
+def test_select_with_type_only_excludes_other_types(archive: Path) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("STATION AAA XX")
+        assert c.line() == "OK"
+        c.send("SELECT .E")  # events only: this server has none
+        assert c.line() == "OK"
+        c.send("FETCH")
+        assert c.line() == "OK"
+        c.send("END")
+        assert c.packet()[0] == "END"
+        c.close()
+
+
+def test_uni_station_data_with_bad_arguments_is_an_error_and_leaves_no_request(archive: Path) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("DATA ZZZ")  # uni-station mode: a bad sequence number must not leave the client waiting
+        assert c.line() == "ERROR"
+        c.send("DATA 5")
+        head, _ = c.packet()
+        assert head == "SL000005"
+        c.close()
+
+
+def test_time_with_non_finite_seconds_is_an_error(archive: Path) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("STATION BBB XX")
+        assert c.line() == "OK"
+        c.send("TIME 2026,01,01,00,00,inf")
+        assert c.line() == "ERROR"
+        c.send("TIME 2026,01,01,00,00,10")  # the connection is still usable
+        assert c.line() == "OK"
+        c.close()
+
+
+def test_a_long_filtered_scan_does_not_block_other_clients(archive: Path) -> None:
+    # One client whose selector matches nothing in a long ring must not stall the event loop:
+    # other clients' commands are answered while its session skips packets.
+    from streamer.replay import load_records
+
+    payload = load_records([archive / "XX_AAA.mseed"])[0].payload
+    n = 100_000
+    recs = [ReplayRecord("XX", "AAA", "00", "HHZ", i * 10**9, (i + 1) * 10**9, payload) for i in range(n)]
+    recs.append(ReplayRecord("XX", "BBB", "00", "HHZ", 0, 10**9, payload))
+    with ReplayServerThread([], speed=0, records=recs) as srv:
+        assert srv.server is not None
+        deadline = time.monotonic() + 5
+        while srv.server.stations["XX_AAA"].released < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        a = RawClient(srv.port)
+        a.send("STATION AAA XX")
+        assert a.line() == "OK"
+        a.send("SELECT BHZ")  # no such channel: every packet is skipped
+        assert a.line() == "OK"
+        a.send("DATA")
+        assert a.line() == "OK"
+        a.send("END")
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        b = RawClient(srv.port, timeout_s=10)
+        b.send("HELLO")
+        assert b.line().startswith("SeedLink")
+        assert time.monotonic() - t0 < 0.5
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("ring_packets", [0, -3])
+def test_a_ring_without_room_fails_at_start_up(archive: Path, ring_packets: int) -> None:
+    # A ring of no packets would serve nothing (a negative one skipped packets not yet released).
+    import argparse
+
+    from streamer.commands import replay_server
+    from streamer.replay import ReplayError, ReplayServer
+
+    with pytest.raises(ReplayError, match="ring"):
+        ReplayServer([archive], speed=0, ring_packets=ring_packets)
+    parser = argparse.ArgumentParser()
+    replay_server.add_arguments(parser)
+    args = parser.parse_args([str(archive), "--port", "0", "--ring-packets", str(ring_packets)])
+    assert replay_server.run(args) == 2
