@@ -108,9 +108,24 @@ class ResultCollector:
             for sid in list(self._held):
                 ready.extend(self._release(sid, now))
         for eid, result in ready:
-            self.output.handle(result, result_ids=(eid,))
+            try:
+                self.output.handle(result, result_ids=(eid,))
+            except Exception:  # one bad result (wrong shape, ...) must not lose the others read with it
+                log.exception("result %s of window %s cannot be stitched: dropped", eid, result.windows[0].window_id)
+                self._drop(eid)
         self.collected += len(entries)
         return len(entries)
+
+    def _drop(self, entry_id: str) -> None:
+        """Acknowledge a result entry that can never be used (counted as shed, ``reason="error"``)."""
+        if self.metrics is not None:
+            self.metrics.windows_shed.labels(reason="error").inc()
+        try:
+            self.results.ack([entry_id])
+        except Exception as exc:  # Redis hiccup: a restart takes the entry over and drops it again
+            log.warning("could not acknowledge dropped result %s: %s", entry_id, exc)
+            return
+        self.acknowledged([entry_id])
 
     def _release(self, station_id: str, now: float) -> list[tuple[str, BatchResult]]:
         exp = self._expected[station_id]

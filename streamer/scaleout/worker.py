@@ -13,7 +13,7 @@ from streamer.config import Settings
 from streamer.metrics import Metrics
 from streamer.records import Window
 from streamer.scaleout.queue import result_queue, window_queue
-from streamer.worker import DenoiserLike, PickerLike, Worker
+from streamer.worker import BatchResult, DenoiserLike, PickerLike, Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class ScaleOutWorker:
 
     Each loop: every ``reclaim_interval_s`` take over windows another consumer left pending for
     ``reclaim_idle_s`` (XAUTOCLAIM: a crashed worker's windows), else read new ones; process them as
-    one batch; push one result per window (deduplicated by ``window_id``, so a window processed twice
-    after a crash yields one result); then acknowledge the input entries. A crash between the push
+    one batch (one window at a time if the batch raises, so a bad window fails alone); push one result
+    per window (deduplicated by ``window_id``, so a window processed twice after a crash yields one
+    result); then acknowledge the input entries. A crash between the push
     and the acknowledgement only repeats work, never loses or duplicates output.
     """
 
@@ -78,14 +79,38 @@ class ScaleOutWorker:
             entries = self.windows.read(count=self.worker.batch_size, block_ms=block_ms)
         if not entries:
             return 0
-        batch = [w for _, w in entries]
-        result = self.worker.process_batch(batch)
-        result.extra["worker"] = self.consumer
-        for i in range(len(batch)):
-            self.results.push((result, i))
-        self.windows.ack([eid for eid, _ in entries])
-        self.processed += len(entries)
-        return len(entries)
+        done = 0
+        for part, result in self._process(entries):
+            result.extra["worker"] = self.consumer
+            for i in range(len(part)):
+                self.results.push((result, i))
+            self.windows.ack([eid for eid, _ in part])
+            done += len(part)
+        self.processed += done
+        return done
+
+    def _process(self, entries: list[tuple[str, Window]]) -> list[tuple[list[tuple[str, Window]], BatchResult]]:
+        """The entries as one batch; if that raises, one window at a time, so a window that fails
+        does not take its batch-mates down. A window that fails alone stays pending: it is reclaimed
+        and, after ``max_deliveries``, moved to the dead-letter stream."""
+        try:
+            return [(entries, self.worker.process_batch([w for _, w in entries]))]
+        except Exception as exc:
+            if len(entries) == 1:
+                raise
+            batch_error = exc
+            log.exception("scale-out worker %s: batch of %d windows failed; running them one at a time",
+                          self.consumer, len(entries))
+        out: list[tuple[list[tuple[str, Window]], BatchResult]] = []
+        for entry in entries:
+            try:
+                out.append(([entry], self.worker.process_batch([entry[1]])))
+            except Exception:
+                log.exception("scale-out worker %s: window %s failed; left pending for a retry",
+                              self.consumer, entry[1].window_id)
+        if not out:  # every window failed: the model, not a window, is broken; the caller backs off
+            raise batch_error
+        return out
 
     def run(self, stop: threading.Event) -> None:
         log.info("scale-out worker %s started", self.consumer)
