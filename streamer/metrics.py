@@ -109,6 +109,10 @@ class Metrics:
         self.stage_progress = Gauge(
             f"{p}_stage_last_progress_timestamp_seconds", "last time each stage made progress", ["stage"], registry=r
         )
+        self.stage_heartbeat = Gauge(
+            f"{p}_stage_heartbeat_timestamp_seconds",
+            "last time each stage made progress or reported itself idle (what the watchdog checks)", ["stage"], registry=r,
+        )
         self.watchdog_pings = Counter(f"{p}_watchdog_pings_total", "systemd watchdog pings sent", registry=r)
 
         # --- reliability of the window path --------------------------------------------------------

@@ -261,7 +261,9 @@ class HealthMonitor:
             self._last_seen[stage] = now
             self._idle[stage] = False
         if self._metrics is not None:
-            self._metrics.stage_progress.labels(stage=stage).set(self._wall_clock())
+            wall = self._wall_clock()
+            self._metrics.stage_progress.labels(stage=stage).set(wall)
+            self._metrics.stage_heartbeat.labels(stage=stage).set(wall)
 
     def idle(self, stage: str) -> None:
         """``stage`` is alive and has nothing to do (counts as healthy)."""
@@ -270,6 +272,8 @@ class HealthMonitor:
         with self._lock:
             self._last_seen[stage] = now
             self._idle[stage] = True
+        if self._metrics is not None:
+            self._metrics.stage_heartbeat.labels(stage=stage).set(self._wall_clock())
 
     def reset(self) -> None:
         """Start every stage fresh now, e.g. when the service becomes ready, so that a long model
@@ -279,6 +283,10 @@ class HealthMonitor:
             for s in self.stages:
                 self._last_seen[s] = now
                 self._idle[s] = False
+        if self._metrics is not None:
+            wall = self._wall_clock()
+            for s in self.stages:
+                self._metrics.stage_heartbeat.labels(stage=s).set(wall)
 
     def age_s(self, stage: str, now: float | None = None) -> float:
         """Seconds since ``stage`` last reported progress or idleness."""

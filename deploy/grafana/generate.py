@@ -227,11 +227,14 @@ def data_health(lay: Layout) -> None:
     lay.add(timeseries("Records received / s", "miniSEED records and payload bytes received (all stations).",
                        [target(f"sum(rate(coldstream_records_received_total{{{STA}}}[{RATE}]))", "records/s"),
                         target(f"sum(rate(coldstream_received_bytes_total{{{STA}}}[{RATE}]))", "bytes/s", "B")]), 12, 8)
-    lay.add(timeseries("Gaps and overlaps / h", "Gaps opened, seconds missing, overlapping blocks and holes in the data SeedLink delivered (by data time).",
+    # coldstream_sequence_gaps_total is labelled by SeedLink station key NET_STA, not the NET.STA.LOC
+    # that $station offers, so it is filtered by job and instance only.
+    lay.add(timeseries("Gaps and overlaps / h", "Gaps opened, seconds missing, overlapping blocks and holes in the data SeedLink delivered (by data time; "
+                       "those are counted per NET_STA and not filtered by the station selection).",
                        [target(f"sum(increase(coldstream_gaps_total{{{STA}}}[1h]))", "gaps"),
                         target(f"sum(increase(coldstream_gap_seconds_total{{{STA}}}[1h]))", "gap seconds", "B"),
                         target(f"sum(increase(coldstream_overlaps_total{{{STA}}}[1h]))", "overlaps", "C"),
-                        target(f"sum(increase(coldstream_sequence_gaps_total{{{STA}}}[1h]))", "SeedLink data gaps", "D")]), 8, 8)
+                        target(f"sum(increase(coldstream_sequence_gaps_total{{{SEL}}}[1h]))", "SeedLink data gaps", "D")]), 8, 8)
     lay.add(timeseries("Rejected records by reason / min", "Records rejected before buffering (future, expired, rate, clock_jump, ...).",
                        [target(f"sum by (reason) (rate(coldstream_records_rejected_total{{{STA}}}[{RATE}])) * 60", "{{reason}}")],
                        stack=True), 8, 8)
