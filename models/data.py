@@ -455,7 +455,10 @@ class PairSampler:
         w = (w - w.mean(axis=1, keepdims=True)).astype(np.float32)
         # Most training noise is from short-period stations; broadband stations add strong microseismic
         # (0.05-1.5 Hz) and some cultural (> 15 Hz) noise, so both are mixed in synthetically.
-        power = float(np.mean(w.astype(np.float64) ** 2)) or 1.0
+        # Power of the components the recording has (a Z-only recording's zero horizontals would lower it 4.8 dB).
+        live = np.any(w != 0, axis=1)
+        power = float(np.mean(w[live].astype(np.float64) ** 2)) if live.any() else 0.0
+        power = power or 1.0
         if self.rng.random() < self.cfg.microseism_share:
             band = (self.rng.uniform(0.05, 0.2), self.rng.uniform(*self.cfg.microseism_top_hz))
             gain = 10 ** (self.rng.uniform(*self.cfg.microseism_db) / 20) * math.sqrt(power)
@@ -500,9 +503,11 @@ class PairSampler:
         raw = data[:, start : start + n]
         mute = onset_mute(data.shape[1], p, sr)[start : start + n]
         x0 = raw * mute
-        noise = instrument_response(self._noise_window(ev.name, need_3c=ev.three_component), instrument, sr)
-        if not ev.three_component:
-            noise[:2] = 0.0
+        # Noise only where the recording has data: a recording with Z and one horizontal keeps noise on that
+        # horizontal (an input equal to its target there would teach that a horizontal is never noisy).
+        live = np.any(ev.data != 0, axis=1)
+        noise = instrument_response(self._noise_window(ev.name, need_3c=bool(live[:2].any())), instrument, sr)
+        noise[~live] = 0.0
         snr = self._draw_snr()
         p_sig = np.mean(data[2, p : p + int(SNR_SIGNAL_S * sr)].astype(np.float64) ** 2)
         p_noise = np.mean(noise[2].astype(np.float64) ** 2)

@@ -97,14 +97,26 @@ def load_single_component_folder(
     recs = []
     for (station, inst, ident), by_comp in sorted(groups.items()):
         arrays: dict[str, np.ndarray] = {}
+        own_p: dict[str, int] = {}
         p = s = None
         for comp, f in by_comp.items():
             with np.load(f, allow_pickle=False) as z:
                 arrays[comp] = np.asarray(z["data"], np.float64).ravel()
+                if "itp" in z:
+                    own_p[comp] = int(z["itp"])
                 if p is None and "itp" in z:
                     p = int(z["itp"])
                 if s is None and "its" in z:
                     s = int(z["its"])
+        # A component cut with another start time labels the same P at another sample: shift it onto the
+        # group's P, or it lags the other components by the difference.
+        for comp, cp in own_p.items():
+            d = int(p) - cp  # type: ignore[arg-type]  # p is set whenever own_p is not empty
+            if d:
+                log.warning("%s: %s P at sample %d, group's at %d; shifted", ident, comp, cp, p)
+                v = arrays[comp]
+                arrays[comp] = np.concatenate([np.zeros(d), v[: len(v) - d]]) if d > 0 else np.concatenate(
+                    [v[-d:], np.zeros(-d)])
         data = _assemble(arrays, spec.component_order)
         data = (data - data.mean(axis=1, keepdims=True)).astype(np.float32)
         three_c = bool(np.any(data[0] != 0) and np.any(data[1] != 0))
