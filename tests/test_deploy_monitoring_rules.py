@@ -231,3 +231,12 @@ def test_windows_shed_reasons_are_documented() -> None:
     assert reasons <= documented, f"docs/metrics.md misses shed reasons {sorted(reasons - documented)}"
     runbook = (REPO / "docs" / "troubleshooting.md").read_text().split("### WindowsShed", 1)[1].split("\n### ", 1)[0]
     assert all(f"`{r}`" in runbook for r in reasons), sorted(r for r in reasons if f"`{r}`" not in runbook)
+
+
+def test_redis_connected_stat_ignores_scale_out_workers() -> None:
+    """The dashboard's Redis stat takes the minimum over the selected instances: a scale-out worker,
+    which never sets the gauge (0 for its whole life), must not turn it DOWN."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    stat = next(p for p in panels if p.get("title") == "Redis connected")
+    exprs = [t["expr"] for t in stat["targets"]]
+    assert all("coldstream_seedlink_connected" in e for e in exprs), exprs

@@ -318,7 +318,10 @@ def outputs(lay: Layout) -> None:
     lay.add(timeseries("Redis errors / min", "Failed writes (retried) and outputs dropped at the backlog bound.",
                        [target(f"sum(rate(coldstream_redis_publish_errors_total{{{SEL}}}[{RATE}])) * 60", "publish errors"),
                         target(f"sum(rate(coldstream_redis_backlog_dropped_total{{{SEL}}}[{RATE}])) * 60", "dropped", "B")]), 8, 8)
-    lay.add(stat("Redis connected", "1 while the last Redis write succeeded.", f"min(coldstream_redis_connected{{{SEL}}})",
+    # Only the publishing processes (with a SeedLink source) set the gauge; a scale-out worker exports it at 0.
+    lay.add(stat("Redis connected", "1 while the last Redis write succeeded (processes that publish: run, ingest).",
+                 f"min(coldstream_redis_connected{{{SEL}}} and on (job, instance) "
+                 f"group by (job, instance) (coldstream_seedlink_connected{{{SEL}}}))",
                  steps=((None, "red"), (1, "green")), mappings=value_map(("0", "DOWN", "red"), ("1", "OK", "green"))), 8, 8)
 
 
