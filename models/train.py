@@ -101,6 +101,14 @@ class TrainConfig:
     train_guard_max_hz: float | None = None
     train_guard_smooth_s: float | None = None
 
+    def __post_init__(self) -> None:
+        # Settings that only mean something with another one fail here rather than being dropped without a word.
+        if self.chain_probabilities and len(self.chain_probabilities) != len(self.chain_steps):
+            raise DataError(f"chain_probabilities {list(self.chain_probabilities)} need one value per chain_steps "
+                            f"value {list(self.chain_steps)}")
+        if not self.train_guard_db and (self.train_guard_max_hz is not None or self.train_guard_smooth_s is not None):
+            raise DataError("train_guard_max_hz and train_guard_smooth_s need train_guard_db")
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -119,12 +127,15 @@ class _Trainer:
             torch.set_num_threads(cfg.threads)
         self.picker = None
         split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
+        self.split_seed = cfg.seed  # a split read from a file keeps the seed it was made with
         if cfg.sources:
             train_recs, val_recs = self._load_sources(split_path)
+            self.split_seed = self.split.get("seed", cfg.seed)
         else:
             recs = load_recordings(cfg.data, DEFAULT_SPEC)
             if split_path.exists():
                 self.split = read_split(split_path)
+                self.split_seed = json.loads(split_path.read_text()).get("seed", cfg.seed)
             else:
                 self.split = make_station_split([r.station for r in recs], cfg.seed)
                 write_split(split_path, self.split, cfg.seed, str(cfg.data))
@@ -225,6 +236,10 @@ class _Trainer:
         return self.out / "last.ckpt.pt"
 
     def save_state(self) -> None:
+        # Written beside and then moved into place, with the data RNG inside: a process killed while writing leaves
+        # the previous checkpoint whole, never a truncated one or one whose data stream belongs to another step.
+        path = self._state_path()
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(
             {
                 "model": self.model.state_dict(),
@@ -233,10 +248,11 @@ class _Trainer:
                 "step": torch.tensor(self.step),
                 "elapsed_s": torch.tensor(self.elapsed_s),
                 "torch_rng": torch.get_rng_state(),
+                "sampler_rng": json.dumps(self.sampler.rng.bit_generator.state),
             },
-            self._state_path(),
+            tmp,
         )
-        (self.out / "last.rng.json").write_text(json.dumps(self.sampler.rng.bit_generator.state))
+        tmp.replace(path)
 
     def load_state(self) -> None:
         state = torch.load(self._state_path(), map_location=self.device, weights_only=True)
@@ -246,8 +262,10 @@ class _Trainer:
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
         torch.set_rng_state(state["torch_rng"].cpu())
-        rng_file = self.out / "last.rng.json"
-        if rng_file.exists():
+        rng_file = self.out / "last.rng.json"  # where checkpoints of earlier versions kept the data RNG
+        if "sampler_rng" in state:
+            self.sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
+        elif rng_file.exists():
             self.sampler.rng.bit_generator.state = json.loads(rng_file.read_text())
         log.info("resumed from step %d (%.1f min)", self.step, self.elapsed_s / 60)
 
@@ -317,7 +335,7 @@ class _Trainer:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
         with amp:
             xt = degrade(x0n, yn, self.gammas[t])
-            pred = self.model(xt, t.float() / T).float()
+            pred = self._call(self.model, xt, t.float() / T, yn).float()
         parts = self._loss(pred, x0n, w, y=yn)
         loss = parts["total"]
         if cfg.unfold_weight > 0 and T > 1:
@@ -325,7 +343,7 @@ class _Trainer:
             t2 = torch.minimum(t2, (t - 1).clamp(min=1))
             with amp:
                 x2 = degrade(pred.detach(), yn, self.gammas[t2])
-                pred2 = self.model(x2, t2.float() / T).float()
+                pred2 = self._call(self.model, x2, t2.float() / T, yn).float()
             parts2 = self._loss(pred2, x0n, w, y=yn)
             loss = loss + cfg.unfold_weight * parts2["total"]
         return self._optimize(loss, parts)
@@ -364,11 +382,11 @@ class _Trainer:
         path = self.out / f"{name}.pt"
         training = {
             "data": Path(cfg.data).name,
-            "split": ({k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": cfg.seed}  # type: ignore[attr-defined]
+            "split": ({k: len(v) for k, v in self.split.items()} | {"by": "station", "seed": self.split_seed}  # type: ignore[attr-defined]
                       if "sources" not in self.split else
                       {src: {k: len(e[k]) for k in ("train", "val", "test")}
                        for src, e in self.split["sources"].items()}  # type: ignore[attr-defined]
-                      | {"by": "station within source", "seed": cfg.seed}),
+                      | {"by": "station within source", "seed": self.split_seed}),
             "split_stations": self.split,
             "steps": self.step,
             "minutes": round(self.elapsed_s / 60, 1),
@@ -406,10 +424,11 @@ class _Trainer:
         try:
             while self.step < cfg.max_steps and self.elapsed_s < budget_s:
                 progress = max(self.step / cfg.max_steps, self.elapsed_s / budget_s)
-                lr = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
                 warm = min(1.0, (self.step + 1) / 100)
+                # The rate applied, warm-up included: the log and the progress bar show this one.
+                lr = warm * cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
                 for g in self.opt.param_groups:
-                    g["lr"] = lr * warm
+                    g["lr"] = lr
                 parts = self.train_step()
                 self.step += 1
                 self.elapsed_s = time.perf_counter() - t_start
