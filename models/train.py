@@ -128,6 +128,7 @@ class _Trainer:
         self.picker = None
         split_path = Path(cfg.split_file) if cfg.split_file else self.out / "split.json"
         self.split_seed = cfg.seed  # a split read from a file keeps the seed it was made with
+        self.split: Any = {}
         if cfg.sources:
             train_recs, val_recs = self._load_sources(split_path)
             self.split_seed = self.split.get("seed", cfg.seed)
