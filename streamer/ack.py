@@ -120,17 +120,21 @@ class AckBook:
             return min(candidates) if candidates else None
 
     def safe_by_key(
-        self, station_ids: Iterable[str], uncut: Mapping[str, int] | None = None
+        self, station_ids: Iterable[str], uncut: Mapping[str, int] | None = None,
+        read_before: Mapping[str, int] | None = None,
     ) -> dict[str, int]:
         """Safe time per SeedLink key ``NET_STA`` of the given stations: the minimum over **every**
         location code of that key the book or ``uncut`` knows (``uncut``: station id -> start of its
         data not yet cut into windows, from the ingestor), not only the ones named, so data of one
         location still pending or uncut is never passed because another location's outputs were
-        published."""
+        published. ``read_before``: station id -> how far before a window's start its data is read
+        (resampled channels): a pending window holds the state back by that much more."""
         uncut = uncut or {}
+        read_before = read_before or {}
         keys = {station_key(sid) for sid in station_ids}
         with self._lock:
-            pending = {sid: min(p) for sid, p in self._pending.items() if p and station_key(sid) in keys}
+            pending = {sid: min(p) - read_before.get(sid, 0) for sid, p in self._pending.items()
+                       if p and station_key(sid) in keys}
             published = {sid: t for sid, t in self._published_ns.items() if station_key(sid) in keys}
             lost = {sid: t for sid, t in self._lost_ns.items() if station_key(sid) in keys}
         # a location constrains its key only while it has windows pending, data not yet cut or a lost

@@ -216,17 +216,51 @@ class Ingestor:
         """Per buffered station (of the SeedLink keys ``NET_STA`` given, default all), where its data
         not yet cut into windows begins (the next grid window's start, or its first sample before any
         window was decided). Data before it is in windows already (emitted or skipped) or before the
-        grid. Safe to call from another thread."""
+        grid. For a channel at another rate than the model's, the next window also reads native
+        samples before its start (the resampling filter's reach), so the time moves back by that
+        much: a restart resumed from it cuts that window as this process would have.
+        Safe to call from another thread."""
         out: dict[str, int] = {}
         for station_id, station in list(self._stations.items()):
             if keys is not None and station_key(station_id) not in keys:
                 continue
             nxt = self.windower.next_start_ns(station_id)
-            if nxt is None:
+            if nxt is not None:
+                nxt -= self._read_before_ns(station)
+            else:
                 nxt = station.first_start_ns
             if nxt is not None:
                 out[station_id] = nxt
         return out
+
+    def read_before_ns(self, keys: Collection[str] | None = None) -> dict[str, int]:
+        """Per buffered station (of the SeedLink keys ``NET_STA`` given, default all) that has a channel
+        at another rate than the model's: how far before a window's start cutting it reads native data
+        (the resampling filter's reach). A window not yet published needs its data from that much
+        earlier after a restart. Stations at the model rate are left out (0)."""
+        out: dict[str, int] = {}
+        for station_id, station in list(self._stations.items()):
+            if keys is not None and station_key(station_id) not in keys:
+                continue
+            reach = self._read_before_ns(station)
+            if reach:
+                out[station_id] = reach
+        return out
+
+    def _read_before_ns(self, station: StationBuffer) -> int:
+        """How far before a window's start cutting it reads native samples: the resampling
+        margin of the station's channels at another rate (0 when all are at the model rate)."""
+        model_rate = self.windower.rate
+        reach_ns = 0
+        for chan in station.channels():
+            rate = chan.rate
+            if rate == model_rate:
+                continue
+            down = (model_rate / rate).denominator
+            # the margin the windower reads before a window (a multiple of ``down`` native samples)
+            margin = down * math.ceil((self.windower._filter_reach(chan) + 1) / down)
+            reach_ns = max(reach_ns, -(-margin * NS_PER_S * rate.denominator // rate.numerator))
+        return reach_ns
 
     def flush(self) -> list[Window]:
         """Decide every window that the buffered data covers, for all stations (the end of a

@@ -257,7 +257,8 @@ class Service:
         keys = {station_key(sid) for sid in station_ids}
         with self._cut_lock:
             uncut = self.ingestor.uncut_ns(keys) if self.ingestor is not None else {}
-            safe = self.acks.safe_by_key(station_ids, uncut)
+            before = self.ingestor.read_before_ns(keys) if self.ingestor is not None else {}
+            safe = self.acks.safe_by_key(station_ids, uncut, before)
         for key, t in safe.items():
             self.tracker.acknowledge(key, t)
 
@@ -272,7 +273,8 @@ class Service:
             return
         with self._cut_lock:
             uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
-            safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut)
+            before = self.ingestor.read_before_ns() if self.ingestor is not None else {}
+            safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut, before)
         for key in keys:
             self.tracker.acknowledge(key, safe.get(key, -(2**62)))  # unknown key: only handled packets
         for key, n in self.tracker.pending_counts().items():
