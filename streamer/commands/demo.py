@@ -33,6 +33,7 @@ HELP = "Run the live pipeline on the bundled recording with an embedded Redis an
 
 log = logging.getLogger(__name__)
 
+READY_TIMEOUT_S = 120.0  # model load is done before the service starts; this is sockets and Redis
 RESUME_SEQ = 0xFFFFFF  # "no sequence": the client asks by time only, and the first packet (0) follows it
 
 
@@ -91,10 +92,7 @@ def demo_settings(args: argparse.Namespace, workdir: Path, redis_url: str, repla
 
 # ------------------------------------------------------------------------------------------ the run
 def run(args: argparse.Namespace) -> int:
-    from streamer.demo_data.build import load_catalogue, recording_path
-    from streamer.metrics import Metrics
-    from streamer.replay import ReplayServerThread
-    from streamer.service import ServiceError, run_in_thread
+    from streamer.demo_data.build import load_catalogue
 
     catalogue = load_catalogue()
     workdir = Path(tempfile.mkdtemp(prefix="coldstream-demo-"))
@@ -103,13 +101,26 @@ def run(args: argparse.Namespace) -> int:
         redis_srv.start()
     except RedisServerError as exc:
         print(f"coldstream demo: {exc}")
+        shutil.rmtree(workdir, ignore_errors=True)
         return 2
+    try:  # an error or Ctrl-C anywhere below must not leave the redis-server running
+        return _run_with_redis(args, catalogue, workdir, redis_srv)
+    finally:
+        redis_srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_with_redis(args: argparse.Namespace, catalogue: dict[str, Any], workdir: Path, redis_srv: RedisServer) -> int:
+    from streamer.demo_data.build import recording_path
+    from streamer.metrics import Metrics
+    from streamer.replay import ReplayServerThread
+    from streamer.service import ServiceError, run_in_thread
+
     replay_port = free_port()
     try:
         settings = demo_settings(args, workdir, redis_srv.url, replay_port)
     except ConfigError as exc:
         print(f"coldstream demo: {exc}")
-        redis_srv.stop()
         return 2
     metrics = Metrics()
     view = LiveView(catalogue, live=not args.no_live)
@@ -117,38 +128,69 @@ def run(args: argparse.Namespace) -> int:
         service = _make_service(settings, metrics, view)
     except ServiceError as exc:
         print(f"coldstream demo: {exc}")
-        redis_srv.stop()
         return 2
     keys = sorted({s.split(".")[0] + "_" + s.split(".")[1] for s in catalogue["stations"]})
     write_resume_state(settings.seedlink.state_file, f"127.0.0.1:{replay_port}", keys, catalogue["start_ns"])
     print(f"coldstream demo: Redis {redis_srv.url}, replay of {recording_path().name} at {args.speed:g}x "
           f"({catalogue['duration_s'] / args.speed:.0f} s)")
     replay = ReplayServerThread([recording_path()], port=replay_port, speed=args.speed)
+    join_s = settings.service.drain_timeout_s + 10
+    thread: threading.Thread | None = None
+    started = interrupted = False
     try:
         replay.start()
         thread = run_in_thread(service)
-        service.ready.wait(120)
-        duration_s = catalogue["duration_s"] / args.speed
-        view.run_until(service, time.monotonic() + duration_s + 15.0, n_windows=_expected_windows(catalogue, settings))
+        started = _wait_ready(service, thread, READY_TIMEOUT_S)
+        if started:
+            duration_s = catalogue["duration_s"] / args.speed
+            view.run_until(service, time.monotonic() + duration_s + 15.0,
+                           n_windows=_expected_windows(catalogue, settings))
         service.request_stop()
-        thread.join(settings.service.drain_timeout_s + 10)
+        thread.join(join_s)
     except KeyboardInterrupt:
+        interrupted = True
         service.request_stop()
         service.request_stop()
+        if thread is not None:
+            thread.join(join_s)  # the service ends before its Redis is read and stopped
     finally:
         replay.stop()
-    try:
-        summary = collect_results(redis_srv.url, settings, catalogue)
-    finally:
-        redis_srv.stop()
+    summary = collect_results(redis_srv.url, settings, catalogue)
+    redis_srv.stop()
     out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     view.print_summary(summary, metrics)
     (out_dir / "picks.json").write_text(json.dumps(summary["picks"], indent=1) + "\n")
     png = plot_traces(out_dir / "raw_vs_denoised.png", summary, catalogue)
     print(f"coldstream demo: wrote {png} and {out_dir / 'picks.json'}")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return service.exit_code
+    if interrupted:
+        return 130
+    failure = _service_failure(service, thread, started, join_s)
+    if failure:
+        print(f"coldstream demo: {failure}")
+        return 2 if not started else max(service.exit_code, 1)
+    return int(service.exit_code)
+
+
+def _wait_ready(service: Any, thread: threading.Thread, timeout_s: float) -> bool:
+    """Wait until the service is ready; False when it is not within ``timeout_s`` or its thread ended
+    (a start-up error, logged by the thread)."""
+    deadline = time.monotonic() + timeout_s
+    while not service.ready.wait(min(0.5, max(deadline - time.monotonic(), 0.0))):
+        if not thread.is_alive() or time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def _service_failure(service: Any, thread: threading.Thread | None, started: bool, join_s: float) -> str:
+    """Why the pipeline failed, or "" when it ran and stopped."""
+    if not started:
+        return "the service did not start (see the error above)"
+    if thread is not None and thread.is_alive():
+        return f"the service did not stop within {join_s:g} s"
+    if not service.stopped.is_set():
+        return "the service ended with an error (see above)"
+    return ""
 
 
 def _expected_windows(catalogue: dict[str, Any], settings: Settings) -> int:
