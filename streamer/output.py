@@ -233,11 +233,13 @@ class OutputStage:
             if st.denoised.late_windows > late:
                 self.metrics.stitch_late_windows.inc(st.denoised.late_windows - late)
             if result.probs is not None:
-                st.probs = st.probs or self._stitcher(w, 3, "overlap_add")
+                # PhaseNet's P, S and noise rows each come from all three components: a sample is valid where
+                # any component is (by row, P would follow E's mask, S N's: a Z-only station had no picks)
+                st.probs = st.probs or self._stitcher(w, 3, "overlap_add", mask_rows="any")
                 segs = st.probs.add_window(w, result.probs[i], steps=result.steps)
                 items.extend(self._picks(segs, "denoised"))
             if result.raw_probs is not None:
-                st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add")
+                st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add", mask_rows="any")
                 segs = st.raw_probs.add_window(w, result.raw_probs[i], steps=0)
                 items.extend(self._picks(segs, "raw"))
         if self.lifecycle is not None:
@@ -313,12 +315,13 @@ class OutputStage:
             self.stations[w.station_id] = st
         return st
 
-    def _stitcher(self, w: Window, channels: int, mode: Any) -> Stitcher:
+    def _stitcher(self, w: Window, channels: int, mode: Any, mask_rows: Any = "per_channel") -> Stitcher:
         return Stitcher(
             self.window_samples,
             self.stride_samples,
             mode,
             channels=channels,
+            mask_rows=mask_rows,
             max_out_of_order=self.max_out_of_order,
             station_id=w.station_id,
             sampling_rate_hz=self.sampling_rate_hz,
