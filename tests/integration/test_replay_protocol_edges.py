@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seedlink_raw import RawClient
 from streamer.replay import ReplayRecord, ReplayServerThread, parse_seedlink_time
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -41,41 +41,6 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-class RawClient:
-    def __init__(self, port: int, timeout_s: float = 3.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self.buf = b""
-
-    def send(self, text: str) -> None:
-        self.sock.sendall(text.encode() + b"\r")
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-
-    def line(self) -> str:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line.decode()
-
-    def packet(self) -> tuple[str, bytes]:
-        self._fill(3)
-        if self.buf.startswith(b"END"):
-            self.buf = self.buf[3:]
-            return "END", b""
-        self._fill(520)
-        head, payload, self.buf = self.buf[:8], self.buf[8:520], self.buf[520:]
-        return head.decode(), payload
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_select_with_type_only_is_accepted(archive: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seedlink_raw import RawClient
 from streamer.replay import (
     ReplayError,
     ReplayServer,
@@ -84,44 +85,6 @@ def server(archive: Path):
         yield srv
 
 
-class RawClient:
-    """A bare SeedLink v3 client on a socket, for wire-level checks."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-
-    def send(self, text: str, end: str = "\r") -> None:
-        self.sock.sendall(text.encode() + end.encode())
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-
-    def line(self) -> str:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line.decode()
-
-    def packet(self) -> tuple[str, bytes]:
-        """(8-byte header as text, 512-byte payload); header 'END' for the end marker."""
-        self._fill(3)
-        if self.buf.startswith(b"END"):
-            self.buf = self.buf[3:]
-            return "END", b""
-        self._fill(520)
-        head, payload, self.buf = self.buf[:8], self.buf[8:520], self.buf[520:]
-        return head.decode(), payload
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # ---------------------------------------------------------------------------------------------

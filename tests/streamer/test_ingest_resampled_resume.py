@@ -43,6 +43,17 @@ def make(metrics: Metrics) -> Ingestor:
     return Ingestor(DEFAULT_SPEC, BufferSettings(), WindowSettings(), metrics, now_ns=clock)
 
 
+def run_from(metrics: Metrics, blocks: list[SampleBlock], after_ns: int | None) -> list[Window]:
+    """Every window a fresh ingestor cuts from the blocks (only those ending after ``after_ns``: what a
+    server sends again to a client resuming from that acknowledged time)."""
+    ing = make(metrics)
+    out: list[Window] = []
+    for b in blocks:
+        if after_ns is None or b.end_ns > after_ns:
+            out.extend(ing.add_block(b))
+    return out + ing.flush()
+
+
 def by_start(windows: list[Window]) -> dict[int, Window]:
     return {w.start_ns: w for w in windows}
 
@@ -53,11 +64,7 @@ def test_uncut_time_keeps_the_filter_reach_of_a_resampled_channel(metrics: Metri
     uninterrupted one does: the resampling filter of a 200 Hz channel reads native samples just
     before the window start, so the block ending there must not be passed over."""
     blocks = one_second_blocks(70)
-    whole = make(metrics)
-    windows_whole: list[Window] = []
-    for b in blocks:
-        windows_whole.extend(whole.add_block(b))
-    windows_whole.extend(whole.flush())
+    windows_whole = run_from(metrics, blocks, after_ns=None)
 
     first = make(metrics)
     for b in blocks[: 47 * 3]:  # data up to 42 s: the windows at 0 and 10 s are decided
@@ -66,12 +73,7 @@ def test_uncut_time_keeps_the_filter_reach_of_a_resampled_channel(metrics: Metri
     assert T0_NS + 10 * NS_PER_S < uncut <= T0_NS + 20 * NS_PER_S
 
     # "restart": the server sends again every block that ends after the acknowledged time
-    restarted = make(metrics)
-    windows_again: list[Window] = []
-    for b in blocks:
-        if b.end_ns > uncut:
-            windows_again.extend(restarted.add_block(b))
-    windows_again.extend(restarted.flush())
+    windows_again = run_from(metrics, blocks, after_ns=uncut)
 
     nxt = T0_NS + 20 * NS_PER_S
     want, got = by_start(windows_whole)[nxt], by_start(windows_again)[nxt]
@@ -86,11 +88,7 @@ def test_a_pending_window_keeps_the_filter_reach_of_a_resampled_channel(metrics:
     from streamer.ack import AckBook
 
     blocks = one_second_blocks(70)
-    whole = make(metrics)
-    windows_whole: list[Window] = []
-    for b in blocks:
-        windows_whole.extend(whole.add_block(b))
-    windows_whole.extend(whole.flush())
+    windows_whole = run_from(metrics, blocks, after_ns=None)
 
     first = make(metrics)
     book = AckBook()
@@ -100,12 +98,7 @@ def test_a_pending_window_keeps_the_filter_reach_of_a_resampled_channel(metrics:
     assert before[STATION] > 0
     safe = book.safe_by_key([STATION], first.uncut_ns(), before)["XX_STA"]
 
-    restarted = make(metrics)
-    windows_again: list[Window] = []
-    for b in blocks:
-        if b.end_ns > safe:
-            windows_again.extend(restarted.add_block(b))
-    windows_again.extend(restarted.flush())
+    windows_again = run_from(metrics, blocks, after_ns=safe)
     want, got = by_start(windows_whole)[T0_NS], by_start(windows_again)[T0_NS]
     assert got.mask.all(), f"{(~got.mask).sum()} samples of the pending window at 0 s lost their filter support"
     np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-3)
