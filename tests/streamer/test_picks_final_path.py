@@ -130,6 +130,15 @@ def test_pick_times_lie_on_the_sample_grid_at_other_rates(rate: float) -> None:
 
 
 # ------------------------------------------------------------------------- fed by the output stage
+def p_peak_at_40_s(probs: np.ndarray) -> None:
+    """A P peak 40 s after T0 in every window (10 s stride) that covers it; P zero elsewhere."""
+    probs[:, 0] = 0.0
+    for i in range(len(probs)):
+        idx = 4000 - i * 1000
+        if 0 <= idx < N:
+            probs[i, 0, idx - 50 : idx + 51] = np.hanning(101) * 0.9
+
+
 @pytest.mark.timeout(5)
 def test_a_missing_horizontal_does_not_mask_the_p_probability(metrics) -> None:  # type: ignore[no-untyped-def]
     """A station whose E component is missing (zero-filled, mask False): PhaseNet's probabilities
@@ -145,11 +154,7 @@ def test_a_missing_horizontal_does_not_mask_the_p_probability(metrics) -> None: 
                   ("", "HHN", "HHZ")) for w in ws]
     res = result(ws)
     assert res.probs is not None
-    res.probs[:, 0] = 0.0
-    for i in range(len(ws)):
-        idx = 4000 - i * 1000
-        if 0 <= idx < N:
-            res.probs[i, 0, idx - 50 : idx + 51] = np.hanning(101) * 0.9
+    p_peak_at_40_s(res.probs)
     out.handle(res)
     out.flush_all()
     got = [i.pick for i in sink.items if i.kind == "pick"]
@@ -166,11 +171,7 @@ def test_nan_probabilities_of_one_window_neither_add_nor_hide_a_pick(metrics) ->
     ws = [window(k) for k in range(4)]
     res = result(ws)
     assert res.probs is not None
-    res.probs[:, 0] = 0.0
-    for i in range(len(ws)):
-        idx = 4000 - i * 1000
-        if 0 <= idx < N:
-            res.probs[i, 0, idx - 50 : idx + 51] = np.hanning(101) * 0.9
+    p_peak_at_40_s(res.probs)
     res.probs[2, 0, 2000 + 30 : 2000 + 40] = np.nan  # right after the peak, in one window only
     out.handle(res)
     out.flush_all()
