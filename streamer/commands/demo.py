@@ -5,7 +5,8 @@ free loopback port, the SeedLink replay server on another serving ``streamer/dem
 at ``--speed`` times real time, and the same :class:`~streamer.service.Service` as ``coldstream run``.
 PhaseNet weights come from ``picker.seisbench_cache`` when set, else from
 ``$COLDSTREAM_SHARED_DIR/data/seisbench-weights`` (copied to a writable temporary folder), else from
-SeisBench's own cache or download; when none works the demo says so and runs without picks.
+SeisBench's own cache or download; when none works the demo says so and runs without picks. With
+``picker.enabled=false`` no picker is loaded (nor its weights looked for).
 
 It shows a live per-station view (latency, steps, picks), prints a summary table at the end
 (picks against the bundled catalogue), and writes ``raw_vs_denoised.png`` and ``picks.json`` to
@@ -82,8 +83,10 @@ def demo_settings(args: argparse.Namespace, workdir: Path, redis_url: str, repla
         # illustrative coordinates and sensitivity: the early-warning picks carry them (docs/demo-data.md)
         "inventory": {"stationxml": str(stationxml_path())},
     }
+    # exclude_unset, not exclude_defaults: a key the user set to the library default (worker.batch_size=32,
+    # metrics.enabled=true) must still undo the demo's value for it
     overrides = load_settings(args.config, args.overrides, environ={}).model_dump(
-        mode="json", exclude_defaults=True
+        mode="json", exclude_unset=True
     ) if (args.config or args.overrides) else {}
     for section, values in overrides.items():
         base.setdefault(section, {}).update(values)
@@ -203,17 +206,20 @@ def _make_service(settings: Settings, metrics: Any, view: "LiveView") -> Any:
     from streamer.service import Service, ServiceError
 
     denoiser = load_denoiser(settings)  # first: a missing picker must not hide a missing denoiser
-    cache = find_seisbench_cache(settings)
-    picker_settings = settings.model_copy(
-        update={"picker": settings.picker.model_copy(update={"seisbench_cache": cache})}
-    )
     picker = None
-    try:
-        picker = load_picker(picker_settings, str(getattr(denoiser, "device", "cpu")))
-        view.picker_note = f"PhaseNet: {getattr(picker, 'name', '')}"
-    except ServiceError as exc:
-        view.picker_note = f"running WITHOUT picks: {exc}"
-        print(f"coldstream demo: {view.picker_note}")
+    if not settings.picker.enabled:
+        view.picker_note = "picker disabled (picker.enabled=false): no picks"
+    else:
+        cache = find_seisbench_cache(settings)
+        picker_settings = settings.model_copy(
+            update={"picker": settings.picker.model_copy(update={"seisbench_cache": cache})}
+        )
+        try:
+            picker = load_picker(picker_settings, str(getattr(denoiser, "device", "cpu")))
+            view.picker_note = f"PhaseNet: {getattr(picker, 'name', '')}"
+        except ServiceError as exc:
+            view.picker_note = f"running WITHOUT picks: {exc}"
+            print(f"coldstream demo: {view.picker_note}")
     service = Service(settings, metrics, denoiser, picker, on_pick=view.on_pick, load_picker_model=False)
     service.load_models()
     return service
