@@ -148,12 +148,9 @@ class Session:
         elif cmd == "BYE":
             return False
         elif cmd == "CAPABILITIES":
-            flags = {a.upper() for a in args}
-            if flags <= {"EXTREPLY"}:
-                self.extreply = "EXTREPLY" in flags or self.extreply
-                self._ok()
-            else:
-                self._error("unsupported capability")
+            # as ringserver: OK to any list (clients announce SLPROTO:4.0, CAP, ...); only EXTREPLY changes anything
+            self.extreply = self.extreply or "EXTREPLY" in {a.upper() for a in args}
+            self._ok()
         elif cmd == "CAT":
             lines = "".join(f"{k.split('_', 1)[0]:<2} {k.split('_', 1)[1]:<5} replay\r\n" for k in srv.stations)
             self._write(lines.encode() + b"END")
