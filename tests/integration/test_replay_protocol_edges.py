@@ -1,4 +1,4 @@
-"""Review checks of the replay server's SeedLink v3 replies, over real sockets on loopback."""
+"""The replay server's SeedLink v3 replies at the protocol's edges, over real sockets on loopback."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def write_archive(directory: Path, stations: tuple[str, ...] = ("XX_AAA", "XX_BB
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("review-archive")
+    d = tmp_path_factory.mktemp("edge-archive")
     write_archive(d)
     return d
 
