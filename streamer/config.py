@@ -75,8 +75,20 @@ class SeedLinkServer(_Section):
     @field_validator("streams")
     @classmethod
     def _stream_syntax(cls, v: list[str]) -> list[str]:
+        # One entry per station pattern: on resume the client asks for a station by name with one
+        # entry's selectors, while a first connection sends every entry (and servers differ in
+        # what a repeated STATION means), so a pattern listed twice would change what is received
+        # across a restart. A pattern and an exact station that overlap ("XX_*" and "XX_A") are
+        # fine: the exact entry carries the station's selectors on every connection.
+        seen: dict[str, str] = {}
         for spec in v:
-            split_stream_spec(spec)
+            station, _ = split_stream_spec(spec)
+            if station in seen:
+                raise ValueError(
+                    f"station {station} is listed twice ({seen[station]!r} and {spec!r}); give it once, "
+                    "with all its selectors in one entry, e.g. 'XX_A:HH? EH?'"
+                )
+            seen[station] = spec
         return v
 
 

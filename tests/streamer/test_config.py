@@ -155,3 +155,32 @@ def test_bad_stream_selectors_fail_with_the_key_named(spec: str) -> None:
 def test_good_stream_selectors_load(spec: str) -> None:
     s = load_settings(overrides={"seedlink": {"servers": [{"streams": [spec]}]}}, environ={})
     assert s.seedlink.servers[0].streams == [spec]
+
+
+@pytest.mark.parametrize(
+    ("streams", "station"),
+    [
+        (["XX_A:HHZ", "XX_A:BHZ"], "XX_A"),  # the same station twice with other selectors
+        (["XX_A", "XX_*", "XX_A:HH?"], "XX_A"),  # every channel, then some: neither is read as the other's subset
+        (["xx_a:HHZ", "XX_A :HHZ"], "XX_A"),  # the same after normalisation (case, spaces)
+        (["XX_*:HH?", "XX_* :EH?"], "XX_*"),  # a wildcard pattern twice is just as ambiguous
+    ],
+)
+def test_a_station_listed_twice_for_one_server_is_refused(streams: list[str], station: str) -> None:
+    """On resume the client asks for a station by name with one entry's selectors (the first one's),
+    while the first connection sent every entry: a station named twice would change its channels
+    across a restart. The config refuses it, naming the key, the station and both entries."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"seedlink": {"servers": [{"port": 18000, "streams": streams}]}}, environ={})
+    text = str(info.value)
+    assert "seedlink.servers.0.streams" in text
+    assert f"station {station} is listed twice" in text
+    dup = [s for s in streams if s.partition(":")[0].strip().upper() == station]
+    assert repr(dup[0]) in text and repr(dup[1]) in text
+
+
+def test_the_same_station_on_two_servers_loads() -> None:
+    """Resume points and selectors are kept per server, so each server's entry stands on its own."""
+    servers = [{"port": 18000, "streams": ["XX_A:HHZ", "XX_*"]}, {"port": 18001, "streams": ["XX_A:BHZ", "XX_*"]}]
+    s = load_settings(overrides={"seedlink": {"servers": servers}}, environ={})
+    assert [srv.streams for srv in s.seedlink.servers] == [["XX_A:HHZ", "XX_*"], ["XX_A:BHZ", "XX_*"]]
