@@ -21,12 +21,27 @@ station's newest sample end ``T``, wall clock ``now``):
 - rate not finite, ``<= 0`` or ``> 10 kHz``, or below a tenth of the model rate: reject "rate";
   a rate other than the model's with ``resample = false``: reject "rate".
 - ``t1 > now + max_future_s``: reject "future" (the station clock or header is wrong).
-- ``t0 >= T + max_clock_jump_s``: clock jump forward: the whole station is reset and starts again
-  at this block.
-- ``t1 <= T - max_clock_jump_s``: clock jump backward. A single such block is rejected as
-  "expired" (a stray or corrupted header); once blocks in the new time base span at least
-  ``resume_after_s`` (one model window) without a hole of more than a second, the station is
-  reset to the new time base.
+- ``t0 >= T + max_clock_jump_s``: a jump forward. Explained by an outage when the station was
+  silent on the arrival clock for about as long: ``arrival - A >= (t0 - T) - slack`` (``arrival``
+  the block's ``arrival_ns``, ``A`` the station's ``last_arrival_ns``, the latest arrival of its
+  buffered blocks; ``slack`` 10 % of the jump, at least 60 s, at most half the jump: delivery
+  latency differs before and after an outage). Then the station is
+  reset at once and the block goes in. Otherwise (data kept arriving while one header jumped: a
+  stray or corrupted header, e.g. stamped near the wall clock in a station whose data lag it by
+  hours, or a digitizer clock that really jumped) the block is *held*, not buffered, until the
+  held blocks span ``resume_after_s`` (one model window) without a hole of more than a second:
+  then the station is reset and the held blocks go in, in arrival order, before the block that
+  confirmed the jump (``StationInsert.replayed``); nothing is lost. A block in the station's own
+  time base (also an old-base record of another channel still in flight after a real jump), a
+  far-ahead block that does not hang together with the held ones, or a reset for any other reason
+  gives the held blocks up (``StationInsert.discarded``, rejected "clock_jump").
+  Held blocks are bounded (``HELD_DURATION_MAX_S`` of blocks, ``HELD_BLOCKS_MAX`` blocks); a
+  far-ahead block beyond that is rejected "clock_jump" at once, and lost if the jump is confirmed.
+- ``t1 <= T - max_clock_jump_s``: a jump backward. A single such block is rejected as "expired"
+  (a stray or corrupted header); once such blocks span at least ``resume_after_s`` without a hole
+  of more than a second, the station is reset to the new time base and the block that confirmed
+  it goes in. The blocks before it are lost. A block in the station's own time base starts the
+  confirmation again.
 - ``t1 <= T - horizon_s``: reject "expired" (older than anything the buffer retains).
 - otherwise insert. Samples already present are kept (first arrival wins) and the new ones
   dropped: reported as overlap. A forward discontinuity (``t0`` after the channel's head) is
@@ -50,9 +65,12 @@ from streamer.config import BufferSettings
 from streamer.records import NS_PER_S, SampleBlock
 
 __all__ = [
+    "HELD_BLOCKS_MAX",
+    "HELD_DURATION_MAX_S",
     "MAX_RATE_HZ",
     "ChannelBuffer",
     "ChannelInsert",
+    "HeldBlock",
     "StationBuffer",
     "StationInsert",
     "exact_rate",
@@ -64,9 +82,18 @@ __all__ = [
 # accelerometer, geophone. Preference order when several groups are equally current.
 INSTRUMENT_RANK = {"H": 3, "P": 2, "L": 1, "N": 0}
 _MAX_BLOCK_ENTRIES = 4096
-# the records of a new time base (clock jump back) hang together; a far-past block further than this
-# from the span seen so far starts a new span, so isolated stray headers never add up to a reset
-_BACK_SPAN_SLACK_NS = NS_PER_S
+# the records of a new time base (clock jump) hang together; a far block further than this from the
+# span seen so far starts a new span, so isolated stray headers never add up to a reset
+_JUMP_SPAN_SLACK_NS = NS_PER_S
+# a forward jump is an outage when the station's silence on the arrival clock is at least the jump
+# less this slack: delivery latency before and after an outage differs (seconds to minutes), while
+# a stray header or a clock jump in a flowing stream comes with a silence of seconds
+_OUTAGE_SLACK_FRACTION = 0.1
+_OUTAGE_SLACK_MIN_NS = 60 * NS_PER_S
+# the blocks held for a forward jump not confirmed yet: one window of a dozen channels (several
+# instrument groups), and a count for floods of tiny blocks; past either, far blocks are rejected
+HELD_DURATION_MAX_S = 360.0
+HELD_BLOCKS_MAX = 4096
 
 
 @lru_cache(maxsize=4096)
@@ -233,15 +260,72 @@ class ChannelBuffer:
 
 
 @dataclass
+class _JumpSpan:
+    """The time span covered by consecutive blocks far from a station's time base, on one side of
+    it: the candidate new time base of a clock jump that is not confirmed yet."""
+
+    lo_ns: int | None = None
+    hi_ns: int | None = None
+
+    def joins(self, start_ns: int, end_ns: int) -> bool:
+        """Whether the block ``[start_ns, end_ns)`` hangs together with the span so far."""
+        lo, hi = self.lo_ns, self.hi_ns
+        return not (lo is None or hi is None or start_ns > hi + _JUMP_SPAN_SLACK_NS or end_ns < lo - _JUMP_SPAN_SLACK_NS)
+
+    def add(self, start_ns: int, end_ns: int) -> int:
+        """Join the block ``[start_ns, end_ns)`` to the span, or start a new span with it when it
+        does not hang together with it; returns the span's length (ns)."""
+        lo, hi = self.lo_ns, self.hi_ns
+        if lo is None or hi is None or not self.joins(start_ns, end_ns):
+            lo, hi = start_ns, end_ns  # not joined to the span so far (a stray header): a new span
+        else:
+            lo, hi = min(lo, start_ns), max(hi, end_ns)
+        self.lo_ns, self.hi_ns = lo, hi
+        return hi - lo
+
+    def clear(self) -> None:
+        self.lo_ns = self.hi_ns = None
+
+
+@dataclass(frozen=True, eq=False)
+class HeldBlock:
+    """A block held for a forward clock jump not confirmed yet: its offset from the station's newest
+    data when it came (``jump_s``) and what placing it later needs (exact rate, resampling, times)."""
+
+    block: SampleBlock
+    jump_s: float
+    rate: Fraction
+    resampled: bool
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
 class StationInsert:
-    """Outcome of ``StationBuffer.insert`` for one block."""
+    """Outcome of ``StationBuffer.insert`` for one block.
+
+    Exactly one of: buffered (``rejected`` None, ``held`` False), ``rejected``, or ``held`` (kept
+    aside for a forward jump not confirmed yet; a later outcome lists it in ``replayed`` once
+    buffered or in ``discarded`` once given up). ``replayed`` and ``discarded`` are about earlier
+    blocks, whatever happened to this one.
+    """
 
     rejected: str | None = None  # reason label when the block was not buffered
+    held: bool = False  # kept aside for a forward jump not confirmed yet: neither buffered nor rejected
     clock_jump: bool = False  # the station was reset before this block went in
+    after_outage: bool = False  # ... at once, the jump being explained by silence on the arrival clock
+    # a clock jump of the block from the station's newest data (s, negative backward): set when the
+    # station was reset (clock_jump), or the block was held or rejected as a jump not confirmed yet
+    jump_s: float = 0.0
     channel_reset: bool = False  # the channel changed rate and was restarted
     resampled: bool = False  # the channel is not at the model rate (windows get resampled)
     channel: ChannelInsert = field(default_factory=ChannelInsert)
     gap_s: float = 0.0
+    # blocks held earlier, buffered (or rejected) when this block confirmed the jump, in arrival
+    # order and before this block, with their own outcomes
+    replayed: list[tuple[SampleBlock, StationInsert]] = field(default_factory=list)
+    # blocks held earlier and given up now (a stray header after all): rejected as "clock_jump"
+    discarded: list[HeldBlock] = field(default_factory=list)
 
 
 class StationBuffer:
@@ -267,21 +351,35 @@ class StationBuffer:
         self.last_arrival_ns: int | None = None
         self.max_block_ns = 0
         self._active: str | None = None
-        self._back_lo: int | None = None  # span of consecutive far-past blocks (clock jump back)
-        self._back_hi: int | None = None
+        # consecutive blocks far ahead of / behind the station's data: a clock jump to be confirmed
+        self._jump_ahead = _JumpSpan()
+        self._jump_back = _JumpSpan()
+        # the blocks of the forward span, held until the jump is confirmed or given up
+        self._held: list[HeldBlock] = []
+        self._held_ns = 0
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget all data (clock jump); the next block starts a new time base."""
+        """Forget all data (clock jump); the next block starts a new time base. Blocks still held
+        are forgotten too: take them first (``drop_held``) to hand them back."""
+        self.drop_held()
         self.groups.clear()
         self.channel_codes.clear()
         self.group_newest_ns.clear()
         self.newest_end_ns = None
         self.first_start_ns = None
         self._active = None
-        self._back_lo = self._back_hi = None
+        self._jump_ahead.clear()
+        self._jump_back.clear()
         self.epoch += 1
+
+    def drop_held(self) -> list[HeldBlock]:
+        """Give up the blocks held for a forward jump not confirmed yet (e.g. when the station is
+        released); returns them, in arrival order, for the caller to reject."""
+        held, self._held, self._held_ns = self._held, [], 0
+        self._jump_ahead.clear()
+        return held
 
     def channels(self) -> list[ChannelBuffer]:
         return [ch for group in self.groups.values() for ch in group.values()]
@@ -344,26 +442,71 @@ class StationBuffer:
         if newest is not None:
             jump_ns = round(s.max_clock_jump_s * NS_PER_S)
             if start_ns >= newest + jump_ns:
-                self.reset()
-                out.clock_jump = True
-            elif end_ns <= newest - jump_ns:
-                lo, hi = self._back_lo, self._back_hi
-                if lo is None or hi is None or start_ns > hi + _BACK_SPAN_SLACK_NS or end_ns < lo - _BACK_SPAN_SLACK_NS:
-                    lo, hi = start_ns, end_ns  # not joined to the span so far (a stray header): a new span
-                else:
-                    lo, hi = min(lo, start_ns), max(hi, end_ns)
-                if hi - lo < self.resume_after_ns:
-                    self._back_lo, self._back_hi = lo, hi
+                return self._ahead(block, rate, start_ns, end_ns, newest, out)
+            if end_ns <= newest - jump_ns:
+                # one block is not a new time base (a corrupt old header): the jump must be
+                # confirmed by data
+                out.jump_s = (end_ns - newest) / NS_PER_S
+                if self._jump_back.add(start_ns, end_ns) < self.resume_after_ns:
                     out.rejected = "expired"
                     return out
+                out.discarded = self.drop_held()
                 self.reset()
                 out.clock_jump = True
             elif end_ns <= newest - round(s.horizon_s * NS_PER_S):
                 out.rejected = "expired"
                 return out
-            else:
-                self._back_lo = self._back_hi = None
+            else:  # the station's own time base: a jump pending in either direction was not one
+                if self._held or self._jump_ahead.lo_ns is not None:
+                    out.discarded = self.drop_held()
+                self._jump_back.clear()
+        return self._place(block, rate, start_ns, end_ns, out)
 
+    def _ahead(
+        self, block: SampleBlock, rate: Fraction, start_ns: int, end_ns: int, newest_ns: int, out: StationInsert
+    ) -> StationInsert:
+        """A block at least ``max_clock_jump_s`` after the station's newest data (module docstring)."""
+        jump_ns = start_ns - newest_ns
+        out.jump_s = jump_ns / NS_PER_S
+        last_arrival = self.last_arrival_ns if self.last_arrival_ns is not None else block.arrival_ns
+        slack_ns = min(max(_OUTAGE_SLACK_FRACTION * jump_ns, _OUTAGE_SLACK_MIN_NS), jump_ns / 2)
+        if block.arrival_ns - last_arrival >= jump_ns - slack_ns:
+            # the station was silent about as long as its data jumped: it is back from an outage
+            out.discarded = self.drop_held()
+            self.reset()
+            out.clock_jump = out.after_outage = True
+            return self._place(block, rate, start_ns, end_ns, out)
+        span = self._jump_ahead
+        if not span.joins(start_ns, end_ns):
+            out.discarded = self.drop_held()  # a new candidate: the blocks held so far were stray
+        span_ns = span.add(start_ns, end_ns)
+        if span_ns < self.resume_after_ns:
+            if self._held_ns + (end_ns - start_ns) > HELD_DURATION_MAX_S * NS_PER_S or len(self._held) >= HELD_BLOCKS_MAX:
+                out.rejected = "clock_jump"
+                return out
+            self._held.append(HeldBlock(block, out.jump_s, rate, out.resampled, start_ns, end_ns))
+            self._held_ns += end_ns - start_ns
+            out.held = True
+            return out
+        # confirmed: the new time base holds one window of data; the held blocks go in first
+        held = self._held
+        self._held, self._held_ns = [], 0
+        self.reset()
+        out.clock_jump = True
+        for h in held:
+            replay = StationInsert(resampled=h.resampled)
+            try:
+                self._place(h.block, h.rate, h.start_ns, h.end_ns, replay)
+            except (ValueError, TypeError, OverflowError, IndexError):
+                replay.rejected = "invalid"  # as the ingest stage reports a block it cannot place
+            out.replayed.append((h.block, replay))
+        return self._place(block, rate, start_ns, end_ns, out)
+
+    def _place(self, block: SampleBlock, rate: Fraction, start_ns: int, end_ns: int, out: StationInsert) -> StationInsert:
+        """Buffer a block that passed the time policies (component slot, rate change, ring)."""
+        s = self.settings
+        cha = block.channel
+        n = int(block.samples.shape[0])
         code, slot = cha[:2], self.spec.component_order.index(COMPONENT_ALIASES[cha[2]])
         group = self.groups.setdefault(code, {})
         codes = self.channel_codes.setdefault(code, {})

@@ -120,7 +120,11 @@ class BufferSettings(_Section):
     resample: bool = Field(True, description="resample other rates to the model rate; false = reject")
     single_component: Literal["skip", "zero_fill"] = "zero_fill"
     max_future_s: float = Field(30.0, gt=0, description="reject samples later than now + this")
-    max_clock_jump_s: float = Field(3600.0, gt=0, description="a jump larger than this resets the buffer")
+    max_clock_jump_s: float = Field(
+        3600.0, gt=0,
+        description="a jump larger than this resets the buffer: at once after as long an outage, "
+        "else once one window of data confirms it",
+    )
 
 
 class WindowSettings(_Section):

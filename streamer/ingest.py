@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.spec import DEFAULT_SPEC, ModelSpec
-from streamer.buffers import StationBuffer, StationInsert
+from streamer.buffers import HeldBlock, StationBuffer, StationInsert
 from streamer.config import BufferSettings, WindowSettings
 from streamer.eew import FastScheduler
 from streamer.logutil import RateLimitedLog
@@ -84,8 +84,14 @@ class Ingestor:
         self._gap_log = RateLimitedLog(
             log, GAP_LOG_INTERVAL_S, suffix=" ({n} more gaps since the last report)", max_keys=MAX_LOGGED_KEYS
         )
+        # blocks rejected as clock jumps not confirmed (stray headers): one line per station per GAP_LOG_INTERVAL_S
+        self._jump_log = RateLimitedLog(
+            log, GAP_LOG_INTERVAL_S, suffix=" ({n} more since the last report)", max_keys=MAX_LOGGED_KEYS
+        )
         self._station_counters: dict[str, _StationCounters] = {}
-        # packets whose data will never be in a window (undecodable, rejected): handled, to acknowledge
+        # packets whose data will never be in a window (undecodable, rejected): handled, to acknowledge.
+        # A packet held by its station buffer (a forward jump not confirmed yet) is neither: it is
+        # acknowledged by its data time once buffered, or becomes handled when given up.
         self._handled: list[PacketRef] = []
         self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
@@ -142,6 +148,9 @@ class Ingestor:
             result = StationInsert(rejected="invalid")
             self._once.log((station_id, "invalid"), logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
         self._count_insert(block, result, now)
+        self._settle_held(result, now)
+        if result.held:
+            return []  # waits for the jump to be confirmed; its packet is not handled meanwhile
         if result.rejected is not None:
             if block.packet is not None:
                 self._handled.append(block.packet)
@@ -196,6 +205,7 @@ class Ingestor:
                 log.info("%s: gap opened: no data for %.0f s", station_id, silent_ns / NS_PER_S)
             if silent_ns >= evict_ns:
                 del self._stations[station_id]
+                self._reject_held(station.drop_held())
                 self._last_seen_mono.pop(station_id, None)
                 self.windower.forget(station_id)
                 if self.fast is not None:
@@ -319,15 +329,55 @@ class Ingestor:
             m.windows_skipped.labels(m.station(s.station_id), s.reason).inc()
         return batch.windows
 
+    def _settle_held(self, r: StationInsert, now_ns: int) -> None:
+        """Count the blocks an insert buffered or gave up from those its station held earlier."""
+        for block, replay in r.replayed:
+            self._count_insert(block, replay, now_ns)
+            if replay.rejected is not None and block.packet is not None:
+                self._handled.append(block.packet)
+        self._reject_held(r.discarded)
+
+    def _reject_held(self, held: list[HeldBlock]) -> None:
+        """Held blocks given up (the jump they stood for was not confirmed): rejected, handled."""
+        for h in held:
+            self._reject_unconfirmed(h.block, "clock_jump", h.jump_s)
+            if h.block.packet is not None:
+                self._handled.append(h.block.packet)
+
+    def _reject_unconfirmed(self, block: SampleBlock, reason: str, jump_s: float) -> None:
+        """Count and log (once a minute per station) a block rejected as a clock jump not confirmed."""
+        m = self.metrics
+        station_id = block.station_id
+        m.records_rejected.labels(m.station(station_id), reason).inc()
+        self._jump_log.log(
+            station_id, logging.WARNING,
+            "%s: block %+.0f s from the station's data: a clock jump not confirmed, block rejected (%s); "
+            "the station stays on its time base until %.0f s of data in the new one confirm a jump",
+            block.seed_id, jump_s, reason, self.spec.window_s,
+            now_s=self.mono_ns() / NS_PER_S,
+        )
+
     def _count_insert(self, block: SampleBlock, r: StationInsert, now_ns: int) -> None:
         m = self.metrics
         station_id = block.station_id
         label = m.station(station_id)
-        if r.clock_jump:
+        if r.held:
+            return  # counted once buffered (replayed) or given up (discarded)
+        if r.clock_jump and r.after_outage:
             m.clock_jumps.labels(label).inc()
-            log.warning("%s: clock jump at %s, station buffer reset", station_id, block.seed_id)
+            log.info("%s: data resume %+.0f s after the station's newest, at %s, after as long a silence "
+                     "(an outage, not a clock jump): station buffer reset", station_id, r.jump_s, block.seed_id)
+        elif r.clock_jump:
+            m.clock_jumps.labels(label).inc()
+            log.warning("%s: clock jump of %+.0f s at %s confirmed by %.0f s of data, station buffer reset",
+                        station_id, r.jump_s, block.seed_id, self.spec.window_s)
         if r.channel_reset:
             self._once.log((station_id, "rate_change"), logging.WARNING, "%s: sampling rate changed to %s Hz, channel restarted", block.seed_id, block.sampling_rate_hz)
+        if r.rejected is not None and r.jump_s:
+            # a block far from the station's own time base: a stray header (or, past the bound on
+            # held blocks, part of a real jump; backward: before the jump is confirmed)
+            self._reject_unconfirmed(block, r.rejected, r.jump_s)
+            return
         if r.rejected is not None:
             m.records_rejected.labels(label, r.rejected).inc()
             self._once.log(

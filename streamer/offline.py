@@ -22,7 +22,10 @@ What this means for a file: windows start on the absolute grid (every ``windows.
 the epoch) at or after a station's first sample and end at or before its last, so up to one stride
 at the start and at the end of each contiguous stretch is not denoised (reported in
 :attr:`OfflineResult.uncovered_s`); output is at the model rate (100 Hz) whatever the input rate;
-gaps longer than ``buffers.max_zero_fill_gap_s`` split the output.
+gaps longer than ``buffers.max_zero_fill_gap_s`` split the output. The blocks arrive on a simulated
+clock that follows their data time (:func:`stream_blocks`), so a gap longer than
+``buffers.max_clock_jump_s`` is what a station's outage is live: the station restarts right after
+it and the data after it are denoised like any other (``docs/ingest.md``).
 """
 
 from __future__ import annotations
@@ -71,9 +74,15 @@ def _utc_ns(t: Any) -> int:
 
 def stream_blocks(stream: Any, block_s: float = BLOCK_S, arrival_ns: int | None = None) -> Iterator[SampleBlock]:
     """The traces of an ObsPy ``stream`` as blocks of ``block_s``, ordered by start time (ties by id,
-    so the components of one interval arrive together, as from a SeedLink server)."""
-    arrival = time.time_ns() if arrival_ns is None else arrival_ns
-    pieces: list[tuple[int, str, SampleBlock]] = []
+    so the components of one interval arrive together, as from a SeedLink server).
+
+    Each block arrives as if the recording were streamed live from ``arrival_ns`` (default: now)
+    on: at ``arrival_ns`` plus the time from the recording's first sample to the block's last. A gap
+    in the data is then as long a silence on the arrival clock, as a station's outage is live, so
+    the ring buffers treat it alike (``streamer.buffers``: a gap longer than
+    ``buffers.max_clock_jump_s`` restarts the station at once, it is not a clock jump to confirm)."""
+    base = time.time_ns() if arrival_ns is None else arrival_ns
+    pieces: list[tuple[int, str, int, float, np.ndarray]] = []
     for tr in stream:
         s = tr.stats
         rate = float(s.sampling_rate)
@@ -85,11 +94,15 @@ def stream_blocks(stream: Any, block_s: float = BLOCK_S, arrival_ns: int | None 
         t0 = _utc_ns(s.starttime)
         for i in range(0, len(data), n):
             start = t0 + round(i * NS_PER_S / rate)
-            block = SampleBlock(tr.id, start, rate, data[i : i + n], arrival)
-            pieces.append((start, tr.id, block))
+            samples = data[i : i + n]
+            end = t0 + round((i + len(samples)) * NS_PER_S / rate)
+            pieces.append((start, tr.id, end, rate, samples))
+    if not pieces:
+        return
+    first_ns = min(p[0] for p in pieces)
     pieces.sort(key=lambda p: (p[0], p[1]))
-    for _, _, block in pieces:
-        yield block
+    for start, seed_id, end, rate, samples in pieces:
+        yield SampleBlock(seed_id, start, rate, samples, base + (end - first_ns))
 
 
 def denoise_stream(

@@ -17,7 +17,7 @@ from streamer.config import BufferSettings, WindowSettings
 from streamer.ingest import Ingestor
 from streamer.metrics import Metrics
 from streamer.mseed import decode_payload
-from streamer.records import NS_PER_S, SampleBlock, Window
+from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
 
 T0 = UTCDateTime(2024, 1, 1, 0, 0, 3)
 T0_NS = 1_704_067_203 * NS_PER_S
@@ -197,6 +197,148 @@ def test_clock_jump_is_counted_and_the_station_restarts(metrics: Metrics) -> Non
     windows = feed(ing, later)
     assert value(metrics, "coldstream_clock_jumps_total", station="XX.JMP.00") == 1
     assert windows and all(w.start_ns > T0_NS + DAY_NS for w in windows)
+    # the records kept arriving, so the jump waited for one window of new data; those records were
+    # held, not lost: the new time base's first window is there, complete
+    assert value(metrics, "coldstream_records_rejected_total", station="XX.JMP.00", reason="clock_jump") == 0
+    assert windows[0].start_ns == T0_NS + 2 * DAY_NS + 7 * NS_PER_S and windows[0].mask.all()
+
+
+def test_a_stray_header_near_now_is_counted_and_logged_and_the_lagging_station_goes_on(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A station two hours behind the wall clock gets one corrupt record stamped near now while its
+    records keep arriving: it is held (not acknowledged) until the station's next record shows it
+    stray, then rejected (``records_rejected{reason="clock_jump"}``, a warning naming the station)
+    and handed back for acknowledgement; the station's windows go on in its own time base without
+    a reset."""
+    st = "XX.LAG.00"
+    now_ns = T0_NS + 7200 * NS_PER_S
+    ing, clock = make(metrics, now_ns=now_ns)
+    caplog.set_level(logging.INFO, logger="streamer.ingest")
+    recs = records("LAG", 62.0)
+    first, rest = recs[: len(recs) // 2], recs[len(recs) // 2 :]
+    windows = feed(ing, first, now_ns)
+    stray = records("LAG", 5.0, t0=T0 + 7200 - 20, seed=3)[0]
+    ref = PacketRef("srv", "XX_LAG", 99)
+    assert ing.add_payload(stray, now_ns, ref) == []
+    assert ing.take_handled() == []  # held: its data might still be a new time base
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="clock_jump") == 0
+    windows += feed(ing, rest[:1], now_ns)
+    assert ing.take_handled() == [ref]
+    windows += feed(ing, rest[1:], now_ns)
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="clock_jump") == 1
+    assert value(metrics, "coldstream_clock_jumps_total", station=st) == 0
+    assert [w.start_ns for w in windows] == [T0_NS + k * NS_PER_S for k in (7, 17, 27)]
+    assert all(w.mask.all() for w in windows)
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING and st in r.getMessage()]
+    assert len(lines) == 1 and "not confirmed" in lines[0].getMessage()
+
+
+def feed_live(ing: Ingestor, clock: Clock, payloads: list[bytes], latency_s: float = 2.0) -> list[Window]:
+    """Payloads delivered live: each arrives ``latency_s`` after its last sample (the clock follows)."""
+    out: list[Window] = []
+    for p in payloads:
+        (b,) = decode_payload(p, 0)
+        clock.t_ns = b.end_ns + round(latency_s * NS_PER_S)
+        out += ing.add_payload(p, clock.t_ns)
+    return out
+
+
+def test_a_station_back_from_a_long_outage_keeps_its_first_records(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A station (long ring buffer, so ``poll`` keeps it through the outage) delivers nothing for 90
+    minutes, more than ``max_clock_jump_s``, then current data: the jump is explained by the silence
+    on the arrival clock, so the station restarts at once and its first records after the outage
+    are in its first window, none rejected."""
+    st = "XX.OUT.00"
+    ing, clock = make(metrics, horizon_s=3600.0)
+    caplog.set_level(logging.INFO, logger="streamer.ingest")
+    windows = feed_live(ing, clock, records("OUT", 40.0))
+    for _ in range(90):  # the service polls through the outage
+        clock.t_ns += 60 * NS_PER_S
+        windows += ing.poll()
+    assert ing.stations() == [st]  # not released: two horizons are two hours
+    back = feed_live(ing, clock, records("OUT", 40.0, t0=T0 + 5400, seed=1))
+    assert value(metrics, "coldstream_clock_jumps_total", station=st) == 1
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="clock_jump") == 0
+    assert back and back[0].start_ns == T0_NS + (5400 + 7) * NS_PER_S and back[0].mask.all()
+    assert not [r for r in caplog.records if "not confirmed" in r.getMessage()]
+
+
+def test_held_records_of_a_jump_are_acknowledged_only_once_buffered(metrics: Metrics) -> None:
+    """SeedLink state never passes a record held for an unconfirmed jump: it is not handled, and the
+    station's safe time stays in its old time base, before the held data; once the jump is confirmed
+    the held records are buffered and acknowledged by data time, like any other, once published."""
+    from streamer.ack import AckBook
+    from streamer.seedlink_state import StateTracker
+
+    st, key = "XX.HLD.00", "XX_HLD"
+    ing, clock = make(metrics, now_ns=T0_NS + 3 * DAY_NS)
+    tracker, book = StateTracker(), AckBook()
+    seq = 0
+    handled: list[PacketRef] = []
+
+    def deliver(payloads: list[bytes]) -> list[Window]:
+        nonlocal seq
+        out: list[Window] = []
+        for p in payloads:
+            seq += 1
+            (b,) = decode_payload(p, 0)
+            ref = PacketRef("srv", key, seq)
+            tracker.record(ref, b.start_ns, b.end_ns)
+            windows = ing.add_payload(p, T0_NS + 100 * NS_PER_S, ref)  # records keep arriving
+            book.add(windows)
+            out += windows
+            for h in ing.take_handled():
+                handled.append(h)
+                tracker.handled(h)
+            tracker.acknowledge(key, book.safe_by_key(ing.stations(), ing.uncut_ns()).get(key, -(2**62)))
+        return out
+
+    def publish(windows: list[Window]) -> None:
+        for w in windows:
+            book.published_through(w.station_id, w.end_ns, flushed=True)
+
+    publish(deliver(records("HLD", 40.0)))
+    first_held = seq + 1
+    held_start_ns = T0_NS + 2 * DAY_NS
+    confirmed_at = None
+    for p in records("HLD", 45.0, t0=T0 + 2 * 86400):
+        publish(deliver([p]))
+        buf = ing.station_buffer(st)
+        assert buf is not None
+        if buf.epoch == 0:  # records held
+            assert ing.uncut_ns()[st] < held_start_ns  # the safe time cannot reach the held data
+            acked = tracker.acked("srv", key)
+            assert acked is None or acked.seq < first_held
+        elif confirmed_at is None:
+            confirmed_at = seq
+    assert confirmed_at is not None and confirmed_at > first_held
+    assert handled == []  # nothing rejected
+    publish(ing.poll(clock.t_ns + 120 * NS_PER_S))
+    tracker.acknowledge(key, book.safe_by_key([st], ing.uncut_ns()).get(key, -(2**62)))
+    acked = tracker.acked("srv", key)
+    # held records were passed by their data time once their window was published (those after the
+    # next window's start wait for it)
+    assert acked is not None and first_held < acked.seq < confirmed_at and acked.end_ns > held_start_ns
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="clock_jump") == 0
+
+
+def test_a_held_record_is_handed_back_when_its_station_is_released(metrics: Metrics) -> None:
+    """A record held for an unconfirmed jump in a station that then falls silent and is released by
+    ``poll``: rejected then, and handed back for acknowledgement."""
+    st = "XX.REL.00"
+    now_ns = T0_NS + 7200 * NS_PER_S
+    ing, clock = make(metrics, now_ns=now_ns)
+    feed(ing, records("REL", 40.0), now_ns)
+    ref = PacketRef("srv", "XX_REL", 7)
+    assert ing.add_payload(records("REL", 5.0, t0=T0 + 7200 - 20, seed=3)[0], now_ns, ref) == []
+    assert ing.take_handled() == []
+    ing.poll(now_ns + 400 * NS_PER_S)  # two horizons (360 s) without data
+    assert ing.stations() == []
+    assert ing.take_handled() == [ref]
+    assert value(metrics, "coldstream_records_rejected_total", station=st, reason="clock_jump") == 1
 
 
 def test_gauges(metrics: Metrics) -> None:

@@ -108,6 +108,22 @@ def test_long_gap_splits_the_output_and_z_only_stations_pass(settings, rng):
     assert zz.stats.channel == "HHZ" and zz.stats.npts == 4000
 
 
+def test_data_right_after_a_gap_longer_than_the_clock_jump_limit_are_denoised(settings, rng):
+    """A file with a two-hour gap (more than ``buffers.max_clock_jump_s``): the stretch after it is
+    denoised from its first sample, as the daemon does for a station back from an outage; nothing
+    is held back to confirm a new time base."""
+    gap_s = 7200
+    assert gap_s > settings.buffers.max_clock_jump_s
+    st = station(rng, "XX", "AAA", T0, seconds=60) + station(rng, "XX", "AAA", T0 + 60 + gap_s, seconds=60)
+    res = denoise_stream(st, denoiser(), settings)
+    for cha in ("HHE", "HHN", "HHZ"):
+        parts = sorted(res.stream.split().select(channel=cha), key=lambda tr: tr.stats.starttime)
+        assert [(tr.stats.starttime, tr.stats.npts) for tr in parts] == [(T0, 6000), (T0 + 60 + gap_s, 6000)]
+        src = st.select(channel=cha)[1]
+        np.testing.assert_allclose(parts[1].data, src.data, rtol=1e-5, atol=1e-2)
+    assert set(res.uncovered_s.values()) == {0.0}
+
+
 def test_other_rates_are_resampled_to_the_model_rate(settings, rng):
     st = station(rng, "XX", "AAA", T0, seconds=60, rate=200.0)
     res = denoise_stream(st, denoiser(), settings)
