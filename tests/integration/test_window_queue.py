@@ -159,3 +159,29 @@ def test_a_released_item_may_be_queued_again(redis_client: redis.Redis, redis_ke
     assert q.push(w) is not None and q.push(w) is None  # in flight: refused
     q.release([w.window_id])  # its outputs were published
     assert q.push(w) is not None  # a replay after a restart computes it again instead of waiting
+
+
+def test_reclaimed_entries_are_dead_lettered_when_the_claimer_holds_other_pending_entries_between_them(
+    redis_client: redis.Redis, redis_key_prefix: str
+) -> None:
+    """The delivery counts are looked up per claimed entry, not as a COUNT-limited range of the
+    claimer's pending list: an entry the claimer still holds between two claimed ones must not push
+    the later claimed entry out of the lookup (which read it as delivered once and kept it alive)."""
+    producer = _queue(redis_client, redis_key_prefix, "ingest")
+    windows = [_window("NC.AAA.00", k) for k in range(4)]
+    for w in windows:
+        producer.push(w)
+    a = _queue(redis_client, redis_key_prefix, "a", max_deliveries=1)
+    b = _queue(redis_client, redis_key_prefix, "b", max_deliveries=1)
+    assert len(a.read(count=1, block_ms=None)) == 1  # window 0 on a
+    assert len(b.read(count=2, block_ms=None)) == 2  # windows 1 and 2 on b
+    assert len(a.read(count=1, block_ms=None)) == 1  # window 3 on a
+    time.sleep(0.06)
+    # b restarts and re-reads its own two (delivered twice, under its max_deliveries; no longer idle)
+    assert _queue(redis_client, redis_key_prefix, "b", max_deliveries=3).read(count=2, block_ms=None) != []
+    # a crashed: b takes windows 0 and 3 over (delivered twice > max_deliveries 1); windows 1 and 2,
+    # pending on b between them, are not idle long enough to be claimed
+    assert b.reclaim(min_idle_ms=50, count=10) == []
+    dead = redis_client.xrange(b.dead_key)
+    assert [int(f[b"start_ns"]) for _, f in dead] == [windows[0].start_ns, windows[3].start_ns]
+    assert all(f[b"reason"] == b"delivered 2 times" for _, f in dead)
