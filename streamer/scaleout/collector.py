@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from streamer.metrics import Metrics
@@ -29,6 +31,13 @@ class ResultCollector:
     ``coldstream_windows_shed_total{reason="lost"}``. Results of windows it was not told about (pushed
     before a restart) pass straight through. A result entry is acknowledged only after Redis accepted
     the outputs that needed it (marker token).
+
+    After a restart SeedLink replays windows whose push Redis refuses as duplicates (pushed before,
+    not finished: the de-duplication mark is released only with the result's acknowledgement). The
+    sink reports those (:meth:`refused`); one whose result this collector already handed over (taken
+    over from the ingest that died, before the replay told it to expect the window) is not waited for,
+    so the station's later results go on at once; one whose result has not come is still in flight
+    and is waited for in window order as usual.
     """
 
     def __init__(
@@ -44,6 +53,11 @@ class ResultCollector:
         self._expected: dict[str, list[int]] = {}
         self._held: dict[str, dict[int, tuple[str, BatchResult, float]]] = {}
         self._window_of: dict[str, str] = {}  # result entry id -> window id, until acknowledged
+        # window id -> until when (monotonic s) a refused push of it means "its result was handed over":
+        # inf until the result is acknowledged, then give_up_s more (a push may have been refused just
+        # before the acknowledgement released the mark)
+        self._handed: dict[str, float] = {}
+        self._handed_expiry: deque[tuple[float, str]] = deque()
         self._orphans_claimed = False
 
     def expect(self, windows: Iterable[Window]) -> None:
@@ -65,6 +79,21 @@ class ResultCollector:
                 if exp and w.start_ns in exp:
                     exp.remove(w.start_ns)
 
+    def refused(self, windows: Iterable[Window]) -> int:
+        """Windows whose push Redis refused as duplicates (push thread): those whose result was handed
+        over already are not waited for any more (their later results are released in the next round);
+        the others are in flight and still expected. Returns how many were resolved."""
+        resolved = 0
+        with self._lock:
+            for w in windows:
+                if w.window_id not in self._handed:
+                    continue
+                exp = self._expected.get(w.station_id)
+                if exp and w.start_ns in exp and w.start_ns not in self._held.get(w.station_id, {}):
+                    exp.remove(w.start_ns)
+                    resolved += 1
+        return resolved
+
     def window_ids(self, entry_ids: Iterable[str]) -> list[str]:
         """The window ids of handled result entries."""
         with self._lock:
@@ -72,9 +101,17 @@ class ResultCollector:
 
     def acknowledged(self, entry_ids: Iterable[str]) -> None:
         """The entries were acknowledged: forget them."""
+        now = time.monotonic()
         with self._lock:
             for eid in entry_ids:
-                self._window_of.pop(eid, None)
+                wid = self._window_of.pop(eid, None)
+                if wid is not None and wid in self._handed:
+                    self._handed[wid] = now + self.give_up_s
+                    self._handed_expiry.append((now + self.give_up_s, wid))
+            while self._handed_expiry and self._handed_expiry[0][0] <= now:
+                until, wid = self._handed_expiry.popleft()
+                if self._handed.get(wid) == until:  # not handed over again since
+                    del self._handed[wid]
 
     def claim_orphans(self) -> int:
         """Take over results left pending on other consumer names of this group (an ingest of an
@@ -107,6 +144,8 @@ class ResultCollector:
                     self._held.setdefault(w.station_id, {})[w.start_ns] = (eid, result, now)
             for sid in list(self._held):
                 ready.extend(self._release(sid, now))
+            for _eid, result in ready:
+                self._handed[result.windows[0].window_id] = math.inf
         for eid, result in ready:
             try:
                 self.output.handle(result, result_ids=(eid,))

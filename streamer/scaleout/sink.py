@@ -36,7 +36,8 @@ reads the results its predecessor had not finished (one ingest per stream prefix
 
 
 class RedisSink:
-    """Scale-out ingest: see the module docstring. ``on_progress`` is called for every window pushed."""
+    """Scale-out ingest: see the module docstring. ``on_progress`` is called for every window pushed
+    (or refused as a duplicate: queued before a restart, reported to the collector)."""
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class RedisSink:
         self.result_queue: WorkQueue[tuple[BatchResult, int], BatchResult] | None = None
         self.collector: ResultCollector | None = None
         self.windows_pushed = 0
+        self.windows_refused = 0  # pushes refused as duplicates (replays after a restart)
         self.windows_shed = 0
         # bounded like the in-process worker's queue; while Redis is down the oldest are shed (counted)
         self._push_queue: queue.Queue[Window] = queue.Queue(maxsize=max(1, settings.worker.queue_max_windows))
@@ -148,8 +150,14 @@ class RedisSink:
             backoff_s = 0.2
             while True:
                 try:
-                    self.window_queue.push(w)
-                    self.windows_pushed += 1
+                    if self.window_queue.push(w) is not None:
+                        self.windows_pushed += 1
+                    else:  # queued before a restart and not finished: its result may have come already
+                        self.windows_refused += 1
+                        resolved = self.collector is not None and self.collector.refused([w]) > 0
+                        self._rl.log("refused", logging.INFO, "window %s was queued before a restart (push "
+                                     "refused as a duplicate); its result %s", w.window_id,
+                                     "was collected already" if resolved else "is still awaited")
                     if self.on_progress is not None:
                         self.on_progress()
                     break

@@ -1,6 +1,6 @@
 """Scale-out ingest across restarts and Redis outages, on a real Redis: stable consumer, orphaned
-results taken over, replayed windows computed again once released, bounded push queue, start-up
-while Redis is down."""
+results taken over, replayed windows computed again once released, replayed windows refused as
+duplicates (collected already, or still in flight), bounded push queue, start-up while Redis is down."""
 
 from __future__ import annotations
 
@@ -134,3 +134,88 @@ def test_a_lost_consumer_group_is_created_again(redis_client: redis.Redis, redis
     redis_client.delete(q.key)  # Redis restarted without persistence
     q.push(_window(1))
     assert [w.window_id for _, w in q.read(count=5, block_ms=None)] == [_window(1).window_id]
+
+
+def _before_a_restart(redis_client: redis.Redis, prefix: str, window: Window, *, processed: bool) -> None:
+    """The state an ingest left behind when it died: ``window`` pushed (its de-duplication mark still
+    set); with ``processed``, a worker's result for it read by that ingest but never acknowledged (its
+    outputs were not confirmed)."""
+    window_queue(redis_client, prefix, "workers", INGEST_CONSUMER).push(window)
+    if not processed:
+        return
+    workers = window_queue(redis_client, prefix, "workers", "gpu-1")
+    (eid, got), = workers.read(count=1, block_ms=None)
+    result_queue(redis_client, prefix, "collector", "gpu-1").push((_result(got), 0))
+    workers.ack([eid])
+    assert len(result_queue(redis_client, prefix, "collector", INGEST_CONSUMER).read(count=1, block_ms=None)) == 1
+
+
+def _work(redis_client: redis.Redis, prefix: str, count: int) -> list[tuple[str, Window]]:
+    """The next ``count`` windows a worker reads (the sink pushes from its own thread)."""
+    workers = window_queue(redis_client, prefix, "workers", "gpu-1")
+    got: list[tuple[str, Window]] = []
+    for _ in range(10):
+        got += workers.read(count=count - len(got), block_ms=300)
+        if len(got) == count:
+            break
+    assert len(got) == count
+    return got
+
+
+def _finish(redis_client: redis.Redis, prefix: str, entry: tuple[str, Window]) -> None:
+    eid, w = entry
+    result_queue(redis_client, prefix, "collector", "gpu-1").push((_result(w), 0))
+    window_queue(redis_client, prefix, "workers", "gpu-1").ack([eid])
+
+
+@pytest.mark.timeout(30)
+def test_a_replayed_window_refused_as_a_duplicate_does_not_hold_later_results_of_its_station(
+    redis_client: redis.Redis, redis_url: str, redis_key_prefix: str
+) -> None:
+    """Its result came back before the replay (taken over from the ingest that died): the refused push
+    is resolved at once, so the station's next result is handed over without waiting for the give-up
+    (10 s here), and nothing is counted as lost or handed over twice."""
+    w0, w1 = _window(0), _window(1)
+    _before_a_restart(redis_client, redis_key_prefix, w0, processed=True)
+    metrics = Metrics()
+    out = Output()
+    sink = RedisSink(_settings(redis_url, redis_key_prefix), metrics, out)  # type: ignore[arg-type]
+    sink.start()
+    try:
+        wait_for(lambda: out.handled, 5, "the earlier ingest's result taken over")
+        sink.submit([w0, w1])  # SeedLink replays from the resume point; w0's push is refused
+        (entry,) = _work(redis_client, redis_key_prefix, 1)
+        assert entry[1].window_id == w1.window_id
+        _finish(redis_client, redis_key_prefix, entry)
+        wait_for(lambda: len(out.handled) == 2, 3, "w1's result without waiting for the give-up")
+    finally:
+        sink.drain(lambda: 5.0)
+    assert sink.windows_pushed == 1 and sink.windows_refused == 1
+    assert [wid for wid, _ in out.handled] == [w0.window_id, w1.window_id]
+    assert sink.collector is not None and sink.collector.given_up == 0 and sink.collector.holding == 0
+    assert metrics.registry.get_sample_value("coldstream_windows_shed_total", {"reason": "lost"}) is None
+
+
+@pytest.mark.timeout(30)
+def test_a_replayed_window_refused_while_still_in_flight_is_waited_for_in_window_order(
+    redis_client: redis.Redis, redis_url: str, redis_key_prefix: str
+) -> None:
+    """Its result has not come yet (the window is still queued for the workers): the collector keeps
+    waiting for it, and the station's later result is handed over after it, not before."""
+    w0, w1 = _window(0), _window(1)
+    _before_a_restart(redis_client, redis_key_prefix, w0, processed=False)
+    out = Output()
+    sink = RedisSink(_settings(redis_url, redis_key_prefix), Metrics(), out)  # type: ignore[arg-type]
+    sink.start()
+    try:
+        sink.submit([w0, w1])
+        first, second = _work(redis_client, redis_key_prefix, 2)
+        assert [first[1].window_id, second[1].window_id] == [w0.window_id, w1.window_id]
+        _finish(redis_client, redis_key_prefix, second)
+        wait_for(lambda: sink.collector is not None and sink.collector.holding == 1, 3, "w1's result held")
+        assert out.handled == []
+        _finish(redis_client, redis_key_prefix, first)
+        wait_for(lambda: len(out.handled) == 2, 3, "both results")
+    finally:
+        sink.drain(lambda: 5.0)
+    assert [wid for wid, _ in out.handled] == [w0.window_id, w1.window_id]
