@@ -127,6 +127,11 @@ class Metrics:
             f"{p}_work_queue_trimmed_total", "scale-out work items trimmed from Redis before they were processed", ["stream"],
             registry=r,
         )
+        self.work_queue_dead_lettered = Counter(
+            f"{p}_work_queue_dead_lettered_total",
+            "scale-out work items moved to the dead-letter stream (delivered too often, or undecodable)",
+            ["stream", "reason"], registry=r,
+        )
         self.picks_suppressed = Counter(
             f"{p}_picks_suppressed_total", "pick candidates not published, by reason (run_edge, duplicate)", ["reason"],
             registry=r,

@@ -59,7 +59,10 @@ class WorkQueue(Generic[I, O]):
 
     Finished entries are deleted on ``ack`` (XACK + XDEL), so the stream holds only unfinished work
     and ``maxlen`` bounds that. Entries trimmed before they were finished are lost work: counted in
-    ``on_trimmed(n)`` (the service's ``coldstream_work_queue_trimmed_total``) and logged.
+    ``on_trimmed(n)`` (the service's ``coldstream_work_queue_trimmed_total``) and logged. An entry moved
+    to the dead-letter stream is logged and reported to ``on_dead_lettered(reason)`` (``deliveries``:
+    delivered more than ``max_deliveries`` times; ``undecodable``), the service's
+    ``coldstream_work_queue_dead_lettered_total``.
     :meth:`release` forgets an item's de-duplication mark once its outputs are published, so a
     replay after a restart may compute it again instead of waiting for a result that cannot come.
     """
@@ -78,6 +81,7 @@ class WorkQueue(Generic[I, O]):
         dedupe_ttl_s: float = 3600.0,
         max_deliveries: int = 5,
         on_trimmed: Callable[[int], None] | None = None,
+        on_dead_lettered: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.encode = encode
@@ -92,6 +96,7 @@ class WorkQueue(Generic[I, O]):
         self.dedupe_ttl_s = max(1, int(dedupe_ttl_s))
         self.max_deliveries = max_deliveries
         self.on_trimmed = on_trimmed
+        self.on_dead_lettered = on_dead_lettered
         self._push_script = client.register_script(_DEDUPE_XADD_LUA)
         self._pushes = 0
         self._own_pending_done = False
@@ -276,6 +281,8 @@ class WorkQueue(Generic[I, O]):
         payload[b"reason"] = reason.encode()
         self.client.xadd(self.dead_key, payload, maxlen=self.maxlen, approximate=True)
         self.ack([entry_id])
+        if self.on_dead_lettered is not None:
+            self.on_dead_lettered("deliveries" if reason.startswith("delivered ") else "undecodable")
 
 
 def _window_item(window: Window) -> tuple[str, dict[str, bytes | str]]:

@@ -76,10 +76,13 @@ class RedisSink:
         def trimmed(stream: str) -> Callable[[int], None]:
             return lambda n: self.metrics.work_queue_trimmed.labels(stream=stream).inc(n)
 
+        def dead(stream: str) -> Callable[[str], None]:
+            return lambda reason: self.metrics.work_queue_dead_lettered.labels(stream=stream, reason=reason).inc()
+
         self.window_queue = window_queue(client, r.stream_prefix, WORKERS_GROUP, self.consumer,
-                                         on_trimmed=trimmed("windows"), maxlen=r.work_queue_maxlen)
+                                         on_trimmed=trimmed("windows"), on_dead_lettered=dead("windows"), maxlen=r.work_queue_maxlen)
         self.result_queue = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, self.consumer,
-                                         on_trimmed=trimmed("results"), maxlen=r.work_queue_maxlen)
+                                         on_trimmed=trimmed("results"), on_dead_lettered=dead("results"), maxlen=r.work_queue_maxlen)
         give_up_s = 2 * self.settings.worker.reclaim_idle_s
         self.collector = ResultCollector(self.output, self.result_queue, self.metrics, give_up_s=give_up_s)
         for target, tname in ((self._push_loop, "coldstream-push"), (self.collector.run, "coldstream-collect")):

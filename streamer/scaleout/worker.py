@@ -53,10 +53,13 @@ class ScaleOutWorker:
         def trimmed(stream: str) -> Callable[[int], None]:
             return lambda n: metrics.work_queue_trimmed.labels(stream=stream).inc(n)
 
+        def dead(stream: str) -> Callable[[str], None]:
+            return lambda reason: metrics.work_queue_dead_lettered.labels(stream=stream, reason=reason).inc()
+
         self.windows = window_queue(client, r.stream_prefix, WORKERS_GROUP, consumer, maxlen=r.work_queue_maxlen,
-                                    on_trimmed=trimmed("windows"))
+                                    on_trimmed=trimmed("windows"), on_dead_lettered=dead("windows"))
         self.results = result_queue(client, r.stream_prefix, COLLECTOR_GROUP, consumer, maxlen=r.work_queue_maxlen,
-                                    on_trimmed=trimmed("results"))
+                                    on_trimmed=trimmed("results"), on_dead_lettered=dead("results"))
         self.worker = Worker.from_settings(
             denoiser, metrics, lambda _r: None, settings.worker, settings.windows.stride_s,
             picker=picker, raw_picker=settings.picker.raw_comparison,

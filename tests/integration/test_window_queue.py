@@ -123,8 +123,9 @@ def test_poison_window_goes_to_dead_letter(redis_client: redis.Redis, redis_key_
     producer = _queue(redis_client, redis_key_prefix, "ingest")
     producer.push(_window("NC.AAA.00", 0))
     redis_client.xadd(producer.key, {b"station": b"broken"})  # does not follow the schema
-    a = _queue(redis_client, redis_key_prefix, "a", max_deliveries=2)
-    b = _queue(redis_client, redis_key_prefix, "b", max_deliveries=2)
+    reasons: list[str] = []
+    a = _queue(redis_client, redis_key_prefix, "a", max_deliveries=2, on_dead_lettered=reasons.append)
+    b = _queue(redis_client, redis_key_prefix, "b", max_deliveries=2, on_dead_lettered=reasons.append)
     first = a.read(count=10, block_ms=None)
     assert len(first) == 1  # the broken entry went to the dead-letter stream at once
     # a window that crashes every worker that takes it: delivered 1 (a), 2 (b), 3 (a) -> dead
@@ -134,6 +135,7 @@ def test_poison_window_goes_to_dead_letter(redis_client: redis.Redis, redis_key_
     assert a.reclaim(min_idle_ms=10) == []
     dead = redis_client.xrange(a.dead_key)
     assert [f[b"reason"].startswith(r) for (_, f), r in zip(dead, (b"bad window", b"delivered 3"))] == [True, True]
+    assert reasons == ["undecodable", "deliveries"]  # each dead-lettered entry reported once, by cause
     assert a.pending_count() == 0
 
 
