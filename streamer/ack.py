@@ -10,6 +10,15 @@ windows count as done: they will never be published, and that is counted in
 packets whose data end at or before the safe time, so a restart replays everything needed to rebuild
 unpublished outputs, and the idempotent output ids absorb the repeats.
 
+A station whose clock jumps back (its buffer reset to an earlier time base: ``new_time_base``) may
+leave windows of the old time base pending. They are booked apart, because times of the two time bases
+cannot be compared: the safe time follows the new time base only (the old packets' data times lie after
+it, and the service passes those packets once the old time base is done), and while old windows are
+pending a marker of the station applies to them only (the output stage still finishing the old run
+names old times, after which every new window would look published). ``old_time_bases_done`` names a
+station once every old window is done and no output of the station was lost; the old data not cut into
+windows were lost with the reset, counted as the clock jump.
+
 Pure bookkeeping (thread-safe), no I/O.
 """
 
@@ -66,6 +75,10 @@ class AckBook:
         self._pending: dict[str, dict[int, int]] = {}  # station -> {start_ns: end_ns}
         self._published_ns: dict[str, int] = {}
         self._lost_ns: dict[str, int] = {}  # station -> earliest data time of an output Redis never got
+        # station -> {start_ns: end_ns} of the windows of the time base it left by a clock jump back,
+        # pending until done and the old time base reported done; stations with a lost output meanwhile
+        self._old_base: dict[str, dict[int, int]] = {}
+        self._old_base_lost: set[str] = set()
 
     def add(self, windows: Iterable[Window]) -> None:
         with self._lock:
@@ -77,12 +90,14 @@ class AckBook:
         with self._lock:
             for w in windows:
                 self._pending.get(w.station_id, {}).pop(w.start_ns, None)
+                self._old_base.get(w.station_id, {}).pop(w.start_ns, None)
 
     def published_through(self, station_id: str, until_ns: int, flushed: bool = False) -> None:
         """Every output of ``station_id`` before ``until_ns`` was accepted by Redis; with ``flushed``
-        the stitchers were flushed, so every window starting before ``until_ns`` is done."""
+        the stitchers were flushed, so every window starting before ``until_ns`` is done. While windows
+        of a time base the station left by a clock jump back are pending, only they are meant."""
         with self._lock:
-            pend = self._pending.get(station_id, {})
+            pend = self._old_base.get(station_id) or self._pending.get(station_id, {})
             done = [s for s, e in pend.items() if (s < until_ns if flushed else e <= until_ns)]
             for start in done:
                 del pend[start]
@@ -101,6 +116,28 @@ class AckBook:
         and segments are only ever appended; it stays a hole, counted.)"""
         with self._lock:
             self._lost_ns[station_id] = min(self._lost_ns.get(station_id, from_ns), from_ns)
+            if station_id in self._old_base:  # of either time base: the old one is never done (conservative)
+                self._old_base_lost.add(station_id)
+
+    def new_time_base(self, station_id: str) -> None:
+        """``station_id`` restarted in an earlier time base (its clock jumped back; call it before
+        adding the new time base's windows): the windows pending now are its old time base's, booked
+        apart until done; its packets from before the jump wait for them (``old_time_bases_done``). A
+        lost output of the station keeps the old time base from ever being done in this run, as it
+        keeps the safe time back."""
+        with self._lock:
+            self._old_base.setdefault(station_id, {}).update(self._pending.pop(station_id, {}))
+            if station_id in self._lost_ns:
+                self._old_base_lost.add(station_id)
+
+    def old_time_bases_done(self) -> list[str]:
+        """Stations (each named once per ``new_time_base``) whose old time base has nothing left to
+        publish: every window of it is done and no output of the station was lost."""
+        with self._lock:
+            done = sorted(sid for sid, pend in self._old_base.items() if not pend and sid not in self._old_base_lost)
+            for sid in done:
+                del self._old_base[sid]
+            return done
 
     def safe_ns(self, station_id: str, uncut_ns: int | None = None) -> int | None:
         """The time before which the station needs no data again: the start of its oldest window not
@@ -153,8 +190,8 @@ class AckBook:
 
     def stations(self) -> list[str]:
         with self._lock:
-            return sorted(set(self._pending) | set(self._published_ns))
+            return sorted(set(self._pending) | set(self._published_ns) | set(self._old_base))
 
     def pending_windows(self) -> int:
         with self._lock:
-            return sum(len(p) for p in self._pending.values())
+            return sum(len(p) for p in self._pending.values()) + sum(len(p) for p in self._old_base.values())

@@ -71,6 +71,7 @@ __all__ = [
     "ChannelBuffer",
     "ChannelInsert",
     "HeldBlock",
+    "JumpSpan",
     "StationBuffer",
     "StationInsert",
     "exact_rate",
@@ -260,9 +261,10 @@ class ChannelBuffer:
 
 
 @dataclass
-class _JumpSpan:
+class JumpSpan:
     """The time span covered by consecutive blocks far from a station's time base, on one side of
-    it: the candidate new time base of a clock jump that is not confirmed yet."""
+    it: the candidate new time base of a clock jump that is not confirmed yet. (Also the SeedLink
+    client's rule for a channel's time line, ``streamer.seedlink``: one implementation.)"""
 
     lo_ns: int | None = None
     hi_ns: int | None = None
@@ -352,8 +354,8 @@ class StationBuffer:
         self.max_block_ns = 0
         self._active: str | None = None
         # consecutive blocks far ahead of / behind the station's data: a clock jump to be confirmed
-        self._jump_ahead = _JumpSpan()
-        self._jump_back = _JumpSpan()
+        self._jump_ahead = JumpSpan()
+        self._jump_back = JumpSpan()
         # the blocks of the forward span, held until the jump is confirmed or given up
         self._held: list[HeldBlock] = []
         self._held_ns = 0

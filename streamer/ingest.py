@@ -30,7 +30,7 @@ from streamer.mseed import RecordDecodeError, IngestError, decode_payload
 from streamer.records import NS_PER_S, PacketRef, SampleBlock, Window
 from streamer.windows import WindowBatch, Windower
 
-__all__ = ["Ingestor", "IngestError", "RecordDecodeError"]
+__all__ = ["Ingestor", "IngestError", "RecordDecodeError", "TimeBaseReset"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,19 @@ GAP_LOG_INTERVAL_S = 60.0
 SILENCE_LOG_S = 30.0  # a station without data this long is logged once as silent (gap opened)
 MAX_RELEASED_STATIONS = 100_000  # at most one gap line per station per interval
 MAX_LOGGED_KEYS = 100_000  # station/kind pairs the log limiters remember
+
+
+@dataclass(frozen=True)
+class TimeBaseReset:
+    """A station's buffer was reset to an earlier time base (a clock jump back, confirmed) by the
+    block of ``packet``, whose data start at ``start_ns``. The old time base's data not yet cut into
+    windows are gone; its packets can be acknowledged once its windows already cut are published
+    (``AckBook.new_time_base``, ``StateTracker.time_base_reset``): the new time base's safe time
+    lies before their data times."""
+
+    station_id: str
+    packet: PacketRef
+    start_ns: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class Ingestor:
         # A packet held by its station buffer (a forward jump not confirmed yet) is neither: it is
         # acknowledged by its data time once buffered, or becomes handled when given up.
         self._handled: list[PacketRef] = []
+        self._time_base_resets: list[TimeBaseReset] = []  # stations reset by a jump back, to take
         self._silent: set[str] = set()  # stations logged as silent (no data for SILENCE_LOG_S)
         self._released: dict[str, int] = {}  # station -> newest sample time, for silent stations
         # the early-warning fast path: triggers and trailing windows of armed stations (never acknowledged)
@@ -149,6 +163,8 @@ class Ingestor:
             self._once.log((station_id, "invalid"), logging.WARNING, "%s: block rejected (%s)", block.seed_id, exc)
         self._count_insert(block, result, now)
         self._settle_held(result, now)
+        if result.clock_jump and result.jump_s < 0 and block.packet is not None:
+            self._time_base_resets.append(TimeBaseReset(station_id, block.packet, block.start_ns))
         if result.held:
             return []  # waits for the jump to be confirmed; its packet is not handled meanwhile
         if result.rejected is not None:
@@ -220,6 +236,13 @@ class Ingestor:
         """Packets (since the last call) whose data no window will ever hold: undecodable or rejected
         records. Their SeedLink position may be acknowledged without waiting for outputs."""
         out, self._handled = self._handled, []
+        return out
+
+    def take_time_base_resets(self) -> list[TimeBaseReset]:
+        """Stations reset to an earlier time base (a confirmed clock jump back) since the last call,
+        with the packet that confirmed it: the caller books the old time base apart for
+        acknowledgement (``AckBook.new_time_base``, ``StateTracker.time_base_reset``)."""
+        out, self._time_base_resets = self._time_base_resets, []
         return out
 
     def uncut_ns(self, keys: Collection[str] | None = None) -> dict[str, int]:

@@ -92,6 +92,8 @@ class OutputStage:
         self.stride_samples = round(settings.windows.stride_s * sampling_rate_hz)
         self.picker = picker
         self.idle_flush_s = 3 * settings.windows.stride_s if idle_flush_s is None else idle_flush_s
+        # a window this far behind its station's run is of an earlier time base (the buffers' rule)
+        self._jump_back_ns = round(settings.buffers.max_clock_jump_s * NS_PER_S)
         self.max_out_of_order = max_out_of_order
         self.on_pick = on_pick
         self.on_batch = on_batch
@@ -221,6 +223,16 @@ class OutputStage:
                 log.info("%s: channels %s -> %s: new stitching run", w.station_id,
                          ",".join(old.denoised.channel_names), ",".join(w.channels))
                 items.extend(self._flush_station(w.station_id))
+                del self.stations[w.station_id]
+            elif old is not None and w.start_ns <= old.next_start_ns - self._jump_back_ns:
+                # the station's clock jumped back (its buffers restarted in an earlier time base): end
+                # the old run, its held tail published and its windows done for acknowledgement (a
+                # flushed marker of the old time base); the new run's samples already published by the
+                # old one are trimmed (segments_trimmed), the first version of a sample stands
+                log.info("%s: window %+.0f s from the station's run (a clock jump back): new stitching run",
+                         w.station_id, (w.start_ns - old.next_start_ns) / NS_PER_S)
+                items.extend(self._flush_station(w.station_id))
+                items.append(OutputItem.marker(AckMarker({w.station_id: old.next_start_ns}, flushed=True)))
                 del self.stations[w.station_id]
             st = self._station(w)
             st.last_window_mono = time.monotonic()

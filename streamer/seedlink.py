@@ -11,9 +11,13 @@ The resume state (``StateTracker``, ``StateStore``, the state file) lives in
   selectors that deliver nothing, and the metrics.
 
 Gaps are judged by data time, per channel: a packet whose first sample comes more than half a
-sample period after the end of that channel's previous packet opens a gap. Sequence numbers are
+sample period after the end of that channel's newest data so far opens a gap. Sequence numbers are
 not compared: ringserver numbers v3 packets across its whole ring, not per station, so a station's
-numbers skip by design.
+numbers skip by design. A packet at least ``buffers.max_clock_jump_s`` before or after the channel's
+newest data (a stray header, a clock jump, a long outage) does not move the channel's time line until
+packets hanging together with it span one model window, the buffers' rule for a clock jump: a single
+stray header stamped near the wall clock in a station whose data lag it neither counts a gap nor hides
+the real ones after it; a confirmed jump ahead counts one gap, a confirmed jump back none.
 
 Limitations: a gap across a restart of the service is not seen here (the first packet of each
 channel in a process has nothing to compare with); a hole the server never fills shows in the
@@ -33,7 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamer.config import SeedLinkServer, SeedLinkSettings, split_stream_spec
+from models.spec import DEFAULT_SPEC
+from streamer.buffers import JumpSpan
+from streamer.config import BufferSettings, SeedLinkServer, SeedLinkSettings, split_stream_spec
 from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, PacketRef
@@ -49,6 +55,16 @@ PacketCallback = Callable[[bytes, PacketRef, int], None]
 # ---------------------------------------------------------------------------------------------
 # packet headers
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ChannelLine:
+    """A channel's data time line as delivered: the end of its newest data (ns), half its sample
+    period (ns), and the span of packets far from it (a clock jump to confirm, or a stray header)."""
+
+    end_ns: int
+    half_ns: int
+    far: JumpSpan
 
 
 @dataclass(frozen=True)
@@ -144,7 +160,9 @@ class SeedLinkSource:
 
     ``on_packet`` is called in the event loop for every data packet, in arrival order; it must
     not block. Reconnects forever with capped exponential backoff; ``run()`` returns only when
-    ``stop`` is set and never raises for network or protocol errors.
+    ``stop`` is set and never raises for network or protocol errors. ``max_clock_jump_s`` and
+    ``jump_confirm_s`` (default: ``buffers.max_clock_jump_s``'s default, the model window) are the
+    buffers' clock-jump rule, which the gap count follows.
     """
 
     def __init__(
@@ -155,6 +173,9 @@ class SeedLinkSource:
         tracker: StateTracker,
         metrics: Metrics,
         rng: random.Random | None = None,
+        *,
+        max_clock_jump_s: float | None = None,
+        jump_confirm_s: float | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
@@ -167,8 +188,11 @@ class SeedLinkSource:
         self.connected = False
         self.connections = 0  # successful handshakes, for tests and logs
         self.packets = 0
-        # per channel (SEED id): end of the newest data delivered, and half a sample period (ns)
-        self._channel_end: dict[str, tuple[int, int]] = {}
+        # per channel (SEED id): its time line (end of the newest data delivered, half a sample period)
+        self._lines: dict[str, _ChannelLine] = {}
+        jump_s = BufferSettings().max_clock_jump_s if max_clock_jump_s is None else max_clock_jump_s
+        self._far_ns = round(jump_s * NS_PER_S)
+        self._confirm_ns = round((DEFAULT_SPEC.window_s if jump_confirm_s is None else jump_confirm_s) * NS_PER_S)
         self._gap_log = RateLimitedLog(log, 60.0)
         # selectors that have delivered nothing yet: judged once a connection has been open for
         # data_timeout_s; reported once (log and gauge), the gauge back to 0 when data come
@@ -426,7 +450,7 @@ class SeedLinkSource:
             self._check_continuity(header)
         self._note_delivered(key)
         ref = PacketRef(server=self.name, station_key=key, sequence=seq)
-        self.tracker.record(ref, start_ns, end_ns)
+        self.tracker.record(ref, start_ns, end_ns, header.seed_id.rsplit(".", 1)[0] if header is not None else None)
         self.packets += 1
         try:
             self.on_packet(pkt.payload, ref, arrival_ns)
@@ -435,17 +459,32 @@ class SeedLinkSource:
 
     def _check_continuity(self, h: PacketHeader) -> None:
         """Count a gap when this packet starts more than half a sample after the end of its
-        channel's previous packet (data time; sequence numbers say nothing across a ring)."""
+        channel's newest data (data time; sequence numbers say nothing across a ring). A packet far
+        from the channel's time line moves it only once confirmed (module docstring)."""
         half_ns = round(NS_PER_S / (2 * h.sampling_rate_hz)) if h.sampling_rate_hz > 0 else 0
-        prev = self._channel_end.get(h.seed_id)
-        self._channel_end[h.seed_id] = (h.end_ns if prev is None else max(prev[0], h.end_ns), half_ns)
-        if prev is None:
+        line = self._lines.get(h.seed_id)
+        if line is None:
+            self._lines[h.seed_id] = _ChannelLine(h.end_ns, half_ns, JumpSpan())
             return
-        missing_ns = h.start_ns - prev[0]
-        if missing_ns > max(half_ns, prev[1]):
+        start_ns = h.start_ns
+        if start_ns >= line.end_ns + self._far_ns or h.end_ns <= line.end_ns - self._far_ns:
+            # far from the time line: a stray header (the next packet comes back), or a jump whose
+            # packets hang together until they span one window
+            if line.far.add(start_ns, h.end_ns) < self._confirm_ns:
+                return
+            lo_ns, hi_ns = line.far.lo_ns, line.far.hi_ns
+            start_ns, end_ns = (start_ns if lo_ns is None else lo_ns), (h.end_ns if hi_ns is None else hi_ns)
+            line.far.clear()
+            missing_ns = start_ns - line.end_ns  # > 0: the jump ahead is a hole; < 0: a jump back
+            prev_half_ns, line.end_ns, line.half_ns = line.half_ns, end_ns, half_ns
+        else:
+            line.far.clear()  # on its time line: the far packets before were stray
+            missing_ns = start_ns - line.end_ns
+            prev_half_ns, line.end_ns, line.half_ns = line.half_ns, max(line.end_ns, h.end_ns), half_ns
+        if missing_ns > max(half_ns, prev_half_ns):
             self.metrics.sequence_gaps.labels(station=self.metrics.station(h.station_key)).inc()
             self._gap_log.warning(h.seed_id, "SeedLink %s: %s data gap of %.3f s before %s", self.name, h.seed_id,
-                                  missing_ns / NS_PER_S, ns_to_iso(h.start_ns))
+                                  missing_ns / NS_PER_S, ns_to_iso(start_ns))
 
     def _note_delivered(self, station_key: str) -> None:
         idx = self._matching.get(station_key)
@@ -473,8 +512,16 @@ def build_sources(
     on_packet: PacketCallback,
     tracker: StateTracker,
     metrics: Metrics,
+    *,
+    max_clock_jump_s: float | None = None,
+    jump_confirm_s: float | None = None,
 ) -> list[SeedLinkSource]:
-    """One ``SeedLinkSource`` per configured server, sharing one tracker (one state file)."""
-    return [SeedLinkSource(server, settings, on_packet, tracker, metrics) for server in settings.servers]
+    """One ``SeedLinkSource`` per configured server, sharing one tracker (one state file); the
+    clock-jump rule of the gap count as ``SeedLinkSource`` takes it."""
+    return [
+        SeedLinkSource(server, settings, on_packet, tracker, metrics,
+                       max_clock_jump_s=max_clock_jump_s, jump_confirm_s=jump_confirm_s)
+        for server in settings.servers
+    ]
 
 

@@ -8,12 +8,18 @@
   advances: it moves the acknowledged sequence over the longest prefix (in arrival order) of
   delivered packets whose data end at or before ``safe_ns``. A packet that is delivered but not
   yet acknowledged is therefore asked for again after a restart (a duplicate, absorbed by
-  idempotent output IDs downstream), never skipped (a gap).
+  idempotent output IDs downstream), never skipped (a gap). Two kinds of packets are passed
+  whatever their data time: *handled* ones (rejected or undecodable: no output needs them), and
+  those of a time base their station left by a clock jump back, once that time base has nothing
+  left to publish (``time_base_reset``, then ``old_time_base_done``): their data times lie after
+  the new time base's, which may not reach them for days.
 - ``save_state_periodically``: the task that writes the file every ``save_interval_s`` while
   something was acknowledged.
 
 Limitations: pending (delivered, unacknowledged) packets are kept in memory, about 100 bytes each,
-until acknowledged; the file holds one resume point per server and station (not per channel).
+until acknowledged; the file holds one resume point per server and station (not per channel). One
+safe time serves all location codes of a ``NET_STA``: a location whose clock jumped back while
+another's did not holds the other's packets until its new time base reaches theirs.
 """
 
 from __future__ import annotations
@@ -216,6 +222,30 @@ def _fsync_dir(directory: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False, slots=True)
+class _Delivered:
+    """A packet handed downstream and not yet acknowledged.
+
+    ``end_ns`` is its data end (its resume time once acknowledged); ``station_id`` the
+    ``NET.STA.LOC`` its header names (None when unknown: undecodable). ``handled``: no output
+    needs its data (rejected, undecodable, or of an old time base that is done), so it is passed
+    whatever its time. ``old_base``: it belongs to a time base its station left by a clock jump
+    back, and waits for ``old_time_base_done`` whatever its time.
+    """
+
+    seq: int
+    end_ns: int
+    station_id: str | None = None
+    handled: bool = False
+    old_base: bool = False
+
+    def passable(self, safe_ns: int) -> bool:
+        return self.handled or (not self.old_base and self.end_ns <= safe_ns)
+
+    def state(self) -> StationState:
+        return StationState(self.seq, self.end_ns)
+
+
 class StateTracker:
     """Delivered and acknowledged SeedLink positions, per server and station.
 
@@ -237,11 +267,9 @@ class StateTracker:
         self._acked: ServerStates = {}
         self._delivered: ServerStates = {}
         # station key -> server -> delivered, unacknowledged packets in arrival order
-        self._pending: dict[str, dict[str, deque[StationState]]] = {}
+        self._pending: dict[str, dict[str, deque[_Delivered]]] = {}
         self._dirty = False
         self._last_save_s: float | None = None
-        # delivered packets whose data no output needs (rejected, undecodable): passed over by acknowledge
-        self._handled: set[tuple[str, str, int]] = set()
         # a failing save is retried every tick (0.5 s): one ERROR a minute, every failure counted
         self._save_error_log = RateLimitedLog(log, 60.0)
         self._save_failing = False
@@ -265,12 +293,14 @@ class StateTracker:
         if n:
             log.info("SeedLink state: %d station resume points loaded from %s", n, self.store.path if self.store else "-")
 
-    def record(self, ref: PacketRef, start_ns: int, end_ns: int) -> None:
-        """A packet was handed downstream (not yet acknowledged)."""
-        st = StationState(ref.sequence, end_ns)
+    def record(self, ref: PacketRef, start_ns: int, end_ns: int, station_id: str | None = None) -> None:
+        """A packet was handed downstream (not yet acknowledged); ``station_id``: the ``NET.STA.LOC``
+        of its header, when readable (what ``time_base_reset`` selects by)."""
         with self._lock:
-            self._delivered.setdefault(ref.server, {})[ref.station_key] = st
-            self._pending.setdefault(ref.station_key, {}).setdefault(ref.server, deque()).append(st)
+            self._delivered.setdefault(ref.server, {})[ref.station_key] = StationState(ref.sequence, end_ns)
+            self._pending.setdefault(ref.station_key, {}).setdefault(ref.server, deque()).append(
+                _Delivered(ref.sequence, end_ns, station_id)
+            )
 
     def acknowledge(self, station_key: str, safe_ns: int, server: str | None = None) -> int:
         """Advance the acknowledged position of ``station_key`` (on ``server``, or on every server).
@@ -285,13 +315,12 @@ class StateTracker:
             for srv, pending in self._pending.get(station_key, {}).items():
                 if server is not None and srv != server:
                     continue
-                last: StationState | None = None
-                while pending and (pending[0].end_ns <= safe_ns or (srv, station_key, pending[0].seq) in self._handled):
+                last: _Delivered | None = None
+                while pending and pending[0].passable(safe_ns):
                     last = pending.popleft()
-                    self._handled.discard((srv, station_key, last.seq))
                     done += 1
                 if last is not None:
-                    self._acked.setdefault(srv, {})[station_key] = last
+                    self._acked.setdefault(srv, {})[station_key] = last.state()
                     self._dirty = True
         return done
 
@@ -303,7 +332,7 @@ class StateTracker:
         with self._lock:
             pending = self._pending.get(ref.station_key, {}).get(ref.server, deque())
             # normally the newest entry (handled right after its delivery)
-            i = next((j for j in range(len(pending) - 1, -1, -1) if pending[j].seq == ref.sequence), -1)
+            i = self._index_of(pending, ref.sequence)
             if i < 0:
                 return  # already acknowledged by its data time: a mark left now would pass a later packet
             # its header time is not data time (0 when undecodable, far future or past when rejected):
@@ -311,12 +340,56 @@ class StateTracker:
             acked = self._acked.get(ref.server, {}).get(ref.station_key)
             before = pending[i - 1].end_ns if i > 0 else (acked.end_ns if acked is not None else None)
             if before is not None:
-                state = StationState(ref.sequence, before)
-                pending[i] = state
+                pending[i].end_ns = before
                 delivered = self._delivered.get(ref.server, {})
                 if ref.station_key in delivered and delivered[ref.station_key].seq == ref.sequence:
-                    delivered[ref.station_key] = state
-            self._handled.add((ref.server, ref.station_key, ref.sequence))
+                    delivered[ref.station_key] = StationState(ref.sequence, before)
+            pending[i].handled = True
+
+    @staticmethod
+    def _index_of(pending: deque[_Delivered], seq: int) -> int:
+        """Index of the newest pending entry numbered ``seq`` (-1 when none: already acknowledged)."""
+        return next((j for j in range(len(pending) - 1, -1, -1) if pending[j].seq == seq), -1)
+
+    def time_base_reset(self, ref: PacketRef, station_id: str, resume_ns: int) -> int:
+        """The packet ``ref`` (being handled now) reset ``station_id`` to an earlier time base (a
+        clock jump back). Its packets delivered before it and not handled belong to the old time
+        base: from now on they are passed only after ``old_time_base_done`` (never by data time,
+        which the new time base's safe time may reach while an old window is still unpublished), and
+        their resume time becomes ``resume_ns`` (the new time base's first data kept): a resume by
+        time then repeats the old time base rather than skipping the new one. Returns their number.
+        Packets of the station's other location codes, and of other stations, are not touched."""
+        n = 0
+        with self._lock:
+            for srv, pending in self._pending.get(ref.station_key, {}).items():
+                # delivered before ``ref``: on its server the entries before it (none left when it was
+                # acknowledged already); elsewhere all entries so far (each is handled when delivered)
+                stop = max(0, self._index_of(pending, ref.sequence)) if srv == ref.server else len(pending)
+                for j in range(stop):
+                    entry = pending[j]
+                    if entry.station_id == station_id and not entry.handled:
+                        entry.old_base = True
+                        entry.end_ns = min(entry.end_ns, resume_ns)
+                        n += 1
+        return n
+
+    def old_time_base_done(self, station_key: str, station_id: str) -> int:
+        """Every output of ``station_id``'s time base before its clock jump back was published (or
+        will never be: shed, or data not cut into windows before the reset): its packets waiting
+        since ``time_base_reset`` are passed by ``acknowledge`` from now on, as handled ones are.
+        Returns their number."""
+        n = 0
+        with self._lock:
+            for pending in self._pending.get(station_key, {}).values():
+                for entry in pending:
+                    if entry.old_base and entry.station_id == station_id:
+                        entry.old_base = False
+                        entry.handled = True
+                        n += 1
+        if n:
+            log.info("SeedLink state of %s passes %d packets of %s from before its clock jump back "
+                     "(published, or lost with the reset)", station_key, n, station_id)
+        return n
 
     def keys(self) -> list[str]:
         """Station keys with delivered, unacknowledged packets."""

@@ -256,11 +256,18 @@ class Service:
         station_ids = list(station_ids)
         keys = {station_key(sid) for sid in station_ids}
         with self._cut_lock:
+            self._release_old_time_bases()
             uncut = self.ingestor.uncut_ns(keys) if self.ingestor is not None else {}
             before = self.ingestor.read_before_ns(keys) if self.ingestor is not None else {}
             safe = self.acks.safe_by_key(station_ids, uncut, before)
         for key, t in safe.items():
             self.tracker.acknowledge(key, t)
+
+    def _release_old_time_bases(self) -> None:
+        """Under the cut lock (a jump back booked meanwhile must not be released with an older one):
+        the packets of old time bases with nothing left to publish become passable."""
+        for sid in self.acks.old_time_bases_done():
+            self.tracker.old_time_base_done(station_key(sid), sid)
 
     def _acknowledge_every_key(self) -> None:
         """Poll: acknowledge every ``NET_STA`` with delivered packets, also those no batch touches
@@ -272,6 +279,7 @@ class Service:
         if not keys:
             return
         with self._cut_lock:
+            self._release_old_time_bases()
             uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
             before = self.ingestor.read_before_ns() if self.ingestor is not None else {}
             safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut, before)
@@ -295,6 +303,12 @@ class Service:
         assert self.ingestor is not None  # built before the SeedLink tasks start
         with self._cut_lock:  # windows cut are pending in the book before anyone reads "uncut"
             windows = self.ingestor.add_payload(payload, arrival_ns, ref)
+            # a clock jump back: the old time base's windows and packets are booked apart. A SeedLink
+            # payload is one record, so the windows it gave are all of the new time base
+            for reset in self.ingestor.take_time_base_resets():
+                self.acks.new_time_base(reset.station_id)
+                if self.tracker is not None:
+                    self.tracker.time_base_reset(reset.packet, reset.station_id, reset.start_ns)
             self.acks.add(windows)
         self.health.progress("ingest")
         if self.tracker is not None:
@@ -347,7 +361,8 @@ class Service:
         self.tracker = StateTracker.from_settings(s.seedlink, self.metrics)
         self.publisher.start()
         self.sink.start()
-        self.sources = build_sources(s.seedlink, self.on_packet, self.tracker, self.metrics)
+        self.sources = build_sources(s.seedlink, self.on_packet, self.tracker, self.metrics,
+                                     max_clock_jump_s=s.buffers.max_clock_jump_s, jump_confirm_s=self._spec().window_s)
         tasks = [asyncio.create_task(src.run(self._stop), name=f"seedlink-{src.name}") for src in self.sources]
         tasks.append(asyncio.create_task(save_state_periodically(self.tracker, self._stop), name="state-save"))
         tasks.append(asyncio.create_task(self._poll_loop(), name="poll"))

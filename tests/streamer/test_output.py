@@ -167,6 +167,28 @@ def test_a_flushed_tail_is_never_published_twice(settings, metrics):
     assert all(s.start_sample >= window(4).end_ns * 100 // NS_PER_S for s in sink2.segments)
 
 
+def test_a_window_a_clock_jump_back_behind_ends_the_run_and_finishes_its_windows(settings, metrics):
+    """A station whose clock jumped back two days sends windows far behind its run: they are not
+    dropped as late while the old run's tail waits for ever; the old run ends (its tail published, a
+    flushed marker of the old time base, so its windows are done for acknowledgement), and the new
+    run's samples, already published by the old time base, are not published again."""
+    sink = Sink()
+    out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)
+    old = [window(k) for k in range(3)]
+    out.handle(result(old))
+    assert sink.markers[-1].safe_ns["XX.STA."] < old[-1].end_ns  # the tail is held
+    back = -2 * 86_400 // 10
+    new = [window(back + k) for k in range(3)]
+    out.handle(result(new))
+    flushed = [m for m in sink.markers if m.flushed]
+    assert flushed == [AckMarker({"XX.STA.": old[-1].start_ns + 10 * NS_PER_S}, flushed=True)]
+    assert max(s.end_ns for s in sink.segments) == old[-1].end_ns  # the old tail is out
+    assert sink.markers[-1].safe_ns["XX.STA."] < old[0].start_ns  # the new run's time
+    assert metrics.registry.get_sample_value("coldstream_stitch_late_windows_total") in (None, 0.0)
+    assert min(s.start_ns for s in sink.segments) == old[0].start_ns  # the new run's samples: trimmed
+    assert metrics.registry.get_sample_value("coldstream_segments_trimmed_samples_total") > 0
+
+
 def test_an_instrument_change_starts_a_new_run_with_its_own_labels(settings, metrics):
     sink = Sink()
     out = OutputStage(settings, metrics, sink, window_samples=N, sampling_rate_hz=100.0)

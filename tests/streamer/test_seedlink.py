@@ -97,6 +97,53 @@ def test_gaps_are_judged_for_selected_streams_too(metrics: Metrics) -> None:
     assert gaps(metrics, "XX_AAA") == 1
 
 
+def test_a_stray_header_far_ahead_neither_counts_a_gap_nor_hides_the_next_ones(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A station two hours behind the wall clock gets one record stamped near now: it is not the
+    channel's new time line (the buffers give it up as a stray too), so it counts no gap and a real
+    hole right after it is counted at once, not once the data reach the stray's time."""
+    src = make_source(metrics)
+    seq = iter(range(1, 100))
+    with caplog.at_level(logging.WARNING, logger="streamer.seedlink"):
+        for t in (0.0, 1.0, 2.0):
+            src._deliver(FakePacket(record("XX_LAG", "HHZ", t), next(seq), "XX_LAG"), 0)
+        src._deliver(FakePacket(record("XX_LAG", "HHZ", 7200.0), next(seq), "XX_LAG"), 0)  # the stray
+        src._deliver(FakePacket(record("XX_LAG", "HHZ", 3.0), next(seq), "XX_LAG"), 0)
+        assert gaps(metrics, "XX_LAG") == 0
+        src._deliver(FakePacket(record("XX_LAG", "HHZ", 5.0), next(seq), "XX_LAG"), 0)  # 1 s missing
+    assert gaps(metrics, "XX_LAG") == 1
+    assert "1.000 s" in caplog.text and "7197" not in caplog.text
+
+
+def test_a_clock_jump_back_is_followed_once_one_window_of_records_confirms_it(metrics: Metrics) -> None:
+    """A channel whose clock really jumped back two hours: once its records in the new time base span
+    one model window, holes in them are counted again (the old time line's end no longer hides them)."""
+    src = make_source(metrics)
+    seq = iter(range(1, 1000))
+    for t in range(5):
+        src._deliver(FakePacket(record("XX_BCK", "HHZ", 7200.0 + t), next(seq), "XX_BCK"), 0)
+    for t in range(31):  # the new time base, continuous
+        src._deliver(FakePacket(record("XX_BCK", "HHZ", float(t)), next(seq), "XX_BCK"), 0)
+    assert gaps(metrics, "XX_BCK") == 0
+    src._deliver(FakePacket(record("XX_BCK", "HHZ", 33.0), next(seq), "XX_BCK"), 0)  # 2 s missing
+    assert gaps(metrics, "XX_BCK") == 1
+
+
+def test_a_long_hole_in_the_data_is_counted_once_the_records_after_it_confirm_it(metrics: Metrics) -> None:
+    """Two hours missing (an outage the server could not fill, or a clock jump ahead): one gap, counted
+    once the records after it span one model window, and the channel follows the new time line."""
+    src = make_source(metrics)
+    seq = iter(range(1, 1000))
+    for t in range(3):
+        src._deliver(FakePacket(record("XX_OUT", "HHZ", float(t)), next(seq), "XX_OUT"), 0)
+    for t in range(31):
+        src._deliver(FakePacket(record("XX_OUT", "HHZ", 7200.0 + t), next(seq), "XX_OUT"), 0)
+    assert gaps(metrics, "XX_OUT") == 1
+    src._deliver(FakePacket(record("XX_OUT", "HHZ", 7232.0), next(seq), "XX_OUT"), 0)
+    assert gaps(metrics, "XX_OUT") == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # back-off
 # ---------------------------------------------------------------------------------------------
