@@ -69,7 +69,7 @@ SOURCE_STOP_S = 3.0  # how long SeedLink tasks get to end after stop before they
 
 Role = Literal["all", "ingest"]
 
-__all__ = ["Service", "ServiceError", "run_in_thread"]
+__all__ = ["Service", "ServiceError", "ServiceThread", "run_in_thread"]
 
 
 class Service:
@@ -497,8 +497,31 @@ class Service:
         log.info("coldstream stopped (exit status %d)", self.exit_code)
 
 
-def run_in_thread(service: Service) -> threading.Thread:
-    """Run ``service`` in a background thread with its own event loop (tests, embedding)."""
-    t = threading.Thread(target=lambda: asyncio.run(service.run_async()), name="coldstream-service", daemon=True)
+class ServiceThread(threading.Thread):
+    """The thread of :func:`run_in_thread`. ``error``: what ended the service with an exception (None
+    while it runs and after a normal stop). A :class:`ServiceError` (cannot start: a port in use,
+    bad weights, ...) is logged as one error line, anything else with its traceback; neither reaches
+    ``threading.excepthook``, so an embedding program gets the cause here, not a stray traceback."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(name="coldstream-service", daemon=True)
+        self.service = service
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.service.run_async())
+        except ServiceError as exc:
+            self.error = exc
+            log.error("coldstream cannot run: %s", exc)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller through .error
+            self.error = exc
+            log.exception("coldstream service thread failed")
+
+
+def run_in_thread(service: Service) -> ServiceThread:
+    """Run ``service`` in a background thread with its own event loop (tests, embedding); the
+    thread's ``error`` says why it ended when it failed."""
+    t = ServiceThread(service)
     t.start()
     return t

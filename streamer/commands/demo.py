@@ -187,12 +187,13 @@ def _wait_ready(service: Any, thread: threading.Thread, timeout_s: float) -> boo
 
 def _service_failure(service: Any, thread: threading.Thread | None, started: bool, join_s: float) -> str:
     """Why the pipeline failed, or "" when it ran and stopped."""
+    error = getattr(thread, "error", None)
     if not started:
-        return "the service did not start (see the error above)"
+        return f"the service did not start: {error}" if error is not None else "the service did not start (see the error above)"
     if thread is not None and thread.is_alive():
         return f"the service did not stop within {join_s:g} s"
     if not service.stopped.is_set():
-        return "the service ended with an error (see above)"
+        return f"the service ended with an error: {error}" if error is not None else "the service ended with an error (see above)"
     return ""
 
 

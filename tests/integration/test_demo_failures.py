@@ -98,15 +98,22 @@ def _redis_left_running(state: dict[str, Any]) -> bool:
     return any(r.running for r in state["redis"])
 
 
-def test_demo_service_failing_at_start_is_not_exit_0(harness):
+def test_demo_service_failing_at_start_is_not_exit_0(harness, monkeypatch, capsys):
+    import threading
+
     from streamer.commands import demo
 
+    uncaught: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
     harness["service"] = FakeService(fail_at_start=True)
     t0 = time.monotonic()
     rc = demo.run(harness["args"])
     assert rc != 0
     assert time.monotonic() - t0 < 10.0  # no replay-length wait for a service that is gone
     assert not _redis_left_running(harness)
+    # the cause is said in one line, not left to a stray thread traceback
+    assert "the service did not start: cannot serve metrics on 127.0.0.1:9100" in capsys.readouterr().out
+    assert uncaught == []
 
 
 def test_demo_service_not_stopping_is_not_exit_0(harness):
