@@ -107,3 +107,17 @@ def test_demo_config_file_equal_to_a_library_default_undoes_the_demo_default(tmp
     s = demo.demo_settings(_args(tmp_path, [], config=toml), tmp_path, "redis://127.0.0.1:1/0", 18001)
     assert s.worker.batch_size == 32
     assert s.worker.max_wait_ms == 100.0  # the demo's value for what the file leaves unset
+
+
+def test_demo_ignores_coldstream_environment_variables(tmp_path, monkeypatch):
+    """A daemon host's environment (production Redis, SeedLink servers, batch size) must not leak into
+    the demo, which owns its Redis, replay server and state file."""
+    from streamer.commands import demo
+
+    monkeypatch.setenv("COLDSTREAM_REDIS__URL", "redis://production:6379/0")
+    monkeypatch.setenv("COLDSTREAM_WORKER__BATCH_SIZE", "64")
+    monkeypatch.setenv("COLDSTREAM_METRICS__ENABLED", "true")
+    for overrides in ([], ["worker.max_steps=1"]):
+        s = demo.demo_settings(_args(tmp_path, overrides), tmp_path, "redis://127.0.0.1:1/0", 18001)
+        assert s.redis.url == "redis://127.0.0.1:1/0"
+        assert s.worker.batch_size == 8 and s.metrics.enabled is False
