@@ -145,3 +145,46 @@ def test_a_ring_without_room_fails_at_start_up(archive: Path, ring_packets: int)
     replay_server.add_arguments(parser)
     args = parser.parse_args([str(archive), "--port", "0", "--ring-packets", str(ring_packets)])
     assert replay_server.run(args) == 2
+
+
+# CAPABILITIES: OK to any capability list, as EarthScope's ringserver answers (it only looks for
+# EXTREPLY among the arguments)
+
+
+@pytest.mark.parametrize(
+    ("line", "extended"),
+    [
+        ("CAPABILITIES", False),
+        ("CAPABILITIES SLPROTO:4.0", False),
+        ("CAPABILITIES SLPROTO:3.1 CAP", False),
+        ("capabilities dialup multistation window-extraction", False),
+        ("CAPABILITIES NOTAFLAG", False),
+        ("CAPABILITIES EXTREPLY", True),
+        ("CAPABILITIES SLPROTO:3.1 EXTREPLY", True),
+        ("CAPABILITIES extreply SLPROTO:4.0 CAP", True),
+    ],
+)
+def test_capabilities_are_ok_and_only_extreply_extends_errors(archive: Path, line: str, extended: bool) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send(line)
+        assert c.line() == "OK"
+        c.send("STATION NOPE XX")
+        reply = c.line()
+        # with EXTREPLY the message follows a CR; without, a bare ERROR
+        assert reply.startswith("ERROR\r") if extended else reply == "ERROR"
+        c.close()
+
+
+def test_capabilities_later_without_extreply_keeps_it(archive: Path) -> None:
+    with ReplayServerThread([archive], speed=0) as srv:
+        c = RawClient(srv.port)
+        c.send("CAPABILITIES EXTREPLY")
+        assert c.line() == "OK"
+        c.send("CAPABILITIES SLPROTO:4.0")
+        assert c.line() == "OK"
+        c.send("STATION NOPE XX")
+        assert c.line().startswith("ERROR\r")
+        c.send("STATION AAA XX")  # the session is still usable
+        assert c.line() == "OK"
+        c.close()
