@@ -29,7 +29,8 @@ station's newest sample end ``T``, wall clock ``now``):
   reset at once and the block goes in. Otherwise (data kept arriving while one header jumped: a
   stray or corrupted header, e.g. stamped near the wall clock in a station whose data lag it by
   hours, or a digitizer clock that really jumped) the block is *held*, not buffered, until the
-  held blocks span ``resume_after_s`` (one model window) without a hole of more than a second:
+  held blocks span ``resume_after_s`` (one model window) without a hole of more than a second,
+  from more than one block (a single record can hold 30 s or more):
   then the station is reset and the held blocks go in, in arrival order, before the block that
   confirmed the jump (``StationInsert.replayed``); nothing is lost. A block in the station's own
   time base (also an old-base record of another channel still in flight after a real jump), a
@@ -38,7 +39,7 @@ station's newest sample end ``T``, wall clock ``now``):
   Held blocks are bounded (``HELD_DURATION_MAX_S`` of blocks, ``HELD_BLOCKS_MAX`` blocks); a
   far-ahead block beyond that is rejected "clock_jump" at once, and lost if the jump is confirmed.
 - ``t1 <= T - max_clock_jump_s``: a jump backward. A single such block is rejected as "expired"
-  (a stray or corrupted header); once such blocks span at least ``resume_after_s`` without a hole
+  (a stray or corrupted header); once such blocks (more than one) span at least ``resume_after_s`` without a hole
   of more than a second, the station is reset to the new time base and the block that confirmed
   it goes in. The blocks before it are lost. A block in the station's own time base starts the
   confirmation again.
@@ -449,7 +450,10 @@ class StationBuffer:
                 # one block is not a new time base (a corrupt old header): the jump must be
                 # confirmed by data
                 out.jump_s = (end_ns - newest) / NS_PER_S
-                if self._jump_back.add(start_ns, end_ns) < self.resume_after_ns:
+                # never confirmed by one block alone: a single record can be 30 s long or more
+                # (4096-byte records, low rates), and a stray one must not reset the station
+                joined = self._jump_back.joins(start_ns, end_ns)
+                if self._jump_back.add(start_ns, end_ns) < self.resume_after_ns or not joined:
                     out.rejected = "expired"
                     return out
                 out.discarded = self.drop_held()
@@ -479,10 +483,13 @@ class StationBuffer:
             out.clock_jump = out.after_outage = True
             return self._place(block, rate, start_ns, end_ns, out)
         span = self._jump_ahead
-        if not span.joins(start_ns, end_ns):
+        joined = span.joins(start_ns, end_ns)
+        if not joined:
             out.discarded = self.drop_held()  # a new candidate: the blocks held so far were stray
         span_ns = span.add(start_ns, end_ns)
-        if span_ns < self.resume_after_ns:
+        # never confirmed by one block alone: a single record can be 30 s long or more (4096-byte
+        # records, low rates), and a stray one must not reset the station
+        if span_ns < self.resume_after_ns or not joined:
             if self._held_ns + (end_ns - start_ns) > HELD_DURATION_MAX_S * NS_PER_S or len(self._held) >= HELD_BLOCKS_MAX:
                 out.rejected = "clock_jump"
                 return out

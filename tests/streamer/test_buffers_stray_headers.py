@@ -266,3 +266,21 @@ def test_every_block_is_buffered_or_rejected_exactly_once(runs: list[tuple[int, 
     for h in sb.drop_held():
         settle(id(h.block), "rejected")
     assert not pending and len(fate) == len(blocks)
+
+
+@pytest.mark.parametrize("direction", ["ahead", "back"])
+def test_one_stray_record_of_a_window_or_more_does_not_confirm_a_jump(direction: str) -> None:
+    """A single record can hold 30 s or more (4096-byte records, low rates): stamped far from the
+    station's time base, it alone is not a new time base (the span must come from more than one
+    record), so the station keeps its buffers and its next own record goes in."""
+    sb = StationBuffer("XX.STA.00", DEFAULT_SPEC, BufferSettings(max_clock_jump_s=3600, max_future_s=30))
+    for k in range(6):
+        assert sb.insert(block(T0_NS + k * 5 * NS_PER_S), LAGGING_NOW_NS).rejected is None
+    epoch = sb.epoch
+    far_ns = LAGGING_NOW_NS - 50 * NS_PER_S if direction == "ahead" else T0_NS - 5 * 3600 * NS_PER_S
+    long_stray = sb.insert(block(far_ns, n=4000), LAGGING_NOW_NS)  # 40 s in one record
+    assert not long_stray.clock_jump and sb.epoch == epoch
+    assert long_stray.held if direction == "ahead" else long_stray.rejected == "expired"
+    nxt = sb.insert(block(T0_NS + 30 * NS_PER_S), LAGGING_NOW_NS)
+    assert nxt.rejected is None and not nxt.clock_jump and nxt.channel.gap_samples == 0
+    assert sb.epoch == epoch
