@@ -260,8 +260,10 @@ class Service:
             uncut = self.ingestor.uncut_ns(keys) if self.ingestor is not None else {}
             before = self.ingestor.read_before_ns(keys) if self.ingestor is not None else {}
             safe = self.acks.safe_by_key(station_ids, uncut, before)
-        for key, t in safe.items():
-            self.tracker.acknowledge(key, t)
+            # still under the lock: a clock jump back booked and released after the safe time was
+            # taken would otherwise let that (old time base) time pass the new time base's packets
+            for key, t in safe.items():
+                self.tracker.acknowledge(key, t)
 
     def _release_old_time_bases(self) -> None:
         """Under the cut lock (a jump back booked meanwhile must not be released with an older one):
@@ -283,8 +285,8 @@ class Service:
             uncut = self.ingestor.uncut_ns() if self.ingestor is not None else {}
             before = self.ingestor.read_before_ns() if self.ingestor is not None else {}
             safe = self.acks.safe_by_key([*uncut, *self.acks.stations()], uncut, before)
-        for key in keys:
-            self.tracker.acknowledge(key, safe.get(key, -(2**62)))  # unknown key: only handled packets
+            for key in keys:  # under the lock, as in _acknowledge
+                self.tracker.acknowledge(key, safe.get(key, -(2**62)))  # unknown key: only handled packets
         for key, n in self.tracker.pending_counts().items():
             self.metrics.seedlink_pending_packets.labels(self.metrics.station(key)).set(n)
 
