@@ -33,6 +33,7 @@ import numpy as np
 
 from streamer.config import Settings, load_settings
 from streamer.ingest import Ingestor
+from streamer.loaders import unconfirmed_p_threshold
 from streamer.metrics import Metrics
 from streamer.records import NS_PER_S, SampleBlock
 from streamer.output import OutputStage
@@ -130,7 +131,10 @@ def run_rung(
     sink = LatencySink(measure_from)
     output = OutputStage(settings, metrics, sink.publish, window_samples=denoiser.spec.window_samples,
                          sampling_rate_hz=rate, picker=picker, idle_flush_s=1e9)
-    worker = Worker.from_settings(denoiser, metrics, output.submit, settings.worker, stride_s, picker=picker)
+    worker = Worker.from_settings(
+        denoiser, metrics, output.submit, settings.worker, stride_s, picker=picker,
+        p_threshold=settings.picker.p_threshold, unconfirmed_p_threshold=unconfirmed_p_threshold(settings, denoiser),
+    )
     steps: list[int] = []
     sizes: list[int] = []
     on_batch_lock = threading.Lock()
@@ -275,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         if not r.sustained(stride_s) and args.stations is None:
             break
     table = format_table(results, stride_s)
+    unconfirmed = unconfirmed_p_threshold(settings, denoiser)
+    picker_text = "off" if picker is None else "PhaseNet" + (
+        "" if unconfirmed is None else f" on the denoised and the raw windows (unconfirmed P >= {unconfirmed:g})")
     best = max((r.stations for r in results if r.sustained(stride_s)), default=0)
     cmd = ".venv/bin/python bench/pipeline.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     body = (
         f"Largest station count sustained in real time: **{best}** (100 Hz, 3 components, stride {stride_s:g} s, "
         f"batch {settings.worker.batch_size}, budget {settings.worker.budget_ms:g} ms per batch, "
-        f"steps {settings.worker.min_steps}-{settings.worker.max_steps}, denoiser {denoiser.name} ({denoiser.version}) "
-        f"on {denoiser.device}, picker {'PhaseNet' if picker is not None else 'off'}).\n\n"
+        f"steps {settings.worker.min_steps}-{Worker.resolve_max_steps(settings.worker, denoiser)}, "
+        f"denoiser {denoiser.name} ({denoiser.version}) on {denoiser.device}, picker {picker_text}).\n\n"
         f"Machine: {machine_text(denoiser.device)}.\n\nCommand: `{cmd.strip()}`\n\n{table}\n"
     )
     print(body)

@@ -106,12 +106,16 @@ def run_sources(args: argparse.Namespace) -> int:
         def fn_of(den):
             return lambda x, k: den.denoise_windows(x, steps=k).x0
 
+        # each denoiser picked by the policy its weights are released with (as the daemon picks them)
         fns = {label: (fn_of(d), sorted({max(1, min(int(k), d.n_train_steps))
-                                         for k in own_steps.get(label, args.steps)}))
+                                         for k in own_steps.get(label, args.steps)}),
+                       getattr(d, "unconfirmed_p_threshold", None))
                for label, d in denoisers.items()}
         result = evaluate_sources(sets, reals, fns, picker, p_threshold=args.p_threshold, only=only)  # type: ignore[arg-type]
         result["denoisers"] = {label: {"name": d.name, "version": d.version, "residual_mix": d.residual_mix,
-                                       "n_train_steps": d.n_train_steps} for label, d in denoisers.items()}
+                                       "n_train_steps": d.n_train_steps,
+                                       "unconfirmed_p_threshold": getattr(d, "unconfirmed_p_threshold", None)}
+                               for label, d in denoisers.items()}
         result["split_seed"] = split.get("seed")
         methods = sorted({m for e in result["sources"].values() for part in ("mixtures", "real")
                           for m in e.get(part, {}) if m not in ("raw", "bandpass")})

@@ -33,6 +33,7 @@ __all__ = ["DenoiseResult", "Denoiser", "SHIPPED_WEIGHTS"]
 SHIPPED_WEIGHTS = "coldstream-cdiffsd-v2.pt"
 """File name of the shipped weights inside the ``models.weights`` package."""
 
+
 @dataclass
 class DenoiseResult:
     """``x0``: ``(batch, 3, window_samples)`` float32 counts; ``steps_done``: network calls; ``elapsed_ms``."""
@@ -69,7 +70,9 @@ class Denoiser:
     digits of the weights' sha256), ``n_train_steps`` (T), ``default_steps`` (network calls used when ``steps`` is
     None; from the sidecar's ``recommended_steps``, else 1), ``residual_mix`` (share r of the removed part kept in
     the output, ``out = x0_hat + r * (y - x0_hat)``; from the sidecar's ``residual_mix`` unless given, else 0),
-    ``meta`` (the sidecar).
+    ``unconfirmed_p_threshold`` (the PhaseNet P probability a pick on this denoiser's output needs where PhaseNet
+    on the raw input does not confirm it, :func:`models.picker.confirm_p`; from the sidecar, None when the weights
+    name none), ``meta`` (the sidecar).
     """
 
     def __init__(
@@ -96,6 +99,12 @@ class Denoiser:
         self.version = version
         self.meta = meta or {}
         self.default_steps = int(self.meta.get("recommended_steps", 1))
+        thr = self.meta.get("unconfirmed_p_threshold")
+        self.unconfirmed_p_threshold = None if thr is None else float(thr)
+        if self.unconfirmed_p_threshold is not None and not 0.0 < self.unconfirmed_p_threshold <= 1.0:
+            raise InvalidParameterError(
+                f"unconfirmed_p_threshold must be in (0, 1], got {self.unconfirmed_p_threshold}"
+            )
         mix = self.meta.get("residual_mix", 0.0) if residual_mix is None else residual_mix
         self.residual_mix = float(mix)
         if not 0.0 <= self.residual_mix < 1.0:

@@ -8,6 +8,10 @@ on both sides. A maximum closer than ``d`` to either end of the array is shaped 
 window, of a stitching run, of a drained tail), not by data on both sides, and is never a pick
 (:func:`edge_candidates` lists them, for counting).
 
+:func:`confirm_p` is the pick policy on denoised output: a P pick there needs PhaseNet on the raw input to
+confirm it, or a higher probability of its own. One function for the worker (live and offline) and for
+``coldstream evaluate``.
+
 Pure numpy.
 """
 
@@ -15,7 +19,50 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["edge_candidates", "local_peaks"]
+__all__ = ["CONFIRM_WITHIN_S", "confirm_p", "edge_candidates", "local_peaks"]
+
+CONFIRM_WITHIN_S = 0.5
+"""A raw-input P probability this close (s) to a denoised-output sample confirms it (the pick tolerance)."""
+
+
+def confirm_p(
+    probs: np.ndarray,
+    raw_probs: np.ndarray,
+    p_threshold: float,
+    unconfirmed_p_threshold: float,
+    within_samples: int,
+) -> np.ndarray:
+    """The denoised output's phase probabilities ``probs`` ``(..., 3, N)`` (P first), with the P row kept below
+    ``p_threshold`` wherever a pick would stand on the denoised output alone.
+
+    A sample is *confirmed* where PhaseNet on the raw input (``raw_probs``, same shape, same windows) reaches
+    ``p_threshold`` within ``within_samples`` of it. Confirmed samples, and unconfirmed ones of at least
+    ``unconfirmed_p_threshold``, keep their probability; every other sample's P is capped just below
+    ``p_threshold``. So a P pick at ``p_threshold`` on the result is a pick of the denoised output that the raw
+    input confirms (an arrival the raw data alone would give) or one the denoised output is sure of: the
+    policy keeps every P probability the raw window confirms, and a burst the denoiser sharpens from noise
+    needs the higher threshold.
+    S and noise rows are unchanged. Returns a new array.
+    """
+    probs = np.asarray(probs)
+    raw = np.asarray(raw_probs)
+    if probs.shape != raw.shape:
+        raise ValueError(f"probabilities {probs.shape} and raw probabilities {raw.shape} differ in shape")
+    out = probs.copy()
+    if unconfirmed_p_threshold <= p_threshold:
+        return out
+    w = max(0, int(within_samples))
+    raw_p = raw[..., 0, :]
+    if w:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        padded = np.pad(raw_p, [(0, 0)] * (raw_p.ndim - 1) + [(w, w)], mode="edge")
+        raw_p = sliding_window_view(padded, 2 * w + 1, axis=-1).max(axis=-1)
+    p = out[..., 0, :]
+    weak = (raw_p < p_threshold) & (p < unconfirmed_p_threshold)
+    below = np.nextafter(np.asarray(p_threshold, p.dtype), np.asarray(0, p.dtype))
+    p[weak] = np.minimum(p[weak], below)
+    return out
 
 
 def local_peaks(p: np.ndarray, threshold: float, distance: int, lo: int = 0, hi: int | None = None) -> list[int]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from models.data import EvalSet, Recording, build_eval_set, event_snr_db
 from models.evaluate import bandpass, pick_metrics, waveform_metrics
+from models.peaks import CONFIRM_WITHIN_S, confirm_p
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ def real_metrics(out: np.ndarray, rs: RealSet, picks, raw_picks, sampling_rate_h
 def evaluate_sources(
     sets: dict[str, EvalSet],
     reals: dict[str, RealSet],
-    denoisers: dict[str, tuple[DenoiseFn, Sequence[int]]],
+    denoisers: dict[str, tuple[DenoiseFn, Sequence[int]] | tuple[DenoiseFn, Sequence[int], float | None]],
     picker,
     p_threshold: float = 0.3,
     only: dict[str, Sequence[str]] | None = None,
@@ -265,8 +266,16 @@ def evaluate_sources(
 ) -> dict[str, Any]:
     """Score ``raw``, ``bandpass`` and each denoiser ``label`` at each step count (method ``label/k``) on every
     source's mixtures and real recordings. ``only`` restricts a label to some sources (a leave-one-source-out model
-    is scored on its held-out source). ``picker`` needs ``predict`` (probabilities) and ``find_picks``."""
-    result: dict[str, Any] = {"p_threshold": p_threshold, "tolerance_s": TOLERANCE_S, "sources": {}}
+    is scored on its held-out source). ``picker`` needs ``predict`` (probabilities) and ``find_picks``.
+
+    ``p_threshold`` is PhaseNet's P threshold. A denoiser given as ``(fn, steps, unconfirmed)`` is picked as the
+    daemon picks its output: a P pick the raw input does not confirm needs ``unconfirmed``
+    (:func:`models.peaks.confirm_p`; the weights' ``unconfirmed_p_threshold``); one given as ``(fn, steps)``, or
+    with None, is picked at ``p_threshold`` alone. The policies are in ``result["p_confirmation_by_method"]``
+    (the unconfirmed threshold, or None)."""
+    result: dict[str, Any] = {"p_threshold": p_threshold, "tolerance_s": TOLERANCE_S, "sources": {},
+                              "p_confirmation_by_method": {}}
+    unconfirmed: dict[str, float | None] = {"raw": None, "bandpass": None}
     for src in sorted(set(sets) | set(reals)):
         entry: dict[str, Any] = {"mixtures": {}, "real": {}}
         pairs: tuple[tuple[str, Any], ...] = (("mixtures", sets.get(src)), ("real", reals.get(src)))
@@ -275,14 +284,22 @@ def evaluate_sources(
                 continue
             x = data.noisy if kind == "mixtures" else data.x
             outs = {"raw": x, "bandpass": bandpass(x, sampling_rate_hz)}
-            for label, (fn, steps) in denoisers.items():
+            for label, spec in denoisers.items():
                 if only and label in only and src not in only[label]:
                     continue
+                fn, steps = spec[0], spec[1]
+                own = spec[2] if len(spec) > 2 else None
                 for k in steps:
                     outs[f"{label}/{k}"] = np.concatenate([fn(x[i : i + 32], k) for i in range(0, len(x), 32)])
+                    unconfirmed[f"{label}/{k}"] = None if own is None else float(own)
             raw_picks = None
+            raw_probs = picker.predict(x)
             for name, out in outs.items():
-                picks = picker.find_picks(picker.predict(out), p_threshold, 1.1)
+                probs = raw_probs if name == "raw" else picker.predict(out)
+                if unconfirmed[name] is not None:
+                    probs = confirm_p(probs, raw_probs, p_threshold, unconfirmed[name],  # type: ignore[arg-type]
+                                      round(CONFIRM_WITHIN_S * sampling_rate_hz))
+                picks = picker.find_picks(probs, p_threshold, 1.1)
                 if name == "raw":
                     raw_picks = picks
                 if kind == "mixtures":
@@ -294,6 +311,7 @@ def evaluate_sources(
                                            "noise_windows": int(data.noise_only.sum())}
         result["sources"][src] = entry
         log.info("evaluated source %s", src)
+    result["p_confirmation_by_method"] = dict(sorted(unconfirmed.items()))
     return result
 
 
@@ -314,6 +332,13 @@ def _recordings(m: dict[str, Any]) -> str:
 
 def source_markdown(result: dict[str, Any]) -> str:
     lines = []
+    confirmed = {k: v for k, v in (result.get("p_confirmation_by_method") or {}).items() if v is not None}
+    lines += [f"PhaseNet P threshold {result.get('p_threshold', 0.3):g}."]
+    if confirmed:
+        lines[-1] += (" Picks on " + ", ".join(f"{k} (unconfirmed: {v:g})" for k, v in confirmed.items())
+                      + " stand where PhaseNet on the raw input reaches the threshold within "
+                      f"{CONFIRM_WITHIN_S:g} s, or where their own P probability reaches the unconfirmed threshold.")
+    lines.append("")
     for src, e in result["sources"].items():
         lines += [f"## {src}", ""]
         mix = e.get("mixtures", {})

@@ -141,7 +141,10 @@ class WorkerSettings(_Section):
     batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(200.0, ge=0)
     budget_ms: float = Field(2000.0, gt=0, description="time allowed for one batch")
-    max_steps: int = Field(2, ge=1, description="sampler steps at most (v2: more steps do not pay, see the model card)")
+    max_steps: int | None = Field(
+        None, ge=1,
+        description="sampler steps at most; unset: the weights' recommended steps (v2: 1, as `coldstream denoise` runs)",
+    )
     min_steps: int = Field(1, ge=1)
     queue_max_windows: int = Field(4000, ge=1)
     torch_threads: int | None = Field(None, ge=1)
@@ -156,7 +159,7 @@ class WorkerSettings(_Section):
 
     @model_validator(mode="after")
     def _steps_order(self) -> "WorkerSettings":
-        if self.min_steps > self.max_steps:
+        if self.max_steps is not None and self.min_steps > self.max_steps:
             raise ValueError("min_steps must be <= max_steps")
         return self
 
@@ -173,8 +176,14 @@ class PickerSettings(_Section):
     enabled: bool = True
     model: Literal["phasenet", "phasenetlight"] = "phasenet"
     weights_name: str = "original"
-    p_threshold: float = Field(0.3, gt=0, lt=1)
+    p_threshold: float = Field(0.3, gt=0, lt=1, description="P threshold on the raw input (and the default)")
     s_threshold: float = Field(0.3, gt=0, lt=1)
+    unconfirmed_p_threshold: float | None = Field(
+        None, gt=0, le=1,
+        description="P probability a pick on the denoised output needs where PhaseNet on the raw input does not "
+        "reach p_threshold within 0.5 s; unset: the weights' (v2: 0.45, see the model card); at or below "
+        "p_threshold: no confirmation",
+    )
     raw_comparison: bool = False
     seisbench_cache: Path | None = Field(None, description="SeisBench cache root; None = SeisBench default")
 

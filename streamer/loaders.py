@@ -7,12 +7,14 @@ names what could not be loaded, raised before any thread or socket is started.
 
 from __future__ import annotations
 
+from typing import Any
+
 from streamer.config import Settings
 from streamer.errors import StreamerError
 from streamer.inventory import Inventory, InventoryError
 from streamer.worker import DenoiserLike, PickerLike
 
-__all__ = ["ServiceError", "load_denoiser", "load_inventory", "load_picker"]
+__all__ = ["ServiceError", "load_denoiser", "load_inventory", "load_picker", "unconfirmed_p_threshold"]
 
 
 class ServiceError(StreamerError):
@@ -57,3 +59,20 @@ def load_inventory(settings: Settings) -> Inventory | None:
         return Inventory.from_stationxml(path)
     except InventoryError as exc:
         raise ServiceError(str(exc)) from exc
+
+
+def unconfirmed_p_threshold(settings: Settings, denoiser: Any = None) -> float | None:
+    """The P probability a pick on the denoised output needs where PhaseNet on the raw input does not confirm
+    it (:func:`models.peaks.confirm_p`), or None when no confirmation applies.
+
+    ``picker.unconfirmed_p_threshold`` when set, else the weights' (``denoiser.unconfirmed_p_threshold``, from
+    their sidecar); None where that is unset too or not above ``picker.p_threshold`` (then every pick stands
+    at ``picker.p_threshold``, as before the policy).
+    """
+    p = settings.picker
+    value = p.unconfirmed_p_threshold
+    if value is None:
+        value = getattr(denoiser, "unconfirmed_p_threshold", None)
+    if value is None or float(value) <= float(p.p_threshold):
+        return None
+    return float(value)

@@ -40,6 +40,7 @@ import numpy as np
 
 from streamer.config import Settings
 from streamer.ingest import Ingestor
+from streamer.loaders import unconfirmed_p_threshold
 from streamer.inventory import Inventory
 from streamer.metrics import Metrics
 from streamer.output import OutputStage
@@ -118,7 +119,8 @@ def denoise_stream(
 ) -> OfflineResult:
     """Denoise (and with ``picker`` pick) an ObsPy ``stream`` through the live stages (module docstring).
 
-    ``steps``: sampler steps per window (None: the denoiser's default); ``batch_size``: windows per
+    ``steps``: sampler steps per window (None: ``worker.max_steps``, where unset the denoiser's recommended
+    steps, as the daemon resolves it); ``batch_size``: windows per
     model call (None: ``worker.batch_size``). ``inventory``: channel orientations (rotation to Z, N, E),
     as the daemon loads from ``inventory.stationxml``. ``settings`` supply the buffers, windows, stitching,
     picker thresholds and batch padding, as for the daemon.
@@ -129,7 +131,7 @@ def denoise_stream(
         from models.spec import DEFAULT_SPEC
 
         spec = DEFAULT_SPEC
-    k = int(steps if steps is not None else getattr(denoiser, "default_steps", 1))
+    k = int(steps) if steps is not None else Worker.resolve_max_steps(settings.worker, denoiser)
     items: list[OutputItem] = []
     output = OutputStage(
         settings, m, items.extend, window_samples=spec.window_samples, sampling_rate_hz=spec.sampling_rate_hz,
@@ -140,7 +142,8 @@ def denoise_stream(
         denoiser, m, lambda _result: None,
         batch_size=batch_size or ws.batch_size, budget_ms=1e12, min_steps=k, max_steps=k,
         queue_max_windows=2**31 - 1, picker=picker, raw_picker=settings.picker.raw_comparison,
-        pad_batch_multiple=ws.pad_batch_multiple,
+        pad_batch_multiple=ws.pad_batch_multiple, p_threshold=settings.picker.p_threshold,
+        unconfirmed_p_threshold=unconfirmed_p_threshold(settings, denoiser),
     )
     ingestor = Ingestor(spec, settings.buffers, settings.windows, m, inventory=inventory)
     pending: list[Window] = []

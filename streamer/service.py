@@ -53,7 +53,7 @@ from streamer.ack import AckBook, AckMarker, station_key
 from streamer.config import Settings
 from streamer.eew import FastScheduler
 from streamer.ingest import Ingestor
-from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker
+from streamer.loaders import ServiceError, load_denoiser, load_inventory, load_picker, unconfirmed_p_threshold
 from streamer.metrics import Metrics, serve_metrics
 from streamer.output import OutputStage
 from streamer.publish import RedisPublisher
@@ -200,6 +200,11 @@ class Service:
         else:
             if self.denoiser is None:
                 raise ServiceError("no denoiser: call load_models() or pass one")
+            unconfirmed = unconfirmed_p_threshold(s, self.denoiser) if self.picker is not None else None
+            if self.picker is not None:
+                log.info("P picks at probability >= %.2f%s", s.picker.p_threshold,
+                         "" if unconfirmed is None else
+                         f"; on the denoised output >= {unconfirmed:.2f} where the raw input does not confirm them")
             self.worker = Worker.from_settings(
                 self.denoiser,
                 self.metrics,
@@ -211,6 +216,8 @@ class Service:
                 on_shed=self._on_shed,
                 on_progress=lambda: self.health.progress("worker"),
                 on_fast_result=self.output.submit_fast if fast_path else None,
+                p_threshold=s.picker.p_threshold,
+                unconfirmed_p_threshold=unconfirmed,
                 fast_steps=s.eew.steps,
                 fast_max_age_s=s.eew.max_age_s,
                 fast_queue_max_windows=s.eew.queue_max_windows,

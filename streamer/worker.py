@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.peaks import CONFIRM_WITHIN_S, confirm_p
 from streamer.errors import StreamerError
 from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
@@ -141,8 +142,17 @@ class Worker:
         fast_max_age_s: float = 3.0,
         fast_queue_max_windows: int = 512,
         fast_reported: Callable[[Window], bool] | None = None,
+        p_threshold: float = 0.3,
+        unconfirmed_p_threshold: float | None = None,
     ) -> None:
         self.denoiser = denoiser
+        # the pick policy on the denoised output (models.peaks.confirm_p): a P pick the raw input does not
+        # confirm needs unconfirmed_p_threshold; PhaseNet then runs on the raw windows too
+        self.p_threshold = float(p_threshold)
+        self.unconfirmed_p_threshold = (
+            None if unconfirmed_p_threshold is None or unconfirmed_p_threshold <= p_threshold
+            else float(unconfirmed_p_threshold)
+        )
         # the early-warning fast path: trailing windows, served first but never twice in a row while
         # grid windows wait, so they cannot starve the final path (at most every other batch)
         self.on_fast_result = on_fast_result
@@ -182,6 +192,18 @@ class Worker:
         self.windows_done = 0
         self.last_error: BaseException | None = None
 
+    @staticmethod
+    def resolve_max_steps(worker_settings: Any, denoiser: Any) -> int:
+        """``worker.max_steps``, or where unset the weights' recommended steps (never below ``min_steps``).
+
+        Both the daemon and ``coldstream denoise`` resolve it here, so that with the same settings they run
+        the same number of sampler steps.
+        """
+        ws = worker_settings
+        if ws.max_steps is not None:
+            return int(ws.max_steps)
+        return max(int(getattr(denoiser, "default_steps", 1)), int(ws.min_steps))
+
     @classmethod
     def from_settings(
         cls,
@@ -202,7 +224,7 @@ class Worker:
             max_wait_ms=ws.max_wait_ms,
             budget_ms=ws.budget_ms,
             min_steps=ws.min_steps,
-            max_steps=ws.max_steps,
+            max_steps=cls.resolve_max_steps(ws, denoiser),
             queue_max_windows=ws.queue_max_windows,
             stride_s=stride_s,
             max_age_s=ws.shed_age_strides * stride_s if ws.shed_age_strides else None,
@@ -457,8 +479,13 @@ class Worker:
         probs = raw_probs = None
         if self.picker is not None:
             probs = _to_numpy(self.picker.predict(denoised_run))[:n]
-            if self.raw_picker:
-                raw_probs = _to_numpy(self.picker.predict(x_run))[:n]
+            if self.raw_picker or self.unconfirmed_p_threshold is not None:
+                raw_all = _to_numpy(self.picker.predict(x_run))[:n]
+                if self.unconfirmed_p_threshold is not None:
+                    rate = float(getattr(getattr(self.denoiser, "spec", None), "sampling_rate_hz", 100.0))
+                    probs = confirm_p(probs, raw_all, self.p_threshold, self.unconfirmed_p_threshold,
+                                      round(CONFIRM_WITHIN_S * rate))
+                raw_probs = raw_all if self.raw_picker else None
         denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0
         self.controller.observe(n_run, steps_done, inference_ms, max(batch_ms - inference_ms, 0.0))

@@ -25,7 +25,11 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="miniSEED or SAC files (anything ObsPy reads)")
     parser.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several inputs)")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps per window (default: the model's)")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="sampler steps per window (default: worker.max_steps, where unset the weights' recommended steps, "
+        "as the daemon)",
+    )
     parser.add_argument("--weights", default=None, help="denoiser .pt (default: model.weights, else the shipped ones)")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the weights file")
     parser.add_argument(

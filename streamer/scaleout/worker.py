@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamer.config import Settings
+from streamer.loaders import unconfirmed_p_threshold
 from streamer.metrics import Metrics
 from streamer.records import Window
 from streamer.scaleout.queue import result_queue, window_queue
@@ -63,6 +64,7 @@ class ScaleOutWorker:
         self.worker = Worker.from_settings(
             denoiser, metrics, lambda _r: None, settings.worker, settings.windows.stride_s,
             picker=picker, raw_picker=settings.picker.raw_comparison,
+            p_threshold=settings.picker.p_threshold, unconfirmed_p_threshold=unconfirmed_p_threshold(settings, denoiser),
         )
         self.reclaim_idle_ms = int(1000 * (settings.worker.reclaim_idle_s if reclaim_idle_s is None else reclaim_idle_s))
         self.reclaim_interval_s = reclaim_interval_s

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models import ChecksumMismatchError, ShapeMismatchError, WeightsNotFoundError
+from models.errors import InvalidParameterError
 from models.checkpoint import file_sha256, load_checkpoint, release_checkpoint, save_checkpoint, sidecar_path
 from models.denoiser import SHIPPED_WEIGHTS, Denoiser
 from models.spec import DEFAULT_SPEC
@@ -108,7 +109,12 @@ def test_release_adds_inference_defaults_and_keeps_the_checksum(tmp_path):
     src = tmp_path / "run" / "trained.pt"
     meta = save_checkpoint(src, make_tiny_unet(), schedule_kind="linear", n_train_steps=4, spec=DEFAULT_SPEC.__dict__)
     dst = tmp_path / "weights" / "released.pt"
-    release_checkpoint(src, dst, recommended_steps=4, residual_mix=0.2)
+    release_checkpoint(src, dst, recommended_steps=4, residual_mix=0.2, unconfirmed_p_threshold=0.45)
     den = Denoiser.load(dst, device="cpu")
     assert den.version == meta["sha256"][:12] and den.default_steps == 4 and den.residual_mix == 0.2
+    assert den.unconfirmed_p_threshold == 0.45
+    assert Denoiser.load(src, device="cpu").unconfirmed_p_threshold is None  # weights that name none
+    release_checkpoint(src, tmp_path / "bad.pt", unconfirmed_p_threshold=1.5)
+    with pytest.raises(InvalidParameterError, match="unconfirmed_p_threshold"):
+        Denoiser.load(tmp_path / "bad.pt", device="cpu")
     assert json.loads(sidecar_path(dst).read_text())["released_from"] == "trained.pt"

@@ -124,3 +124,58 @@ def test_noise_picks_are_also_counted_by_distinct_recording():
     m = mixture_metrics(noisy, es, picks)
     assert m["noise_p_picks"] == 3  # what the gate counts: every P pick on a noise-only window
     assert m["noise_recordings"] == 3 and m["noise_p_pick_recordings"] == 2  # A (twice) and C
+
+
+class HalfSurePicker(ThresholdPicker):
+    """The threshold picker at P probability 0.4 on every input but those whose Z peak exceeds 20 (the clean
+    events at high SNR), where it is 0.9."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = 0.4 * super().predict(x)
+        sure = np.abs(x[:, 2]).max(axis=-1) > 20
+        out[sure] *= 0.9 / 0.4
+        return out
+
+
+class Sharpens:
+    """A 'denoiser' that adds a spike to every window, where the raw input has no onset."""
+
+    def __call__(self, x: np.ndarray, k: int) -> np.ndarray:
+        out = x.copy()
+        out[:, 2, 1500] += 100 * x[:, 2].std(axis=-1)
+        return out
+
+
+def test_a_denoiser_pick_needs_raw_confirmation_or_its_own_higher_probability(sets, tmp_path):
+    mixtures, reals = sets
+    den = {"confirmed": (_fn(1.0), [1], 0.5), "plain": (_fn(1.0), [1]), "unset": (_fn(1.0), [1], None),
+           "spiky": (Sharpens(), [1], 0.5), "spiky-plain": (Sharpens(), [1])}
+    result = evaluate_sources(mixtures, reals, den, HalfSurePicker())
+    assert result["p_confirmation_by_method"] == {
+        "bandpass": None, "confirmed/1": 0.5, "plain/1": None, "raw": None, "spiky-plain/1": None, "spiky/1": 0.5,
+        "unset/1": None}
+    mix = result["sources"]["syn-a"]["mixtures"]
+    assert mix["raw"]["p_recall"] > 0
+    for name in ("plain/1", "unset/1", "confirmed/1"):  # every pick of the identity is confirmed by the raw input
+        assert mix[name]["p_recall"] == mix["raw"]["p_recall"], name
+    # the spike on noise: picked at 0.4 without the policy; unconfirmed and below 0.5 with it
+    assert mix["spiky-plain/1"]["noise_p_picks"] > mix["raw"]["noise_p_picks"]
+    assert mix["spiky/1"]["noise_p_picks"] <= mix["raw"]["noise_p_picks"]
+    md = write_source_report(result, tmp_path)["markdown"].read_text()
+    assert "Picks on confirmed/1 (unconfirmed: 0.5), spiky/1 (unconfirmed: 0.5) stand where" in md
+
+
+def test_confirmation_keeps_confirmed_and_sure_samples_and_caps_the_rest():
+    from models.peaks import confirm_p, local_peaks
+
+    p = np.zeros((1, 3, 400), np.float32)
+    raw = np.zeros_like(p)
+    p[0, 0, 100], p[0, 0, 200], p[0, 0, 300] = 0.4, 0.35, 0.6  # unconfirmed weak, confirmed weak, sure
+    p[0, 1, 100] = 0.4  # S is never touched
+    raw[0, 0, 240] = 0.3  # confirms 200 (within 50 samples), not 100 or 300
+    out = confirm_p(p, raw, 0.3, 0.5, 50)
+    assert local_peaks(out[0, 0], 0.3, 10) == [200, 300]
+    assert out[0, 0, 100] < 0.3 and out[0, 1, 100] == np.float32(0.4) and p[0, 0, 100] == np.float32(0.4)
+    assert np.array_equal(confirm_p(p, raw, 0.3, 0.3, 50), p)  # no stricter threshold: nothing to confirm
+    with pytest.raises(ValueError, match="shape"):
+        confirm_p(p, raw[..., :10], 0.3, 0.5, 50)

@@ -180,3 +180,26 @@ def test_denoise_command_writes_picks(tmp_path, tiny_weights, rng, seisbench_cac
     assert isinstance(got, list)
     for p in got:
         assert {"pick_id", "station", "phase", "time", "probability"} <= set(p) and p["station"] == "XX.AAA."
+
+
+@pytest.mark.parametrize(("overrides", "recommended", "expected"), [
+    ([], 3, 3),  # unset: the weights' recommended steps, in both paths
+    (["worker.max_steps=2"], 3, 2),  # set: the setting, in both paths
+    (["worker.min_steps=4"], 3, 4),  # unset, but never below min_steps
+])
+def test_offline_and_daemon_resolve_the_same_sampler_steps(rng, overrides, recommended, expected):
+    from streamer.metrics import Metrics
+    from streamer.worker import Worker
+
+    settings = load_settings(overrides=overrides, environ={})
+    den = denoiser()
+    den.default_steps = recommended
+    live = Worker.from_settings(den, Metrics(), lambda _r: None, settings.worker, settings.windows.stride_s)
+    assert live.controller.max_steps == expected
+    res = denoise_stream(station(rng, "XX", "AAA", T0), den, settings)
+    assert res.segments and {(s.steps_min, s.steps_max) for s in res.segments} == {(expected, expected)}
+
+
+def test_the_default_worker_runs_the_shipped_weights_recommended_steps():
+    """The daemon's default equals `coldstream denoise`'s default for the shipped v2 (1 step, model card)."""
+    assert load_settings(environ={}).worker.max_steps is None

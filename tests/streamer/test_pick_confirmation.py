@@ -1,0 +1,100 @@
+"""The pick policy on the denoised output: a P pick needs PhaseNet on the raw input to confirm it (P >=
+picker.p_threshold within 0.5 s), or the weights' higher unconfirmed threshold. Resolved from the settings and
+the weights, applied in the worker for the daemon and ``coldstream denoise`` alike."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from streamer.config import load_settings
+from streamer.loaders import unconfirmed_p_threshold
+from test_worker import FakeDenoiser, make_window, make_worker
+
+N = 3000
+
+
+def _settings(*overrides: str):
+    return load_settings(overrides=list(overrides), environ={})
+
+
+@pytest.mark.parametrize(("overrides", "weights_value", "expected"), [
+    ([], 0.45, 0.45),  # the weights' threshold
+    ([], None, None),  # weights that name none: every pick at p_threshold, no raw pass needed
+    (["picker.unconfirmed_p_threshold=0.6"], 0.45, 0.6),  # an explicit setting wins
+    (["picker.unconfirmed_p_threshold=0.3"], 0.45, None),  # at p_threshold: the policy is off
+    (["picker.p_threshold=0.5"], 0.45, None),  # not above the operator's threshold: off
+])
+def test_resolution(overrides, weights_value, expected):
+    den = SimpleNamespace(unconfirmed_p_threshold=weights_value)
+    assert unconfirmed_p_threshold(_settings(*overrides), den) == expected
+
+
+def test_the_shipped_weights_name_their_unconfirmed_threshold():
+    from models.denoiser import Denoiser
+
+    den = Denoiser.load()
+    assert den.unconfirmed_p_threshold is not None and 0.3 < den.unconfirmed_p_threshold <= 1.0
+    assert unconfirmed_p_threshold(_settings(), den) == den.unconfirmed_p_threshold
+
+
+class SpikePicker:
+    """P probability 0.4 at sample 500 on every input, and 0.4 at sample 2000 only on inputs whose first sample
+    is 0.5 (the FakeDenoiser halves its input: the denoised output of a window of ones), so the raw input
+    confirms the pick at 500 and not the one at 2000."""
+
+    name = "spikepick"
+    version = "0"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        p[:, 0, 500] = 0.4
+        p[np.isclose(x[:, 0, 20], 0.5), 0, 2000] = 0.4
+        return p
+
+
+@pytest.mark.parametrize(("unconfirmed", "raw_picker", "kept"), [
+    (None, False, {500, 2000}),  # no policy: both denoised maxima stand at 0.3
+    (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is capped below 0.3
+    (0.35, True, {500, 2000}),  # 0.4 reaches a lower unconfirmed threshold; raw picks still published
+])
+def test_the_worker_caps_unconfirmed_weak_denoised_p(metrics, unconfirmed, raw_picker, kept):
+    w, results, _ = make_worker(metrics, FakeDenoiser(), batch_size=1, picker=SpikePicker(), clock_ns=lambda: 0,
+                                p_threshold=0.3, unconfirmed_p_threshold=unconfirmed, raw_picker=raw_picker)
+    w.submit([make_window(0)])
+    r = w.process_once()
+    assert r is not None and r.probs is not None
+    assert {int(i) for i in np.flatnonzero(r.probs[0, 0] >= 0.3)} == kept
+    assert (r.raw_probs is not None) is raw_picker  # raw probabilities leave the worker only when published
+
+
+def test_offline_denoise_applies_the_weights_policy(tmp_path):
+    """`coldstream denoise`'s path resolves the policy from the settings and the denoiser, as the daemon."""
+    import obspy
+
+    from streamer.offline import denoise_stream
+
+    rng = np.random.default_rng(3)
+    st = obspy.Stream([obspy.Trace(rng.standard_normal(6000).astype(np.float32),
+                                   header={"network": "XX", "station": "AAA", "channel": f"HH{c}",
+                                           "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(2024, 1, 1)})
+                       for c in "ENZ"])
+
+    class HalvedPicker(SpikePicker):
+        """P 0.4 at sample 1500 of every window whose std is below 0.9: the halved (denoised) noise, not the raw."""
+
+        def predict(self, x):
+            p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+            p[x.std(axis=(1, 2)) < 0.9, 0, 1500] = 0.4
+            return p
+
+    den = FakeDenoiser()
+    den.spec = None  # type: ignore[attr-defined]
+    results = {}
+    for value in (None, 0.45):
+        den.unconfirmed_p_threshold = value  # type: ignore[attr-defined]
+        res = denoise_stream(st, den, _settings(), picker=HalvedPicker(), steps=1)
+        results[value] = [p for p in res.picks if p.phase == "P"]
+    assert results[None] and not results[0.45]
