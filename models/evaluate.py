@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from models.data import EvalSet
+from models.peaks import CONFIRM_WITHIN_S, confirm_p
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,10 @@ def _outputs(es: EvalSet, denoiser, cfg: EvalConfig) -> tuple[dict[str, np.ndarr
 
 def evaluate(es: EvalSet, denoiser, picker, cfg: EvalConfig | None = None) -> dict[str, Any]:
     """Run every method on the evaluation set; returns a JSON-ready dict (and keeps the outputs under ``_outputs``
-    and picks under ``_picks`` for the figures)."""
+    and picks under ``_picks`` for the figures). The denoised outputs are picked with the weights' pick policy
+    (``denoiser.unconfirmed_p_threshold``, :func:`models.peaks.confirm_p`), as the daemon picks them."""
     cfg = cfg or EvalConfig()
+    unconfirmed = getattr(denoiser, "unconfirmed_p_threshold", None)
     outs, timing = _outputs(es, denoiser, cfg)
     ev_idx = np.flatnonzero(~es.noise_only)
     nz_idx = np.flatnonzero(es.noise_only)
@@ -219,7 +222,8 @@ def evaluate(es: EvalSet, denoiser, picker, cfg: EvalConfig | None = None) -> di
         "n_noise_windows": int(len(nz_idx)),
         "snr_levels_db": levels,
         "bandpass": {"corners_hz": list(BANDPASS_CORNERS_HZ), "order": BANDPASS_ORDER, "zero_phase": True},
-        "picker": {"name": getattr(picker, "name", "?"), "p_threshold": cfg.p_threshold, "s_threshold": cfg.s_threshold},
+        "picker": {"name": getattr(picker, "name", "?"), "p_threshold": cfg.p_threshold, "s_threshold": cfg.s_threshold,
+                   "unconfirmed_p_threshold_on_denoised": unconfirmed},
         "denoiser": {"name": getattr(denoiser, "name", "?"), "version": getattr(denoiser, "version", "?"),
                      "residual_mix": getattr(denoiser, "residual_mix", 0.0)},
         "ms_per_window": timing,
@@ -228,10 +232,15 @@ def evaluate(es: EvalSet, denoiser, picker, cfg: EvalConfig | None = None) -> di
     all_picks: dict[str, list] = {}
     bar = _bar(cfg.progress, len(outs), "pick")
     raw_p = None
+    raw_probs: np.ndarray | None = None
     for method, out in outs.items():
         probs = picker.predict(out)
         if method == "noisy":
             raw_p = probs[:, 0]
+            raw_probs = probs
+        elif method.startswith("denoised_") and unconfirmed is not None and raw_probs is not None:
+            probs = confirm_p(probs, raw_probs, cfg.p_threshold, unconfirmed,
+                              round(CONFIRM_WITHIN_S * cfg.sampling_rate_hz))
         picks = picker.find_picks(probs, cfg.p_threshold, cfg.s_threshold)
         all_picks[method] = picks
         m: dict[str, Any] = {}
@@ -558,7 +567,9 @@ def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (
     picks on noise-only cases; raw and band-pass baselines. Samples the stream path leaves uncovered stay 0.
 
     Picks come from SeisBench's ``classify`` on each output stream (``classify=True``, the acceptance protocol's
-    picker) or from this project's :meth:`Picker.find_picks` on the same probabilities the service uses."""
+    picker, at ``p_threshold`` alone on every output) or from this project's :meth:`Picker.find_picks` on the
+    same probabilities the service uses, with the weights' pick policy on the denoised outputs
+    (:func:`models.peaks.confirm_p`)."""
     st = _cases_stream(cases.noisy, sampling_rate_hz)
     outs = {"noisy": cases.noisy, "bandpass": bandpass(cases.noisy, sampling_rate_hz)}
     for k in steps:
@@ -580,7 +591,12 @@ def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (
         if classify:
             picks = classify_picks(picker, out, p_threshold, s_threshold, sampling_rate_hz)
         else:
-            picks = find_picks_for(picker, out, p_threshold, s_threshold)
+            probs = picker.predict(out)
+            unconfirmed = getattr(denoiser, "unconfirmed_p_threshold", None)
+            if name.startswith("denoised_") and unconfirmed is not None:
+                probs = confirm_p(probs, picker.predict(cases.noisy), p_threshold, unconfirmed,
+                                  round(CONFIRM_WITHIN_S * sampling_rate_hz))
+            picks = picker.find_picks(probs, p_threshold, s_threshold)
         wm = waveform_metrics(out[ev], cases.clean[ev], cases.noisy[ev])
         nm = _noise_metrics(picks, out, cases.noisy, nz) if len(nz) else {}
         res["methods"][name] = {
@@ -599,10 +615,6 @@ def evaluate_protocol(cases: EvalSet, denoiser, picker, steps: Sequence[int] = (
             "noise_cases_with_p_pick": nm.get("windows_with_p_pick"),
         }
     return res
-
-
-def find_picks_for(picker, x: np.ndarray, p_threshold: float, s_threshold: float):
-    return picker.find_picks(picker.predict(x), p_threshold, s_threshold)
 
 
 def protocol_markdown(res: dict[str, Any]) -> str:

@@ -31,18 +31,21 @@ def confirm_p(
     p_threshold: float,
     unconfirmed_p_threshold: float,
     within_samples: int,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The denoised output's phase probabilities ``probs`` ``(..., 3, N)`` (P first), with the P row kept below
-    ``p_threshold`` wherever a pick would stand on the denoised output alone.
+    """The denoised output's phase probabilities ``probs`` ``(..., 3, N)`` (P first), with the P row of every
+    sample the raw input does not confirm scaled by ``p_threshold / unconfirmed_p_threshold``.
 
     A sample is *confirmed* where PhaseNet on the raw input (``raw_probs``, same shape, same windows) reaches
-    ``p_threshold`` within ``within_samples`` of it. Confirmed samples, and unconfirmed ones of at least
-    ``unconfirmed_p_threshold``, keep their probability; every other sample's P is capped just below
-    ``p_threshold``. So a P pick at ``p_threshold`` on the result is a pick of the denoised output that the raw
-    input confirms (an arrival the raw data alone would give) or one the denoised output is sure of: the
-    policy keeps every P probability the raw window confirms, and a burst the denoiser sharpens from noise
-    needs the higher threshold.
-    S and noise rows are unchanged. Returns a new array.
+    ``p_threshold`` within ``within_samples`` of it, counting only raw samples marked in ``valid``
+    (``(..., N)``, True where the window has data; default: all). Confirmed samples keep their probability. So a
+    P pick at ``p_threshold`` on the result is one the raw input confirms, or one whose own P probability reaches
+    ``unconfirmed_p_threshold``: the policy keeps every P probability the raw window confirms, and a burst the
+    denoiser sharpens from noise needs the higher probability. The scaling is linear, so overlap-add stacking of
+    windows that agree on a sample's confirmation keeps the rule exact: a stacked unconfirmed P reaches
+    ``p_threshold`` only where the stacked denoised P reaches ``unconfirmed_p_threshold``. Picks on the result
+    carry the scaled probability (one scale for both kinds of pick, with the threshold at ``p_threshold``). S and
+    noise rows are unchanged. Returns a new array.
     """
     probs = np.asarray(probs)
     raw = np.asarray(raw_probs)
@@ -53,17 +56,17 @@ def confirm_p(
         return out
     w = max(0, int(within_samples))
     raw_p = raw[..., 0, :]
+    if valid is not None:
+        raw_p = np.where(np.asarray(valid, bool), raw_p, 0.0)
     if w:
         from numpy.lib.stride_tricks import sliding_window_view
 
         padded = np.pad(raw_p, [(0, 0)] * (raw_p.ndim - 1) + [(w, w)], mode="edge")
         raw_p = sliding_window_view(padded, 2 * w + 1, axis=-1).max(axis=-1)
     p = out[..., 0, :]
-    weak = (raw_p < p_threshold) & (p < unconfirmed_p_threshold)
-    below = np.nextafter(np.asarray(p_threshold, p.dtype), np.asarray(0, p.dtype))
-    p[weak] = np.minimum(p[weak], below)
+    unconfirmed = raw_p < p_threshold
+    p[unconfirmed] *= np.asarray(p_threshold / unconfirmed_p_threshold, p.dtype)
     return out
-
 
 def local_peaks(p: np.ndarray, threshold: float, distance: int, lo: int = 0, hi: int | None = None) -> list[int]:
     """Indices ``i`` in ``[lo, hi)`` (default: the whole array) that are picks of the 1-D curve ``p``

@@ -201,10 +201,10 @@ class Service:
             if self.denoiser is None:
                 raise ServiceError("no denoiser: call load_models() or pass one")
             unconfirmed = unconfirmed_p_threshold(s, self.denoiser) if self.picker is not None else None
-            if self.picker is not None:
-                log.info("P picks at probability >= %.2f%s", s.picker.p_threshold,
-                         "" if unconfirmed is None else
-                         f"; on the denoised output >= {unconfirmed:.2f} where the raw input does not confirm them")
+            if fast_path and unconfirmed is not None and s.eew.p_threshold < unconfirmed:
+                log.warning("eew.p_threshold %.2f is below the unconfirmed P threshold %.2f of the final path: "
+                            "provisional picks the raw input does not confirm will be retracted",
+                            s.eew.p_threshold, unconfirmed)
             self.worker = Worker.from_settings(
                 self.denoiser,
                 self.metrics,

@@ -153,6 +153,9 @@ class Worker:
             None if unconfirmed_p_threshold is None or unconfirmed_p_threshold <= p_threshold
             else float(unconfirmed_p_threshold)
         )
+        if picker is not None and self.unconfirmed_p_threshold is not None:
+            log.info("P picks on the denoised output: confirmed by the raw window (P >= %.2f within %.1f s) or "
+                     "P >= %.2f of their own", self.p_threshold, CONFIRM_WITHIN_S, self.unconfirmed_p_threshold)
         # the early-warning fast path: trailing windows, served first but never twice in a row while
         # grid windows wait, so they cannot starve the final path (at most every other batch)
         self.on_fast_result = on_fast_result
@@ -483,8 +486,9 @@ class Worker:
                 raw_all = _to_numpy(self.picker.predict(x_run))[:n]
                 if self.unconfirmed_p_threshold is not None:
                     rate = float(getattr(getattr(self.denoiser, "spec", None), "sampling_rate_hz", 100.0))
+                    # raw samples no component has data for (zero fill) confirm nothing, as they give no raw pick
                     probs = confirm_p(probs, raw_all, self.p_threshold, self.unconfirmed_p_threshold,
-                                      round(CONFIRM_WITHIN_S * rate))
+                                      round(CONFIRM_WITHIN_S * rate), valid=np.asarray(mask.any(axis=1)))
                 raw_probs = raw_all if self.raw_picker else None
         denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0

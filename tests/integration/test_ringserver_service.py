@@ -125,18 +125,19 @@ def run_faults(
         # 1. kill -9 of ringserver: it discards its ring and rescans the scan directory
         ringserver.kill()
         time.sleep(2.0)
-        ringserver.start()
+        # taken before the start: the service may connect while start() still polls for the listening socket
         t = time.time()
+        ringserver.start()
         wait_for(lambda: _safe_connected(faults, t) >= 0, 30, "reconnect after kill -9 of ringserver", proc, faults.logs[-1])
-        faults.measured.append(f"[{fed_s()}] ringserver kill -9, down 2 s: reconnected {_safe_connected(faults, t):.2f} s after it listened")
+        faults.measured.append(f"[{fed_s()}] ringserver kill -9, down 2 s: reconnected {_safe_connected(faults, t):.2f} s after its start")
         progress(0.25)
         # 2. SIGTERM of ringserver (ring and scan state saved), back after 3 s
         ringserver.stop()
         time.sleep(3.0)
-        ringserver.start()
         t = time.time()
+        ringserver.start()
         wait_for(lambda: _safe_connected(faults, t) >= 0, 30, "reconnect after SIGTERM of ringserver", proc, faults.logs[-1])
-        faults.measured.append(f"[{fed_s()}] ringserver SIGTERM, down 3 s: reconnected {_safe_connected(faults, t):.2f} s after it listened")
+        faults.measured.append(f"[{fed_s()}] ringserver SIGTERM, down 3 s: reconnected {_safe_connected(faults, t):.2f} s after its start")
         progress(0.4)
         # 3. kill -9 of the service, restart on its state file
         proc.send_signal(signal.SIGKILL)

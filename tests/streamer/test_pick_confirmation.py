@@ -14,6 +14,7 @@ from streamer.loaders import unconfirmed_p_threshold
 from test_worker import FakeDenoiser, make_window, make_worker
 
 N = 3000
+T_ABS = 4500  # absolute sample (from the trace start, grid-aligned) of a denoised-only onset
 
 
 def _settings(*overrides: str):
@@ -57,7 +58,7 @@ class SpikePicker:
 
 @pytest.mark.parametrize(("unconfirmed", "raw_picker", "kept"), [
     (None, False, {500, 2000}),  # no policy: both denoised maxima stand at 0.3
-    (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is capped below 0.3
+    (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is scaled below 0.3
     (0.35, True, {500, 2000}),  # 0.4 reaches a lower unconfirmed threshold; raw picks still published
 ])
 def test_the_worker_caps_unconfirmed_weak_denoised_p(metrics, unconfirmed, raw_picker, kept):
@@ -98,3 +99,135 @@ def test_offline_denoise_applies_the_weights_policy(tmp_path):
         res = denoise_stream(st, den, _settings(), picker=HalvedPicker(), steps=1)
         results[value] = [p for p in res.picks if p.phase == "P"]
     assert results[None] and not results[0.45]
+
+
+# ------------------------------------------------------------------------------------------ coldstream evaluate
+class _HalvingDenoiser:
+    name, version, residual_mix, n_train_steps = "halve", "0", 0.0, 8
+    unconfirmed_p_threshold = 0.45  # as the shipped v2 sidecar
+
+    def denoise_windows(self, x, steps=None, budget_ms=None):
+        return SimpleNamespace(x0=0.5 * np.asarray(x, np.float32), steps_done=int(steps or 1), elapsed_ms=0.0)
+
+
+class _HalvedPicker:
+    """P 0.4 at sample 1500 of every window whose std is below 0.9 (the halved output, never the raw noise)."""
+
+    def predict(self, x):
+        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        p[x.std(axis=(1, 2)) < 0.9, 0, 1500] = 0.4
+        return p
+
+    def find_picks(self, probs, p_threshold, s_threshold, min_distance_samples=100):
+        from models.picker import find_picks
+
+        return find_picks(probs, p_threshold, s_threshold, min_distance_samples)
+
+
+def test_coldstream_evaluate_default_mode_applies_the_weights_pick_policy():
+    from models.data import EvalSet
+    from models.evaluate import EvalConfig, evaluate
+
+    rng = np.random.default_rng(0)
+    n_ev, n_nz = 2, 4
+    noisy = rng.standard_normal((n_ev + n_nz, 3, N)).astype(np.float32)
+    es = EvalSet(noisy=noisy, clean=np.zeros_like(noisy), p=np.array([1000] * n_ev + [-1] * n_nz),
+                 s=np.full(n_ev + n_nz, -1), snr_db=np.array([0.0] * n_ev + [np.nan] * n_nz),
+                 noise_only=np.array([False] * n_ev + [True] * n_nz), names=[f"w{i}" for i in range(n_ev + n_nz)])
+    res = evaluate(es, _HalvingDenoiser(), _HalvedPicker(), EvalConfig(steps=[1], progress=False))
+    # raw P is 0 everywhere and the output's 0.4 < 0.45: under the policy (daemon, coldstream denoise --picks,
+    # coldstream evaluate --sources) none of these is a pick; without it every noise window has one
+    assert res["methods"]["denoised_1"]["noise_only"]["p_picks_total"] == 0
+    assert res["picker"]["unconfirmed_p_threshold_on_denoised"] == 0.45
+    plain = _HalvingDenoiser()
+    plain.unconfirmed_p_threshold = None  # type: ignore[assignment]
+    res = evaluate(es, plain, _HalvedPicker(), EvalConfig(steps=[1], progress=False))
+    assert res["methods"]["denoised_1"]["noise_only"]["p_picks_total"] == n_nz
+
+
+# ------------------------------------------------------------------------------------------ stacking
+class _PositionPicker:
+    """Reads the window's absolute start from its E row (a ramp of the sample index; halved on the denoised
+    output). Denoised: P ``first`` at T_ABS in the window starting at 2000, ``other`` there in every other window.
+    Raw: 0 everywhere, so nothing is confirmed."""
+
+    name, version = "pospick", "0"
+
+    def __init__(self, first: float, other: float) -> None:
+        self.first, self.other = first, other
+
+    def predict(self, x):
+        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        for b in range(x.shape[0]):
+            slope = float(x[b, 0, 101] - x[b, 0, 100])
+            if slope > 0.75:  # raw window
+                continue
+            start = round(float(x[b, 0, 100]) / slope) - 100
+            i = T_ABS - start
+            if 0 <= i < x.shape[-1]:
+                p[b, 0, i] = self.first if start == 2000 else self.other
+        return p
+
+
+@pytest.mark.parametrize(("first", "other", "published"), [
+    (0.6, 0.4, False),  # one window sure, the stack (about 0.42) below 0.45: not published
+    (0.5, 0.5, True),  # every window at 0.5: published, on the common scale at 0.5 * 0.3 / 0.45
+])
+def test_an_unconfirmed_pick_needs_its_stacked_probability_to_reach_the_unconfirmed_threshold(first, other,
+                                                                                               published):
+    import obspy
+
+    from streamer.offline import denoise_stream
+
+    ramp = np.arange(9000, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    st = obspy.Stream([obspy.Trace(ramp.copy() if c == "E" else rng.standard_normal(9000).astype(np.float32),
+                                   header={"network": "XX", "station": "AAA", "channel": f"HH{c}",
+                                           "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(2024, 1, 1)})
+                       for c in "ENZ"])
+    den = FakeDenoiser()
+    den.spec = None  # type: ignore[attr-defined]
+    den.unconfirmed_p_threshold = 0.45  # type: ignore[attr-defined]
+    res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
+    t0 = round(obspy.UTCDateTime(2024, 1, 1).timestamp * 1e9)
+    at_t = [p for p in res.picks if p.phase == "P" and p.source == "denoised"
+            and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000]
+    assert bool(at_t) is published
+    if published:
+        assert at_t[0].probability == pytest.approx(0.5 * 0.3 / 0.45, abs=1e-3)
+    den.unconfirmed_p_threshold = None  # type: ignore[attr-defined]
+    res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
+    assert any(p.phase == "P" and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000 for p in res.picks)
+
+
+# ------------------------------------------------------------------------------------------ masked samples
+class _GapPicker:
+    """Raw: P 0.9 inside the fully masked (zero-filled) samples 1000..1099 (what PhaseNet may say about a step
+    into zero fill). Denoised (halved, slope 0.5 on E): P 0.4 at 1130, 0.3 s after the gap."""
+
+    name, version = "gappick", "0"
+
+    def predict(self, x):
+        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
+        for b in range(x.shape[0]):
+            if float(x[b, 0, 2001] - x[b, 0, 2000]) > 0.75:
+                p[b, 0, 1000:1100] = 0.9
+            else:
+                p[b, 0, 1130] = 0.4
+        return p
+
+
+def test_masked_raw_samples_do_not_confirm_a_denoised_pick(metrics):
+    from streamer.records import Window
+
+    data = np.tile(np.arange(N, dtype=np.float32), (3, 1))
+    mask = np.ones((3, N), bool)
+    mask[:, 1000:1100] = False
+    data[~mask] = 0.0  # zero-filled, as the windowing stage fills a short gap
+    w, _, _ = make_worker(metrics, FakeDenoiser(), batch_size=1, picker=_GapPicker(), clock_ns=lambda: 0,
+                          p_threshold=0.3, unconfirmed_p_threshold=0.45)
+    w.submit([Window("XX.STA.", 0, 100.0, data, mask, 0)])
+    r = w.process_once()
+    assert r is not None and r.probs is not None
+    # no raw data near 1130 reaches 0.3 on a sample that has data: the 0.4 needs 0.45, and is scaled below 0.3
+    assert r.probs[0, 0, 1130] == pytest.approx(0.4 * 0.3 / 0.45)
