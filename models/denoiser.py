@@ -71,7 +71,7 @@ class Denoiser:
     None; from the sidecar's ``recommended_steps``, else 1), ``residual_mix`` (share r of the removed part kept in
     the output, ``out = x0_hat + r * (y - x0_hat)``; from the sidecar's ``residual_mix`` unless given, else 0),
     ``unconfirmed_p_threshold`` (the PhaseNet P probability a pick on this denoiser's output needs where PhaseNet
-    on the raw input does not confirm it, :func:`models.picker.confirm_p`; from the sidecar, None when the weights
+    on the raw input does not confirm it, :func:`models.peaks.confirm_p`; from the sidecar, None when the weights
     name none), ``meta`` (the sidecar).
     """
 

@@ -33,19 +33,19 @@ def confirm_p(
     within_samples: int,
     valid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The denoised output's phase probabilities ``probs`` ``(..., 3, N)`` (P first), with the P row of every
-    sample the raw input does not confirm scaled by ``p_threshold / unconfirmed_p_threshold``.
+    """The denoised output's phase probabilities ``probs`` ``(..., 3, N)`` (P first), with the P row kept below
+    ``p_threshold`` wherever a pick would stand on the denoised output alone.
 
     A sample is *confirmed* where PhaseNet on the raw input (``raw_probs``, same shape, same windows) reaches
-    ``p_threshold`` within ``within_samples`` of it, counting only raw samples marked in ``valid``
-    (``(..., N)``, True where the window has data; default: all). Confirmed samples keep their probability. So a
-    P pick at ``p_threshold`` on the result is one the raw input confirms, or one whose own P probability reaches
-    ``unconfirmed_p_threshold``: the policy keeps every P probability the raw window confirms, and a burst the
-    denoiser sharpens from noise needs the higher probability. The scaling is linear, so overlap-add stacking of
-    windows that agree on a sample's confirmation keeps the rule exact: a stacked unconfirmed P reaches
-    ``p_threshold`` only where the stacked denoised P reaches ``unconfirmed_p_threshold``. Picks on the result
-    carry the scaled probability (one scale for both kinds of pick, with the threshold at ``p_threshold``). S and
-    noise rows are unchanged. Returns a new array.
+    ``p_threshold`` within ``within_samples`` of it, counting only raw samples marked in ``valid`` (``(..., N)``;
+    default: all). Confirmed samples, and unconfirmed ones of at least ``unconfirmed_p_threshold``, keep their
+    probability; every other sample's P is capped just below ``p_threshold``. So a P pick at ``p_threshold`` on
+    one window's result is one the raw window confirms or one the output is sure of, with PhaseNet's own
+    probability. Applied per window before overlap-add stacking, it errs towards keeping: where overlapping
+    windows disagree, a stacked onset can pass with less than ``unconfirmed_p_threshold`` (one sure window and
+    capped others), and a raw-confirmed one is dropped only if its stacked P falls below ``p_threshold`` after
+    capping (a scaled variant, tried, dropped such arrivals more often). S and noise rows are unchanged.
+    Returns a new array.
     """
     probs = np.asarray(probs)
     raw = np.asarray(raw_probs)
@@ -64,9 +64,11 @@ def confirm_p(
         padded = np.pad(raw_p, [(0, 0)] * (raw_p.ndim - 1) + [(w, w)], mode="edge")
         raw_p = sliding_window_view(padded, 2 * w + 1, axis=-1).max(axis=-1)
     p = out[..., 0, :]
-    unconfirmed = raw_p < p_threshold
-    p[unconfirmed] *= np.asarray(p_threshold / unconfirmed_p_threshold, p.dtype)
+    weak = (raw_p < p_threshold) & (p < unconfirmed_p_threshold)
+    below = np.nextafter(np.asarray(p_threshold, p.dtype), np.asarray(0, p.dtype))
+    p[weak] = np.minimum(p[weak], below)
     return out
+
 
 def local_peaks(p: np.ndarray, threshold: float, distance: int, lo: int = 0, hi: int | None = None) -> list[int]:
     """Indices ``i`` in ``[lo, hi)`` (default: the whole array) that are picks of the 1-D curve ``p``

@@ -486,9 +486,12 @@ class Worker:
                 raw_all = _to_numpy(self.picker.predict(x_run))[:n]
                 if self.unconfirmed_p_threshold is not None:
                     rate = float(getattr(getattr(self.denoiser, "spec", None), "sampling_rate_hz", 100.0))
-                    # raw samples no component has data for (zero fill) confirm nothing, as they give no raw pick
+                    # a raw sample confirms only where every component with data in the window has data:
+                    # PhaseNet answers zero fill (a gap on one component, too) with P of its own
+                    has = mask.any(axis=-1, keepdims=True)
+                    valid = np.asarray((mask | ~has).all(axis=1))
                     probs = confirm_p(probs, raw_all, self.p_threshold, self.unconfirmed_p_threshold,
-                                      round(CONFIRM_WITHIN_S * rate), valid=np.asarray(mask.any(axis=1)))
+                                      round(CONFIRM_WITHIN_S * rate), valid=valid)
                 raw_probs = raw_all if self.raw_picker else None
         denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0

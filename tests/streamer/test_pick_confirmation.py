@@ -58,7 +58,7 @@ class SpikePicker:
 
 @pytest.mark.parametrize(("unconfirmed", "raw_picker", "kept"), [
     (None, False, {500, 2000}),  # no policy: both denoised maxima stand at 0.3
-    (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is scaled below 0.3
+    (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is capped below 0.3
     (0.35, True, {500, 2000}),  # 0.4 reaches a lower unconfirmed threshold; raw picks still published
 ])
 def test_the_worker_caps_unconfirmed_weak_denoised_p(metrics, unconfirmed, raw_picker, kept):
@@ -170,11 +170,13 @@ class _PositionPicker:
 
 
 @pytest.mark.parametrize(("first", "other", "published"), [
-    (0.6, 0.4, False),  # one window sure, the stack (about 0.42) below 0.45: not published
-    (0.5, 0.5, True),  # every window at 0.5: published, on the common scale at 0.5 * 0.3 / 0.45
+    # known limit (docs/pipeline.md): one sure window and capped others stack above 0.3, so the onset passes
+    # with a stacked P (about 0.36) below 0.45; per-window capping errs towards keeping
+    (0.6, 0.4, True),
+    (0.5, 0.5, True),  # every window sure: published with PhaseNet's stacked 0.5
+    (0.4, 0.4, False),  # no window sure, none confirmed: not published
 ])
-def test_an_unconfirmed_pick_needs_its_stacked_probability_to_reach_the_unconfirmed_threshold(first, other,
-                                                                                               published):
+def test_an_unconfirmed_onset_needs_a_sure_window_through_the_stacking(first, other, published):
     import obspy
 
     from streamer.offline import denoise_stream
@@ -193,8 +195,8 @@ def test_an_unconfirmed_pick_needs_its_stacked_probability_to_reach_the_unconfir
     at_t = [p for p in res.picks if p.phase == "P" and p.source == "denoised"
             and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000]
     assert bool(at_t) is published
-    if published:
-        assert at_t[0].probability == pytest.approx(0.5 * 0.3 / 0.45, abs=1e-3)
+    if published and first == other:
+        assert at_t[0].probability == pytest.approx(first, abs=1e-3)
     den.unconfirmed_p_threshold = None  # type: ignore[attr-defined]
     res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
     assert any(p.phase == "P" and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000 for p in res.picks)
@@ -229,5 +231,5 @@ def test_masked_raw_samples_do_not_confirm_a_denoised_pick(metrics):
     w.submit([Window("XX.STA.", 0, 100.0, data, mask, 0)])
     r = w.process_once()
     assert r is not None and r.probs is not None
-    # no raw data near 1130 reaches 0.3 on a sample that has data: the 0.4 needs 0.45, and is scaled below 0.3
-    assert r.probs[0, 0, 1130] == pytest.approx(0.4 * 0.3 / 0.45)
+    # no raw data near 1130 reaches 0.3 on a sample that has data: the 0.4 needs 0.45, and is capped below 0.3
+    assert r.probs[0, 0, 1130] < 0.3
