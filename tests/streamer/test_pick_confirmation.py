@@ -200,36 +200,3 @@ def test_an_unconfirmed_onset_needs_a_sure_window_through_the_stacking(first, ot
     den.unconfirmed_p_threshold = None  # type: ignore[attr-defined]
     res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
     assert any(p.phase == "P" and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000 for p in res.picks)
-
-
-# ------------------------------------------------------------------------------------------ masked samples
-class _GapPicker:
-    """Raw: P 0.9 inside the fully masked (zero-filled) samples 1000..1099 (what PhaseNet may say about a step
-    into zero fill). Denoised (halved, slope 0.5 on E): P 0.4 at 1130, 0.3 s after the gap."""
-
-    name, version = "gappick", "0"
-
-    def predict(self, x):
-        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
-        for b in range(x.shape[0]):
-            if float(x[b, 0, 2001] - x[b, 0, 2000]) > 0.75:
-                p[b, 0, 1000:1100] = 0.9
-            else:
-                p[b, 0, 1130] = 0.4
-        return p
-
-
-def test_masked_raw_samples_do_not_confirm_a_denoised_pick(metrics):
-    from streamer.records import Window
-
-    data = np.tile(np.arange(N, dtype=np.float32), (3, 1))
-    mask = np.ones((3, N), bool)
-    mask[:, 1000:1100] = False
-    data[~mask] = 0.0  # zero-filled, as the windowing stage fills a short gap
-    w, _, _ = make_worker(metrics, FakeDenoiser(), batch_size=1, picker=_GapPicker(), clock_ns=lambda: 0,
-                          p_threshold=0.3, unconfirmed_p_threshold=0.45)
-    w.submit([Window("XX.STA.", 0, 100.0, data, mask, 0)])
-    r = w.process_once()
-    assert r is not None and r.probs is not None
-    # no raw data near 1130 reaches 0.3 on a sample that has data: the 0.4 needs 0.45, and is capped below 0.3
-    assert r.probs[0, 0, 1130] < 0.3

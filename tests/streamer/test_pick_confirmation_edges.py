@@ -87,6 +87,7 @@ class _GapEdgePicker:
         strict=True, reason="known limit (docs/pipeline.md): PhaseNet's answer on the first samples after a gap "
         "on every component has data under it and still confirms")),  # measured on real noise: 2-3 of 159 windows
     (slice(2, 3), 1099, 0.66),  # gap on Z only (E, N have data): PhaseNet answers inside the Z gap
+    (slice(0, 3), 1050, 0.9),  # inside a gap on every component: no data, no confirmation
 ])
 def test_phasenet_answers_to_zero_fill_do_not_confirm_a_denoised_pick(metrics, rows, at, value):
     data = np.tile(np.arange(N, dtype=np.float32), (3, 1))
