@@ -14,7 +14,6 @@ from streamer.loaders import unconfirmed_p_threshold
 from test_worker import FakeDenoiser, make_window, make_worker
 
 N = 3000
-T_ABS = 4500  # absolute sample (from the trace start, grid-aligned) of a denoised-only onset
 
 
 def _settings(*overrides: str):
@@ -143,60 +142,3 @@ def test_coldstream_evaluate_default_mode_applies_the_weights_pick_policy():
     plain.unconfirmed_p_threshold = None  # type: ignore[assignment]
     res = evaluate(es, plain, _HalvedPicker(), EvalConfig(steps=[1], progress=False))
     assert res["methods"]["denoised_1"]["noise_only"]["p_picks_total"] == n_nz
-
-
-# ------------------------------------------------------------------------------------------ stacking
-class _PositionPicker:
-    """Reads the window's absolute start from its E row (a ramp of the sample index; halved on the denoised
-    output). Denoised: P ``first`` at T_ABS in the window starting at 2000, ``other`` there in every other window.
-    Raw: 0 everywhere, so nothing is confirmed."""
-
-    name, version = "pospick", "0"
-
-    def __init__(self, first: float, other: float) -> None:
-        self.first, self.other = first, other
-
-    def predict(self, x):
-        p = np.zeros((x.shape[0], 3, x.shape[-1]), np.float32)
-        for b in range(x.shape[0]):
-            slope = float(x[b, 0, 101] - x[b, 0, 100])
-            if slope > 0.75:  # raw window
-                continue
-            start = round(float(x[b, 0, 100]) / slope) - 100
-            i = T_ABS - start
-            if 0 <= i < x.shape[-1]:
-                p[b, 0, i] = self.first if start == 2000 else self.other
-        return p
-
-
-@pytest.mark.parametrize(("first", "other", "published"), [
-    # known limit (docs/pipeline.md): one sure window and capped others stack above 0.3, so the onset passes
-    # with a stacked P (about 0.36) below 0.45; per-window capping errs towards keeping
-    (0.6, 0.4, True),
-    (0.5, 0.5, True),  # every window sure: published with PhaseNet's stacked 0.5
-    (0.4, 0.4, False),  # no window sure, none confirmed: not published
-])
-def test_an_unconfirmed_onset_needs_a_sure_window_through_the_stacking(first, other, published):
-    import obspy
-
-    from streamer.offline import denoise_stream
-
-    ramp = np.arange(9000, dtype=np.float32)
-    rng = np.random.default_rng(1)
-    st = obspy.Stream([obspy.Trace(ramp.copy() if c == "E" else rng.standard_normal(9000).astype(np.float32),
-                                   header={"network": "XX", "station": "AAA", "channel": f"HH{c}",
-                                           "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(2024, 1, 1)})
-                       for c in "ENZ"])
-    den = FakeDenoiser()
-    den.spec = None  # type: ignore[attr-defined]
-    den.unconfirmed_p_threshold = 0.45  # type: ignore[attr-defined]
-    res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
-    t0 = round(obspy.UTCDateTime(2024, 1, 1).timestamp * 1e9)
-    at_t = [p for p in res.picks if p.phase == "P" and p.source == "denoised"
-            and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000]
-    assert bool(at_t) is published
-    if published and first == other:
-        assert at_t[0].probability == pytest.approx(first, abs=1e-3)
-    den.unconfirmed_p_threshold = None  # type: ignore[attr-defined]
-    res = denoise_stream(st, den, _settings("eew.enabled=false"), picker=_PositionPicker(first, other), steps=1)
-    assert any(p.phase == "P" and abs(p.time_ns - (t0 + T_ABS * 10_000_000)) <= 10_000_000 for p in res.picks)
