@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from streamer.ack import AckMarker
 from streamer.config import Settings
 from streamer.metrics import Metrics
@@ -40,6 +42,9 @@ class _Station:
     denoised: Stitcher
     probs: Stitcher | None
     raw_probs: Stitcher | None
+    # the pick policy of the station's probability run: its unconfirmed P threshold (None: P at the threshold
+    # alone); under it the run stacks a fourth row, the raw P that confirms
+    unconfirmed: float | None = None
     last_window_mono: float = field(default_factory=time.monotonic)
     next_start_ns: int = 0  # grid start of the window after the newest one stitched
     steps: int = 0
@@ -245,11 +250,24 @@ class OutputStage:
             if st.denoised.late_windows > late:
                 self.metrics.stitch_late_windows.inc(st.denoised.late_windows - late)
             if result.probs is not None:
+                # the pick policy: the raw P that confirms is stacked as a fourth row and the detector decides on
+                # the stacked curves (models.peaks.cap_unconfirmed_p), so the rule holds for the stack
+                policy = result.unconfirmed_p_threshold if result.confirm_p is not None else None
+                rows = 3 if policy is None else 4
+                if st.probs is not None and (st.probs.channels != rows or st.unconfirmed != policy):
+                    # results under another policy (scale-out workers with other weights): end the run
+                    log.info("%s: pick policy %s -> %s: new probability run", w.station_id, st.unconfirmed, policy)
+                    items.extend(self._picks(st.probs.flush(), "denoised", st.unconfirmed))
+                    st.probs = None
+                st.unconfirmed = policy
                 # PhaseNet's P, S and noise rows each come from all three components: a sample is valid where
                 # any component is (by row, P would follow E's mask, S N's: a Z-only station had no picks)
-                st.probs = st.probs or self._stitcher(w, 3, "overlap_add", mask_rows="any")
-                segs = st.probs.add_window(w, result.probs[i], steps=result.steps)
-                items.extend(self._picks(segs, "denoised"))
+                st.probs = st.probs or self._stitcher(w, rows, "overlap_add", mask_rows="any")
+                block = result.probs[i]
+                if result.confirm_p is not None and policy is not None:
+                    block = np.concatenate([block, result.confirm_p[i][None].astype(block.dtype, copy=False)])
+                segs = st.probs.add_window(w, block, steps=result.steps)
+                items.extend(self._picks(segs, "denoised", policy))
             if result.raw_probs is not None:
                 st.raw_probs = st.raw_probs or self._stitcher(w, 3, "overlap_add", mask_rows="any")
                 segs = st.raw_probs.add_window(w, result.raw_probs[i], steps=0)
@@ -370,10 +388,12 @@ class OutputStage:
             return None
         return replace(seg, start_sample=seg.start_sample + cut, data=seg.data[:, cut:], mask=seg.mask[:, cut:])
 
-    def _picks(self, segs: list[Segment], source: str) -> list[OutputItem]:
+    def _picks(self, segs: list[Segment], source: str, unconfirmed: float | None = None) -> list[OutputItem]:
         out: list[OutputItem] = []
         for seg in segs:
-            out.extend(self._emit_picks(self.detector.process(seg, source=source, provenance=self._provenance)))
+            picks = self.detector.process(seg, source=source, provenance=self._provenance,
+                                          unconfirmed_p_threshold=unconfirmed)
+            out.extend(self._emit_picks(picks))
         return out
 
     def _emit_picks(self, picks: list[Any]) -> list[OutputItem]:
@@ -419,7 +439,7 @@ class OutputStage:
         ends: list[int] = []
         for stitcher, lag in (
             (st.denoised, 0),
-            (st.probs, self.detector.latency_samples),
+            (st.probs, self.detector.held_samples(st.unconfirmed is not None)),
             (st.raw_probs, self.detector.latency_samples),
         ):
             if stitcher is None:
@@ -435,7 +455,7 @@ class OutputStage:
         st = self.stations[station_id]
         items = self._segments(st.denoised.flush())
         if st.probs is not None:
-            items.extend(self._picks(st.probs.flush(), "denoised"))
+            items.extend(self._picks(st.probs.flush(), "denoised", st.unconfirmed))
         if st.raw_probs is not None:
             items.extend(self._picks(st.raw_probs.flush(), "raw"))
         since = self.detector.judged_since_ns(station_id, "denoised")  # before the flush ends the run

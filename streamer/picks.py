@@ -22,10 +22,18 @@ and restarts because the local-maximum rule already keeps picks ``d`` samples ap
 The pick time is the sample time (no sub-sample interpolation); ``pick_id`` is the first 16 hex digits
 of ``sha1("station|phase|source|round(time / 10 ms)")``.
 
+Under the pick policy on denoised output (the weights' ``unconfirmed_p_threshold``), each probability segment
+carries a fourth row, the raw input's P stacked the same way (zero where the raw window lacks data on a
+component), and a P sample counts only where that stacked raw P reaches the P threshold within
+``confirm_within_s`` or its own P reaches the unconfirmed threshold (:func:`models.peaks.cap_unconfirmed_p`,
+the rule ``coldstream evaluate`` applies to single windows). The detector then holds back
+``d + confirm_within_s``, so the rule sees its whole reach and the picks still do not depend on the chunking.
+
 These are the *final* picks; the early-warning fast path (``streamer.eew``) reports provisional ones
 earlier, and the output stage links each final pick to the provisional report of its onset.
 
-Limitations: latency is the stitcher's hold plus ``min_distance_s``.
+Limitations: latency is the stitcher's hold plus ``min_distance_s`` (plus ``confirm_within_s`` under the pick
+policy).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from models.peaks import edge_candidates, local_peaks
+from models.peaks import CONFIRM_WITHIN_S, cap_unconfirmed_p, edge_candidates, local_peaks
 from streamer.records import NS_PER_S
 from streamer.stitch import Segment, sample_time_ns
 
@@ -137,9 +145,10 @@ class _Trace:
 
     start: int
     evaluated: int
-    probs: np.ndarray  # (2, n) float64: P, S
+    probs: np.ndarray  # (2, n) float64: P, S (and a third row, the raw P that confirms, under the pick policy)
     steps: np.ndarray  # (n,) int32
     run_start: int
+    unconfirmed: float | None = None  # the pick policy's unconfirmed P threshold (None: P at the threshold alone)
 
     @property
     def end(self) -> int:
@@ -167,6 +176,7 @@ class PickDetector:
         tolerance_s: float | None = None,
         history_s: float = 120.0,
         phase_rows: dict[str, int] | None = None,
+        confirm_within_s: float = CONFIRM_WITHIN_S,
     ) -> None:
         if not (0 < p_threshold <= 1 and 0 < s_threshold <= 1):
             raise ValueError("thresholds must be in (0, 1]")
@@ -176,6 +186,8 @@ class PickDetector:
         self.tolerance_ns = round((min_distance_s if tolerance_s is None else tolerance_s) * NS_PER_S)
         self.history_ns = round(history_s * NS_PER_S)
         self.phase_rows = phase_rows or {"P": 0, "S": 1}
+        # the pick policy (models.peaks.cap_unconfirmed_p): raw P this close confirms a P sample
+        self.confirm_samples = max(0, round(confirm_within_s * sampling_rate_hz))
         self._traces: dict[tuple[str, str], _Trace] = {}
         self._history: dict[tuple[str, str], _History] = {}
         self.suppressed = 0  # duplicates of picks already emitted
@@ -183,8 +195,13 @@ class PickDetector:
 
     @property
     def latency_samples(self) -> int:
-        """Samples held back for right context."""
+        """Samples held back for right context (without the pick policy; see :meth:`held_samples`)."""
         return self.distance_samples
+
+    def held_samples(self, confirming: bool) -> int:
+        """Samples held back for right context: ``d``, plus the confirmation reach under the pick policy (the
+        raw P that may confirm a neighbour of a candidate lies up to that much further on)."""
+        return self.distance_samples + (self.confirm_samples if confirming else 0)
 
     def process(
         self,
@@ -193,20 +210,29 @@ class PickDetector:
         source: str = "denoised",
         provenance: Provenance = Provenance(),
         now_ns: int | None = None,
+        unconfirmed_p_threshold: float | None = None,
+        confirm_row: int = 3,
     ) -> list[Pick]:
         """Take the next final probability segment of ``segment.station_id``; return new picks in time
-        order. ``segment.data`` rows follow ``phase_rows``; masked samples count as 0."""
+        order. ``segment.data`` rows follow ``phase_rows``; masked samples count as 0.
+
+        With ``unconfirmed_p_threshold`` (above the P threshold), the pick policy applies to the stacked
+        curves: row ``confirm_row`` is the stacked raw-input P, and a P sample that no raw P within
+        ``confirm_within_s`` confirms needs ``unconfirmed_p_threshold`` (:func:`models.peaks.cap_unconfirmed_p`).
+        A change of policy within a station's run ends the run there."""
         key = (segment.station_id, source)
-        rows = [self.phase_rows[p] for p in PHASES]
+        unconfirmed = (None if unconfirmed_p_threshold is None or unconfirmed_p_threshold <= self.thresholds["P"]
+                       else float(unconfirmed_p_threshold))
+        rows = [self.phase_rows[p] for p in PHASES] + ([confirm_row] if unconfirmed is not None else [])
         probs = np.where(segment.mask[rows], segment.data[rows], 0.0).astype(np.float64)
         steps = np.full(segment.n_samples, segment.steps_min, np.int32)
         out: list[Pick] = []
         trace = self._traces.get(key)
-        if trace is not None and trace.end != segment.start_sample:
+        if trace is not None and (trace.end != segment.start_sample or trace.unconfirmed != unconfirmed):
             out.extend(self._evaluate(key, trace, trace.end, provenance, source, now_ns))
             trace = None
         if trace is None:
-            trace = _Trace(segment.start_sample, segment.start_sample, probs, steps, segment.start_sample)
+            trace = _Trace(segment.start_sample, segment.start_sample, probs, steps, segment.start_sample, unconfirmed)
         else:
             trace = _Trace(
                 trace.start,
@@ -214,12 +240,16 @@ class PickDetector:
                 np.concatenate([trace.probs, probs], axis=1),
                 np.concatenate([trace.steps, steps]),
                 trace.run_start,
+                unconfirmed,
             )
-        out.extend(self._evaluate(key, trace, trace.end - self.distance_samples, provenance, source, now_ns))
-        # keep d samples of left context before the first unevaluated sample
-        keep_from = max(trace.start, trace.evaluated - self.distance_samples)
+        held = self.held_samples(unconfirmed is not None)
+        out.extend(self._evaluate(key, trace, trace.end - held, provenance, source, now_ns))
+        # keep left context before the first unevaluated sample: d samples, and under the policy the raw P
+        # that confirms the first of them
+        keep_from = max(trace.start, trace.evaluated - held)
         cut = keep_from - trace.start
-        self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:], trace.run_start)
+        self._traces[key] = _Trace(keep_from, trace.evaluated, trace.probs[:, cut:], trace.steps[cut:], trace.run_start,
+                                   unconfirmed)
         return out
 
     def judged_until_ns(self, station_id: str, source: str = "denoised") -> int | None:
@@ -263,6 +293,9 @@ class PickDetector:
         found: list[tuple[int, str, float, int]] = []
         for phase_idx, phase in enumerate(PHASES):
             p = trace.probs[phase_idx]
+            if phase == "P" and trace.unconfirmed is not None:
+                p = cap_unconfirmed_p(p, trace.probs[len(PHASES)], self.thresholds["P"], trace.unconfirmed,
+                                      self.confirm_samples)
             for i in local_peaks(p, self.thresholds[phase], self.distance_samples, lo, hi):
                 found.append((trace.start + i, phase, float(p[i]), int(trace.steps[i])))
             self.edge_suppressed += len(edge_candidates(p, self.thresholds[phase], self.distance_samples, lo, hi))

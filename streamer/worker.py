@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.peaks import CONFIRM_WITHIN_S, confirm_p
+from models.peaks import CONFIRM_WITHIN_S, GAP_MARGIN_S, confirming_samples
 from streamer.errors import StreamerError
 from streamer.logutil import RateLimitedLog
 from streamer.metrics import Metrics
@@ -84,6 +84,12 @@ class BatchResult:
     ``denoised``: ``(B, 3, N)`` float32 counts, masked samples set to 0; ``probs``: ``(B, 3, N)`` float32
     P/S/Noise probabilities on the denoised data (None without a picker); ``raw_probs``: the same on the
     raw data when the raw comparison picker is on. ``steps`` is what the denoiser actually ran.
+
+    Under the pick policy (``unconfirmed_p_threshold``, :func:`models.peaks.confirm_p`), ``confirm_p`` is
+    ``(B, N)`` float32: PhaseNet's P on the raw windows, 0 where a window lacks data on a component it has
+    elsewhere (zero fill draws answers of its own). The output stage stacks it beside ``probs`` and the pick
+    detector decides on the stacked curves; the result names its threshold, so it describes itself (a
+    scale-out result too).
     """
 
     windows: list[Window]
@@ -99,6 +105,8 @@ class BatchResult:
     model: str = ""
     model_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    confirm_p: np.ndarray | None = None
+    unconfirmed_p_threshold: float | None = None
 
 
 ResultHandler = Callable[[BatchResult], None]
@@ -153,6 +161,8 @@ class Worker:
             None if unconfirmed_p_threshold is None or unconfirmed_p_threshold <= p_threshold
             else float(unconfirmed_p_threshold)
         )
+        rate = float(getattr(getattr(denoiser, "spec", None), "sampling_rate_hz", 100.0))
+        self.confirm_margin_samples = round(GAP_MARGIN_S * rate)
         if picker is not None and self.unconfirmed_p_threshold is not None:
             log.info("P picks on the denoised output: confirmed by the raw window (P >= %.2f within %.1f s) or "
                      "P >= %.2f of their own", self.p_threshold, CONFIRM_WITHIN_S, self.unconfirmed_p_threshold)
@@ -479,19 +489,16 @@ class Worker:
         denoised_run = np.where(mask_run, _to_numpy(res.x0), np.float32(0.0)).astype(np.float32, copy=False)
         steps_done = int(res.steps_done)
         inference_ms = float(res.elapsed_ms)
-        probs = raw_probs = None
+        probs = raw_probs = confirm = None
         if self.picker is not None:
             probs = _to_numpy(self.picker.predict(denoised_run))[:n]
             if self.raw_picker or self.unconfirmed_p_threshold is not None:
                 raw_all = _to_numpy(self.picker.predict(x_run))[:n]
                 if self.unconfirmed_p_threshold is not None:
-                    rate = float(getattr(getattr(self.denoiser, "spec", None), "sampling_rate_hz", 100.0))
-                    # a raw sample confirms only where every component with data in the window has data:
-                    # PhaseNet answers zero fill (a gap on one component, too) with P of its own
-                    has = mask.any(axis=-1, keepdims=True)
-                    valid = np.asarray((mask | ~has).all(axis=1))
-                    probs = confirm_p(probs, raw_all, self.p_threshold, self.unconfirmed_p_threshold,
-                                      round(CONFIRM_WITHIN_S * rate), valid=valid)
+                    # a raw sample confirms only where every component with data in the window has data, away
+                    # from gaps: PhaseNet answers zero fill and its edges with P of its own
+                    valid = confirming_samples(mask, self.confirm_margin_samples)
+                    confirm = np.where(valid, raw_all[:, 0], np.float32(0.0)).astype(np.float32, copy=False)
                 raw_probs = raw_all if self.raw_picker else None
         denoised = denoised_run[:n]
         batch_ms = (time.perf_counter() - t0) * 1000.0
@@ -516,6 +523,8 @@ class Worker:
             extra={"picker": str(getattr(self.picker, "name", "")), "picker_version": str(getattr(self.picker, "version", ""))}
             if self.picker is not None
             else {},
+            confirm_p=confirm,
+            unconfirmed_p_threshold=self.unconfirmed_p_threshold if confirm is not None else None,
         )
 
     def process_fast(self, batch: list[Window]) -> BatchResult:

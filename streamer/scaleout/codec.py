@@ -90,6 +90,10 @@ def encode_result(result: BatchResult, i: int) -> dict[str, bytes | str]:
         block = getattr(result, name)
         if block is not None:
             out[name] = _array_bytes(block[i])
+    if result.confirm_p is not None and result.unconfirmed_p_threshold is not None:
+        # the pick policy travels with the result: the raw P that confirms, and the threshold it serves
+        out["confirm_p"] = _array_bytes(result.confirm_p[i])
+        out["unconfirmed_p_threshold"] = repr(float(result.unconfirmed_p_threshold))
     out["steps"] = str(int(result.steps))
     out["steps_chosen"] = str(int(result.steps_chosen))
     out["model"] = result.model
@@ -110,6 +114,12 @@ def decode_result(fields: dict[Any, Any]) -> BatchResult:
             blocks[name] = (
                 None if raw is None else np.frombuffer(raw, dtype=DTYPE).reshape((1, *window.data.shape)).copy()
             )
+        raw = fields.get(b"confirm_p", fields.get("confirm_p"))
+        confirm = None if raw is None else np.frombuffer(raw, dtype=DTYPE).reshape((1, window.data.shape[-1])).copy()
+        raw = fields.get(b"unconfirmed_p_threshold", fields.get("unconfirmed_p_threshold"))
+        unconfirmed = None if raw is None else float(field_text(raw))
+        if (confirm is None) != (unconfirmed is None):
+            raise EntryDecodeError("confirm_p and unconfirmed_p_threshold come together")
         steps = int(field_text(field_value(fields, "steps")))
         chosen = int(field_text(field_value(fields, "steps_chosen")))
         text = {}
@@ -132,6 +142,8 @@ def decode_result(fields: dict[Any, Any]) -> BatchResult:
         model=text.get("model", ""),
         model_version=text.get("model_version", ""),
         extra={k: v for k, v in text.items() if k in ("picker", "picker_version", "worker")},
+        confirm_p=confirm,
+        unconfirmed_p_threshold=unconfirmed,
     )
 
 

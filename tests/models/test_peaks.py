@@ -36,3 +36,21 @@ def test_window_evaluation_and_live_detector_agree():
     live = det.process(seg, now_ns=0) + det.flush(now_ns=0)
     assert sorted(window) == sorted((p.phase, round(p.time_ns / 1e7) - 10_000) for p in live)
     assert len(window) == 3
+
+
+def test_confirming_samples_keep_away_from_gaps_but_not_from_window_ends():
+    from models.peaks import confirming_samples
+
+    mask = np.ones((2, 3, 1000), bool)
+    mask[0, :, 400:500] = False  # a gap on every component
+    mask[1, :2] = False  # a Z-only window: E and N missing throughout, which is no gap
+    mask[1, 2, 700:710] = False  # a gap on Z, the only component with data
+    ok = confirming_samples(mask, 50)
+    assert ok.shape == (2, 1000)
+    assert ok[0, :350].all() and not ok[0, 350:550].any() and ok[0, 550:].all()
+    assert ok[0, 0] and ok[0, -1]  # the window's own ends are not gaps
+    assert ok[1, :650].all() and not ok[1, 650:760].any() and ok[1, 760:].all()
+    one = mask.copy()
+    one[0, 2, 400:500] = True  # the gap on E and N only: Z has data, but a sample needs every component with data
+    assert not confirming_samples(one, 0)[0, 400:500].any() and confirming_samples(one, 0)[0, 399]
+    assert confirming_samples(np.ones((3, 10), bool), 5).all()

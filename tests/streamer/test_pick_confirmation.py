@@ -1,6 +1,7 @@
 """The pick policy on the denoised output: a P pick needs PhaseNet on the raw input to confirm it (P >=
 picker.p_threshold within 0.5 s), or the weights' higher unconfirmed threshold. Resolved from the settings and
-the weights, applied in the worker for the daemon and ``coldstream denoise`` alike."""
+the weights; the worker hands the raw P that confirms to the output stage, whose pick detector decides on the
+stacked curves, for the daemon and ``coldstream denoise`` alike."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ import numpy as np
 import pytest
 
 from streamer.config import load_settings
+from models.peaks import cap_unconfirmed_p
 from streamer.loaders import unconfirmed_p_threshold
 from test_worker import FakeDenoiser, make_window, make_worker
 
 N = 3000
+
+
+def policy_p(result, b: int = 0) -> np.ndarray:
+    """Window ``b``'s denoised P as the pick detector judges it when that window stands alone (no overlap)."""
+    assert result.probs is not None
+    if result.confirm_p is None:
+        return result.probs[b, 0]
+    return cap_unconfirmed_p(result.probs[b, 0], result.confirm_p[b], 0.3, result.unconfirmed_p_threshold, 50)
 
 
 def _settings(*overrides: str):
@@ -59,14 +69,22 @@ class SpikePicker:
     (None, False, {500, 2000}),  # no policy: both denoised maxima stand at 0.3
     (0.45, False, {500}),  # the policy: the unconfirmed 0.4 at 2000 is capped below 0.3
     (0.35, True, {500, 2000}),  # 0.4 reaches a lower unconfirmed threshold; raw picks still published
+    (0.3, False, {500, 2000}),  # at p_threshold: the policy is off, no raw pass
 ])
-def test_the_worker_caps_unconfirmed_weak_denoised_p(metrics, unconfirmed, raw_picker, kept):
+def test_the_worker_hands_the_raw_p_that_confirms_to_the_output_stage(metrics, unconfirmed, raw_picker, kept):
     w, results, _ = make_worker(metrics, FakeDenoiser(), batch_size=1, picker=SpikePicker(), clock_ns=lambda: 0,
                                 p_threshold=0.3, unconfirmed_p_threshold=unconfirmed, raw_picker=raw_picker)
     w.submit([make_window(0)])
     r = w.process_once()
     assert r is not None and r.probs is not None
-    assert {int(i) for i in np.flatnonzero(r.probs[0, 0] >= 0.3)} == kept
+    on = unconfirmed is not None and unconfirmed > 0.3
+    assert (r.confirm_p is not None) is on and r.unconfirmed_p_threshold == (unconfirmed if on else None)
+    if on:
+        assert r.confirm_p.shape == (1, N) and r.confirm_p[0, 500] == np.float32(0.4)  # the raw window's P
+        assert r.confirm_p[0, 2000] == 0.0
+    # the worker leaves PhaseNet's output as it is; the rule is applied where windows are stacked
+    assert {int(i) for i in np.flatnonzero(r.probs[0, 0] >= 0.3)} == {500, 2000}
+    assert {int(i) for i in np.flatnonzero(policy_p(r) >= 0.3)} == kept
     assert (r.raw_probs is not None) is raw_picker  # raw probabilities leave the worker only when published
 
 

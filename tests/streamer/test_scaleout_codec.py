@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamer.scaleout.codec import decode_result, encode_result
+from streamer.schema import EntryDecodeError
 
 from service_helpers import result, window
 
@@ -21,3 +23,19 @@ def test_result_encoding_round_trip():
     assert back.probs is not None and back.raw_probs is not None
     np.testing.assert_array_equal(back.raw_probs[0], res.raw_probs[1])
     assert (back.steps, back.model, back.extra["picker"]) == (2, "m", "PhaseNet/original")
+
+
+def test_the_pick_policy_travels_with_a_result():
+    ws = [window(0, value=3.0), window(1, value=4.0)]
+    res = result(ws)
+    enc = encode_result(res, 0)
+    assert "confirm_p" not in enc and decode_result(enc).confirm_p is None  # no policy: nothing extra
+    res.confirm_p = np.stack([np.linspace(0, 1, ws[0].data.shape[-1], dtype=np.float32)] * 2)
+    res.unconfirmed_p_threshold = 0.45
+    back = decode_result(encode_result(res, 1))
+    assert back.unconfirmed_p_threshold == 0.45 and back.confirm_p is not None
+    np.testing.assert_array_equal(back.confirm_p[0], res.confirm_p[1])
+    half = encode_result(res, 1)
+    del half["unconfirmed_p_threshold"]  # a row without its threshold is refused, never guessed
+    with pytest.raises(EntryDecodeError):
+        decode_result(half)
