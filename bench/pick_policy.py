@@ -1,5 +1,7 @@
 """Cost of the pick policy on denoised output, per window: the denoiser step, PhaseNet on the denoised window,
-PhaseNet on the raw window (which the policy adds) and the confirmation itself (``models.peaks.confirm_p``).
+PhaseNet on the raw window (which the policy adds) and the confirmation itself (``models.peaks.confirm_p``, the
+rule the pick detector applies to the stacked curves; timed here on whole windows, an upper bound, as the
+detector judges each stacked sample once: a third of a window per window at a 10 s stride).
 
 Random ``(batch, 3, 3000)`` windows, shipped weights, after a warm-up; each figure is the mean over
 ``--repeats`` calls, divided by the batch size. The ratio printed last is the worker's per-window model time

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--picker-weights", default="original", help="PhaseNet weights name")
     parser.add_argument("--p-threshold", type=float, default=0.3)
     parser.add_argument("--s-threshold", type=float, default=0.3)
+    parser.add_argument(
+        "--unconfirmed-p-threshold", type=float, default=None,
+        help="P a pick on the denoised output needs where PhaseNet on the raw input does not confirm it (the pick "
+        "policy; default: each weights' own, as the daemon; at or below --p-threshold: off, P at the threshold alone)",
+    )
     parser.add_argument("--snr-levels", type=float, nargs="+", default=[-15, -10, -5, 0, 5, 10], help="input SNRs (dB)")
     parser.add_argument("--noise-windows", type=int, default=40, help="noise-only windows")
     parser.add_argument("--max-events", type=int, default=None, help="use at most this many events (quick runs)")
@@ -45,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from models.cli_evaluate_sources import add_source_arguments
 
     add_source_arguments(parser)
+
+
+def apply_pick_policy(den: Any, args: argparse.Namespace) -> None:
+    """``--unconfirmed-p-threshold`` over the weights' own (``picker.unconfirmed_p_threshold`` for the daemon)."""
+    value = getattr(args, "unconfirmed_p_threshold", None)
+    if value is not None:
+        den.unconfirmed_p_threshold = None if value <= args.p_threshold else float(value)
 
 
 def run(args: argparse.Namespace, denoise_stream: Any = None) -> int:
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace, denoise_stream: Any = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         den = Denoiser.load(args.weights, device=args.device, residual_mix=args.residual_mix)
+        apply_pick_policy(den, args)
         if args.split_file is not None:
             split = read_split(args.split_file)
         else:

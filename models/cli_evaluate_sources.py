@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def run_sources(args: argparse.Namespace) -> int:
+def run_sources(args: argparse.Namespace, extra_denoisers: dict[str, Any] | None = None) -> int:
+    """Run the per-source evaluation. ``extra_denoisers``: more denoisers by label, scored beside the weights (any
+    object with ``denoise_windows(x, steps=k).x0``, ``n_train_steps``, ``name``, ``version``, ``residual_mix`` and
+    ``unconfirmed_p_threshold``: a peer's model behind an adapter, as ``bench/peer_comparison.py`` does)."""
     import torch
 
     from models.cli_train import default_picker_cache
@@ -102,6 +106,15 @@ def run_sources(args: argparse.Namespace) -> int:
             label = f"loso-{src}"
             denoisers[label] = Denoiser.load(path, device=args.device, residual_mix=args.residual_mix)
             only[label] = [src]
+        for label, d in (extra_denoisers or {}).items():
+            if label in denoisers:
+                raise DataError(f"denoiser label {label!r} given twice")
+            denoisers[label] = d
+
+        from models.cli_evaluate import apply_pick_policy
+
+        for d in denoisers.values():
+            apply_pick_policy(d, args)
 
         def fn_of(den):
             return lambda x, k: den.denoise_windows(x, steps=k).x0

@@ -82,3 +82,20 @@ def test_evaluate_cli_with_an_explicit_split_file(tmp_path, tiny_weights, caplog
                                   str(tmp_path / "e"), "--weights", str(tiny_weights), "--no-progress"])
     assert code == 2
     assert "no recordings of the 'test' split" in caplog.text
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], 0.45),  # the weights' own, as the daemon
+    (["--unconfirmed-p-threshold", "0.6"], 0.6),  # the override, as picker.unconfirmed_p_threshold
+    (["--unconfirmed-p-threshold", "0.3"], None),  # at --p-threshold: the policy is off
+    (["--unconfirmed-p-threshold", "0.4", "--p-threshold", "0.5"], None),
+])
+def test_evaluate_cli_overrides_the_weights_pick_policy(argv, expected):
+    from types import SimpleNamespace
+
+    parser = argparse.ArgumentParser()
+    cli_evaluate.add_arguments(parser)
+    args = parser.parse_args(["--data", "D", "--out", "O", *argv])
+    den = SimpleNamespace(unconfirmed_p_threshold=0.45)
+    cli_evaluate.apply_pick_policy(den, args)
+    assert den.unconfirmed_p_threshold == expected
