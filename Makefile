@@ -32,7 +32,7 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/lint-imports
-	$(PY) -m mypy streamer
+	$(PY) -m mypy streamer bench
 	@if command -v promtool >/dev/null 2>&1; then \
 		promtool check rules deploy/prometheus/alerts.yml; \
 	else echo "promtool not installed: alert rules checked by the pytest YAML test only"; fi

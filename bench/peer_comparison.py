@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
             timing[label] = (time.perf_counter() - t0) / 4 / len(x) * 1000.0
         picker = Picker("phasenet", args.picker_weights, cache_root=args.picker_cache or default_picker_cache())
-        report = {
+        report: dict[str, Any] = {
             "peer": {"name": "wavedenoiser", "version": peer.version},
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "ms_per_window": timing,

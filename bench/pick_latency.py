@@ -199,7 +199,8 @@ def run_one(args: argparse.Namespace, stations: int) -> dict[str, Any]:
             service.request_stop()
             thread.join(120)
             client = redis_lib.Redis.from_url(redis.url)
-            entries = [(decode_pick(f), published_ns_of(f)) for _i, f in client.xrange(StreamKeys("lat").picks)]
+            raw_entries: Any = client.xrange(StreamKeys("lat").picks) or []
+            entries = [(decode_pick(f), published_ns_of(f)) for _i, f in raw_entries]
             out = summarise(entries, onsets)
             reg = metrics.registry
 
