@@ -64,6 +64,7 @@ class RedisSink:
         # bounded like the in-process worker's queue; while Redis is down the oldest are shed (counted)
         self._push_queue: queue.Queue[Window] = queue.Queue(maxsize=max(1, settings.worker.queue_max_windows))
         self._stop = threading.Event()
+        self._cancelled = threading.Event()  # abandon queued windows: no more pushes, no more retries
         self._threads: list[threading.Thread] = []
         self._rl = RateLimitedLog(log, 10.0)
 
@@ -145,7 +146,7 @@ class RedisSink:
 
     def _push_loop(self, stop: threading.Event) -> None:
         assert self.window_queue is not None  # built in start() before this thread
-        while not (stop.is_set() and self._push_queue.empty()):
+        while not (stop.is_set() and self._push_queue.empty()) and not self._cancelled.is_set():
             try:
                 w = self._push_queue.get(timeout=0.2)
             except queue.Empty:
@@ -165,10 +166,13 @@ class RedisSink:
                         self.on_progress()
                     break
                 except Exception as exc:  # Redis down: keep the window, retry with capped back-off
+                    if self._cancelled.is_set():
+                        return  # abandoned: replayed after a restart (never acknowledged)
                     self._rl.log("push", logging.WARNING, "window push failed (%s); retrying", exc)
                     if self.on_progress is not None:
                         self.on_progress()  # alive and doing the one thing it can: the watchdog is for hangs
-                    time.sleep(backoff_s)  # not stop.wait: a drain still pushes what it can
+                    # not stop.wait: a drain still pushes what it can; a cancel ends the wait
+                    self._cancelled.wait(backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
 
     def drain(self, left: Deadline) -> bool:
@@ -178,6 +182,9 @@ class RedisSink:
         return not any(t.is_alive() for t in self._threads)
 
     def cancel(self) -> None:
+        """Abandon the windows not yet pushed (a second signal): the push thread ends at once, Redis up or down;
+        they were never acknowledged, so they are replayed after a restart."""
+        self._cancelled.set()
         self._stop.set()
 
     def close(self) -> None:

@@ -113,6 +113,8 @@ def test_ingest_starts_while_redis_is_down_and_sheds_a_full_push_queue() -> None
         wait_for(lambda: beats, 10, "liveness while Redis is down")
     finally:
         sink.cancel()
+    # a cancel abandons the windows not pushed (replayed after a restart): no thread keeps retrying the push
+    wait_for(lambda: not any(t.is_alive() for t in sink._threads), 5, "the sink's threads ending after a cancel")
 
 
 def test_orphan_claim_pages_through_a_long_pending_list(redis_client: redis.Redis, redis_key_prefix: str) -> None:
