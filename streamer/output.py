@@ -256,7 +256,9 @@ class OutputStage:
                 rows = 3 if policy is None else 4
                 if st.probs is not None and (st.probs.channels != rows or st.unconfirmed != policy):
                     # results under another policy (scale-out workers with other weights): end the run
-                    log.info("%s: pick policy %s -> %s: new probability run", w.station_id, st.unconfirmed, policy)
+                    log.warning("%s: results under another pick policy (unconfirmed P threshold %s -> %s; workers "
+                                "with other weights or settings?): new probability run", w.station_id,
+                                st.unconfirmed, policy)
                     items.extend(self._picks(st.probs.flush(), "denoised", st.unconfirmed))
                     st.probs = None
                 st.unconfirmed = policy
@@ -274,6 +276,9 @@ class OutputStage:
                 items.extend(self._picks(segs, "raw"))
         if self.lifecycle is not None:
             for sid in sorted(touched):
+                # runs that ended within this batch (a hole, a change of pick policy) were judged to their end
+                for since_ns, end_ns in self.detector.take_ended_runs(sid, "denoised"):
+                    items.extend(self._lifecycle_items(self.lifecycle.judged(sid, end_ns, since_ns=since_ns)))
                 until = self.detector.judged_until_ns(sid, "denoised")
                 since = self.detector.judged_since_ns(sid, "denoised")
                 if until is not None:
@@ -460,7 +465,10 @@ class OutputStage:
             items.extend(self._picks(st.raw_probs.flush(), "raw"))
         since = self.detector.judged_since_ns(station_id, "denoised")  # before the flush ends the run
         items.extend(self._emit_picks(self.detector.flush(provenance=self._provenance, station_id=station_id)))
+        ended = self.detector.take_ended_runs(station_id, "denoised")
         if self.lifecycle is not None:
+            for since_ns, end_ns in ended:  # runs that ended before (a hole, a change of pick policy)
+                items.extend(self._lifecycle_items(self.lifecycle.judged(station_id, end_ns, since_ns=since_ns)))
             # the run ended: every sample the final path had is judged
             end = st.denoised.final_end_sample
             if end is not None:

@@ -189,6 +189,9 @@ class PickDetector:
         # the pick policy (models.peaks.cap_unconfirmed_p): raw P this close confirms a P sample
         self.confirm_samples = max(0, round(confirm_within_s * sampling_rate_hz))
         self._traces: dict[tuple[str, str], _Trace] = {}
+        # runs that ended (a hole, a change of policy, a flush), (run_start, end) samples, every sample judged; for
+        # the early-warning lifecycle (take_ended_runs), bounded per station and source
+        self._ended: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._history: dict[tuple[str, str], _History] = {}
         self.suppressed = 0  # duplicates of picks already emitted
         self.edge_suppressed = 0  # maxima only the edge of a run made (no d samples of data on one side)
@@ -230,6 +233,7 @@ class PickDetector:
         trace = self._traces.get(key)
         if trace is not None and (trace.end != segment.start_sample or trace.unconfirmed != unconfirmed):
             out.extend(self._evaluate(key, trace, trace.end, provenance, source, now_ns))
+            self._end_run(key, trace)
             trace = None
         if trace is None:
             trace = _Trace(segment.start_sample, segment.start_sample, probs, steps, segment.start_sample, unconfirmed)
@@ -273,8 +277,19 @@ class PickDetector:
             if station_id is not None and key[0] != station_id:
                 continue
             out.extend(self._evaluate(key, trace, trace.end, provenance, key[1], now_ns))
+            self._end_run(key, trace)
             del self._traces[key]
         return out
+
+    def take_ended_runs(self, station_id: str, source: str = "denoised") -> list[tuple[int, int]]:
+        """``(since_ns, until_ns)`` of the station's runs that ended since the last call (a hole in the trace, a
+        change of pick policy, a flush), oldest first: every sample from ``since_ns`` to ``until_ns`` was judged.
+        At most the last 16 are kept."""
+        runs = self._ended.pop((station_id, source), ())
+        return [(sample_time_ns(a, self.sampling_rate_hz), sample_time_ns(b, self.sampling_rate_hz)) for a, b in runs]
+
+    def _end_run(self, key: tuple[str, str], trace: _Trace) -> None:
+        self._ended.setdefault(key, deque(maxlen=16)).append((trace.run_start, trace.end))
 
     def _evaluate(
         self,
@@ -294,8 +309,10 @@ class PickDetector:
         for phase_idx, phase in enumerate(PHASES):
             p = trace.probs[phase_idx]
             if phase == "P" and trace.unconfirmed is not None:
-                p = cap_unconfirmed_p(p, trace.probs[len(PHASES)], self.thresholds["P"], trace.unconfirmed,
-                                      self.confirm_samples)
+                # the curves are float32 PhaseNet output held as float64: compare with the threshold as float32
+                # holds it, as coldstream evaluate does on the float32 curves (0.45 is 0.44999998 there)
+                p = cap_unconfirmed_p(p, trace.probs[len(PHASES)], self.thresholds["P"],
+                                      float(np.float32(trace.unconfirmed)), self.confirm_samples)
             for i in local_peaks(p, self.thresholds[phase], self.distance_samples, lo, hi):
                 found.append((trace.start + i, phase, float(p[i]), int(trace.steps[i])))
             self.edge_suppressed += len(edge_candidates(p, self.thresholds[phase], self.distance_samples, lo, hi))

@@ -120,6 +120,8 @@ def decode_result(fields: dict[Any, Any]) -> BatchResult:
         unconfirmed = None if raw is None else float(field_text(raw))
         if (confirm is None) != (unconfirmed is None):
             raise EntryDecodeError("confirm_p and unconfirmed_p_threshold come together")
+        if unconfirmed is not None and not 0.0 < unconfirmed <= 1.0:
+            raise EntryDecodeError(f"unconfirmed_p_threshold {unconfirmed} is not in (0, 1]")
         steps = int(field_text(field_value(fields, "steps")))
         chosen = int(field_text(field_value(fields, "steps_chosen")))
         text = {}

@@ -139,3 +139,22 @@ def test_masked_raw_p_confirms_nothing(gap):
     det = PickDetector(RATE, 0.3, 0.3, min_distance_s=1.0)
     picks = det.process(seg, unconfirmed_p_threshold=0.45, provenance=PROV, now_ns=1) + det.flush(provenance=PROV)
     assert 1000 not in _p_samples(picks)
+
+
+@pytest.mark.parametrize(("offset", "kept"), [(50, True), (-50, True), (51, False), (-51, False)])
+def test_the_confirmation_reaches_exactly_half_a_second(offset, kept):
+    p = np.zeros(N, np.float32)
+    p[1000] = 0.4
+    raw = np.zeros(N, np.float32)
+    raw[1000 + offset] = 0.3
+    x = np.stack([p, np.zeros(N, np.float32), 1 - p, raw])
+    assert (1000 in _p_samples(_detect(x, [], 0.45))) is kept
+
+
+def test_a_float32_probability_at_the_unconfirmed_threshold_stands_live_as_in_evaluate():
+    p = np.zeros(N, np.float32)
+    p[1000] = np.float32(0.45)  # PhaseNet's float32 output: 0.44999998
+    x = np.stack([p, np.zeros(N, np.float32), 1 - p, np.zeros(N, np.float32)])
+    evaluated = confirm_p(x[None, :3], np.zeros((1, 3, N), np.float32), 0.3, 0.45, 50)
+    assert [i for _, ph, i, _ in find_picks(evaluated, 0.3, 0.3) if ph == "P"] == [1000]
+    assert _p_samples(_detect(x, [], 0.45)) == [1000]

@@ -39,3 +39,7 @@ def test_the_pick_policy_travels_with_a_result():
     del half["unconfirmed_p_threshold"]  # a row without its threshold is refused, never guessed
     with pytest.raises(EntryDecodeError):
         decode_result(half)
+    bad = encode_result(res, 1)
+    bad["unconfirmed_p_threshold"] = "1.5"  # not a probability
+    with pytest.raises(EntryDecodeError, match="not in"):
+        decode_result(bad)
