@@ -68,31 +68,29 @@ def test_policy_picks_do_not_depend_on_chunking(cuts):
     assert [(p.pick_id, p.probability) for p in _detect(_probs(), [*cuts, 1020, 2060], 0.45)] == whole
 
 
-@pytest.mark.parametrize("cut", [1110, 1118, 1124])
-def test_a_neighbour_confirmed_beyond_the_segment_end_is_not_judged_early(cut):
-    # P 0.35 at 1000, confirmed by raw 0.35 on it; a higher P 0.4 at 1080, confirmed only by raw 0.35 at 1125.
-    # With the whole trace 1080 is the pick. Judged before 1125 arrived, 1080 would look unconfirmed, be capped,
-    # and 1000 would become a pick: the detector waits for the reach of the neighbours' confirmation too.
+def _two_candidates(weak: int, strong: int, strong_raw: int) -> np.ndarray:
+    """P 0.35 at ``weak``, confirmed by raw 0.35 on it; a higher P 0.4 at ``strong``, confirmed only by raw 0.35
+    at ``strong_raw`` (plateaus of 7 samples; the pick is a plateau's first sample)."""
     i = np.arange(N)
-    p = np.where(np.abs(i - 1000) <= 3, 0.35, 0.0) + np.where(np.abs(i - 1080) <= 3, 0.4, 0.0)
-    raw = np.where(np.abs(i - 1000) <= 1, 0.35, 0.0) + np.where(np.abs(i - 1125) <= 1, 0.35, 0.0)
-    x = np.stack([p, np.zeros(N), 1 - p, raw]).astype(np.float32)
-    assert _p_samples(_detect(x, [], 0.45)) == [1077]  # the plateau's first sample
-    assert _p_samples(_detect(x, [cut], 0.45)) == [1077]
+    p = np.where(np.abs(i - weak) <= 3, 0.35, 0.0) + np.where(np.abs(i - strong) <= 3, 0.4, 0.0)
+    raw = np.where(np.abs(i - weak) <= 1, 0.35, 0.0) + np.where(np.abs(i - strong_raw) <= 1, 0.35, 0.0)
+    return np.stack([p, np.zeros(N), 1 - p, raw]).astype(np.float32)
 
 
-@pytest.mark.parametrize("cut", [1130, 1140, 1149])
-def test_a_neighbour_confirmed_before_the_kept_context_is_still_confirmed(cut):
-    # the mirror: P 0.4 at 920, confirmed only by raw 0.35 at 875; P 0.35 at 1000, confirmed on it. The segment
-    # ending at the cut leaves 1000 for the next one, with 920 as its left context: that context keeps the raw P
-    # that confirms 920 too, so 920 stays the only maximum (a false one at 1000 would be hidden as a duplicate)
-    i = np.arange(N)
-    p = np.where(np.abs(i - 920) <= 3, 0.4, 0.0) + np.where(np.abs(i - 1000) <= 3, 0.35, 0.0)
-    raw = np.where(np.abs(i - 875) <= 1, 0.35, 0.0) + np.where(np.abs(i - 1000) <= 1, 0.35, 0.0)
-    x = np.stack([p, np.zeros(N), 1 - p, raw]).astype(np.float32)
-    assert _p_samples(_detect(x, [], 0.45)) == [917]
+@pytest.mark.parametrize(("strong", "strong_raw", "cut"), [
+    # the strong one after the weak one, its raw P beyond the segment's end: judged before 1125 arrived, 1080
+    # would look unconfirmed, be capped, and 1000 would become a pick; the detector waits for the reach of the
+    # neighbours' confirmation too
+    (1080, 1125, 1110), (1080, 1125, 1118), (1080, 1125, 1124),
+    # the mirror: the strong one before, its raw P before the left context the next segment keeps; that context
+    # keeps it (a false pick at 1000 would be hidden as a duplicate: no suppression either)
+    (920, 875, 1130), (920, 875, 1140), (920, 875, 1149),
+])
+def test_a_neighbours_confirmation_is_complete_when_a_candidate_is_judged(strong, strong_raw, cut):
+    x = _two_candidates(1000, strong, strong_raw)
+    assert _p_samples(_detect(x, [], 0.45)) == [strong - 3]
     det = PickDetector(RATE, 0.3, 0.3, min_distance_s=1.0)
-    assert _p_samples(_detect(x, [cut], 0.45, det)) == [917]
+    assert _p_samples(_detect(x, [cut], 0.45, det)) == [strong - 3]
     assert det.suppressed == 0
 
 
