@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--architecture", choices=["unet", "mask"], default="unet",
                         help="unet: waveform U-Net (v1); mask: bounded STFT gain on the observation (v2)")
+    parser.add_argument("--mask-n-fft", type=int, default=64,
+                        help="mask model: STFT size in samples (64: 1.6 Hz bins at 100 Hz, as v2; 128: 0.8 Hz)")
+    parser.add_argument("--mask-hop", type=int, default=16, help="mask model: STFT hop in samples (default 16)")
     parser.add_argument("--chain-steps", type=int, nargs="+", default=[],
                         help="train the sampler's chains as used: step counts K drawn per batch (e.g. 1 2 4)")
     parser.add_argument("--chain-probabilities", type=float, nargs="+", default=[],
@@ -119,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             init_weights=args.init_weights,
             pairs=pairs,
             architecture=args.architecture,
+            mask_n_fft=args.mask_n_fft,
+            mask_hop=args.mask_hop,
             sources=tuple(args.sources) if args.sources else None,
             chain_steps=tuple(args.chain_steps),
             chain_probabilities=tuple(args.chain_probabilities),

@@ -88,6 +88,11 @@ class TrainConfig:
     chain_intermediate_weight: float = 0.5
     asym_weight: float = 0.0
     mask_widths: tuple[int, ...] = (48, 96, 160)
+    mask_n_fft: int = 64
+    """Mask model: STFT size (samples). 64 at 100 Hz gives 1.6 Hz bins (v2); 128 gives 0.8 Hz bins, fine enough to
+    separate microseism (below about 0.5 Hz) from an event's 1-2 Hz energy, at twice the window's time support."""
+    mask_hop: int = 16
+    """Mask model: STFT hop (samples); the U-Net runs over these frames."""
     snapshot_minutes: tuple[float, ...] = ()
     picker_mix: float = 0.0
     """The PhaseNet term scores ``pred + picker_mix * (y - pred)``, the output as the shipped residual mix makes it,
@@ -108,6 +113,9 @@ class TrainConfig:
                             f"value {list(self.chain_steps)}")
         if not self.train_guard_db and (self.train_guard_max_hz is not None or self.train_guard_smooth_s is not None):
             raise DataError("train_guard_max_hz and train_guard_smooth_s need train_guard_db")
+        if self.mask_hop <= 0 or self.mask_n_fft < 2 * self.mask_hop or self.mask_n_fft % self.mask_hop:
+            raise DataError(f"mask_n_fft {self.mask_n_fft} must be a multiple of mask_hop {self.mask_hop}, "
+                            "at least twice it (the inverse STFT needs overlapping frames)")
 
 
 def _device(name: str) -> torch.device:
@@ -178,7 +186,7 @@ class _Trainer:
     def _build(self) -> torch.nn.Module:
         cfg = self.cfg
         if cfg.architecture == "mask":
-            return STFTMaskNet(widths=tuple(cfg.mask_widths))
+            return STFTMaskNet(n_fft=cfg.mask_n_fft, hop_length=cfg.mask_hop, widths=tuple(cfg.mask_widths))
         if cfg.architecture == "unet":
             return UNet1D(base_channels=cfg.base_channels, channel_mults=tuple(cfg.channel_mults))
         raise DataError(f"unknown architecture {cfg.architecture!r} (unet or mask)")

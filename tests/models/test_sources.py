@@ -194,6 +194,35 @@ def test_chain_training_step_runs_and_exports_a_mask_model(tmp_path, rng):
     assert meta["training"]["config"]["chain_steps"] == [2]
 
 
+def test_mask_stft_size_is_a_training_option_that_travels_with_the_weights(tmp_path, rng):
+    """``mask_n_fft`` / ``mask_hop`` build the mask model with that STFT; the export reloads with it, the guard's
+    bins follow it (0.78 Hz bins: bins 0-6 lie at or below 5 Hz), and a size the inverse STFT cannot invert is
+    refused."""
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.errors import DataError
+    from models.train import TrainConfig, train
+
+    for i in range(6):
+        data = 0.01 * rng.standard_normal((9001, 3))
+        data[3000:3600] += np.sin(np.arange(600) / 3.0)[:, None] * 3
+        np.savez(tmp_path / f"XX_S{i}_2020.npz", data=data, itp=3000, its=3300, channels="HHE_HHN_HHZ")
+    cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), max_steps=1, batch_size=2, picker_weight=0,
+                      architecture="mask", mask_widths=(8, 16, 16), mask_n_fft=128, mask_hop=16, n_train_steps=4,
+                      progress=False)
+    model, meta = load_checkpoint(train(cfg))
+    assert meta["model_args"]["n_fft"] == 128 and model.n_fft == 128 and model.n_bins == 65
+    model.set_guard((8.0, 14.0), max_hz=5.0, smooth_s=1.0)
+    assert model.guard_max_bin == 7 and model.guard_smooth_frames == 7
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 3000), torch.ones(1))
+    assert out.shape == (1, 3, 3000) and torch.isfinite(out).all()
+    for n_fft, hop in ((100, 16), (16, 16), (64, 0)):
+        with pytest.raises(DataError, match="mask_n_fft"):
+            TrainConfig(data=".", out=".", mask_n_fft=n_fft, mask_hop=hop)
+
+
 def test_picker_mix_scores_the_output_as_the_residual_mix_makes_it(tmp_path):
     """With ``picker_mix`` r the PhaseNet term sees pred + r (y - pred), against the clean target."""
     import torch
