@@ -15,7 +15,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # the first te
 STATIONS = ("XX_AAA", "XX_BBB")
 
 
-async def collect_all(port: int, stations: tuple[str, ...], want: int, timeout_s: float = 20.0) -> list[tuple[str, int, bytes]]:
+async def collect_all(port: int, stations: tuple[str, ...], want: int, timeout_s: float = 20.0,
+                      may_miss: int = 0, settle_s: float = 3.0) -> list[tuple[str, int, bytes]]:
+    """Every packet of ``stations`` from 2020 on, until ``want`` arrived; with ``may_miss`` > 0, also stop
+    when ``want - may_miss`` arrived and nothing more comes for ``settle_s``."""
     from seedlink_client import AsyncSeedLink, Protocol
 
     client = AsyncSeedLink("127.0.0.1", port, timeout=5, protocol=Protocol.V3)
@@ -24,15 +27,28 @@ async def collect_all(port: int, stations: tuple[str, ...], want: int, timeout_s
     await client.connect()
     await client.negotiate()
     got: list[tuple[str, int, bytes]] = []
+    packets = client.collect(reconnect=False).__aiter__()
     try:
         async with asyncio.timeout(timeout_s):
-            async for pkt in client.collect(reconnect=False):
+            while len(got) < want:
+                if len(got) >= want - may_miss:
+                    try:
+                        pkt = await asyncio.wait_for(packets.__anext__(), settle_s)
+                    except TimeoutError:
+                        break
+                else:
+                    pkt = await packets.__anext__()
                 got.append((pkt.station_id, int(pkt.seqnum), bytes(pkt.payload)))
-                if len(got) >= want:
-                    break
     finally:
         await client.close()
     return got
+
+
+def first_record_per_stream(fed: list[tuple[int, str, bytes]]) -> set[bytes]:
+    first: dict[str, bytes] = {}
+    for _, name, rec in fed:
+        first.setdefault(name, rec)
+    return set(first.values())
 
 
 def test_ringserver_serves_what_was_fed(ringserver: RingServer, tmp_path: Path) -> None:
@@ -40,8 +56,13 @@ def test_ringserver_serves_what_was_fed(ringserver: RingServer, tmp_path: Path) 
     write_archive(archive, stations=STATIONS, duration_s=60.0, seed=5)
     fed = mseed_records(sorted(archive.glob("*.mseed")))
     assert ScanFeeder(fed, ringserver.scan_dir, speed=0).start().wait(30)  # everything at once
-    got = asyncio.run(collect_all(ringserver.port, STATIONS, len(fed)))
-    assert sorted(p for _, _, p in got) == sorted(r for _, _, r in fed)  # byte for byte, each once
+    got = asyncio.run(collect_all(ringserver.port, STATIONS, len(fed), may_miss=1))
+    # Positioned by time on a ring that already holds the data, ringserver skips the ring's earliest
+    # packet (see the resume test below); whether the ring holds it when the client connects is a race
+    # (the scan may still be running), so that one packet, the first of one stream's feed, may be missing.
+    missing = {r for _, _, r in fed} - {p for _, _, p in got}
+    assert len(missing) <= 1 and missing <= first_record_per_stream(fed), f"{len(missing)} records not served"
+    assert sorted(p for _, _, p in got) == sorted(r for _, _, r in fed if r not in missing)  # byte for byte, each once
     per_station: dict[str, list[int]] = {}
     for key, seq, _ in got:
         per_station.setdefault(key, []).append(seq)
@@ -238,7 +259,7 @@ def test_ringserver_moves_the_whole_connection_to_a_checked_packet(ringserver: R
     write_archive(archive, stations=STATIONS, duration_s=60.0, seed=9)
     fed = mseed_records(sorted(archive.glob("*.mseed")))
     assert ScanFeeder(fed, ringserver.scan_dir, speed=0).start().wait(30)
-    everything = asyncio.run(collect_all(ringserver.port, STATIONS, len(fed)))
+    everything = asyncio.run(collect_all(ringserver.port, STATIONS, len(fed), may_miss=1))
     bbb = [(seq, payload) for key, seq, payload in everything if key == "XX_BBB"]
     seq, payload = bbb[len(bbb) // 2]  # a packet in the middle of XX_BBB's run, after all of XX_AAA's
     assert max(s for k, s, _ in everything if k == "XX_AAA") < seq
@@ -265,4 +286,5 @@ def test_ringserver_moves_the_whole_connection_to_a_checked_packet(ringserver: R
     # By time, XX_AAA gets its packets, all but the very first of the ring: when the first packet
     # after the time is the ring's earliest, ringserver positions its reader *on* it and reads the
     # next (RingAfter in src/ring.c positions one before the match only when it skipped packets).
-    assert asyncio.run(resume(bbb_by_sequence=False)).count("XX_AAA") == sum(1 for k, *_ in everything if k == "XX_AAA") - 1
+    aaa_fed = sum(1 for _, name, _ in fed if ".AAA." in name)
+    assert asyncio.run(resume(bbb_by_sequence=False)).count("XX_AAA") == aaa_fed - 1
