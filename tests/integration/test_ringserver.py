@@ -193,18 +193,26 @@ def test_restart_resumes_from_the_saved_state_against_ringserver(ringserver: Rin
     from_the_start(settings.state_file, ringserver.port)
     first = Run(settings, Metrics(), ack_limit=len(fed) // 2)  # the rest is delivered, never published
     try:
-        first.wait(lambda: len(first.got) >= len(fed), 30, "the records")
+        # len(fed) - 1: ringserver may skip the ring's earliest packet (see serves_what_was_fed)
+        first.wait(lambda: len(first.got) >= len(fed) - 1, 30, "the records")
         time.sleep(0.2)  # a last periodic save
     finally:
         first.stop()  # like a kill: no final save
     saved = StateStore(settings.state_file).load()[ringserver.address]
     second = Run(settings, Metrics())
-    want = {r for _, _, r in fed}
+    want, firsts = {r for _, _, r in fed}, first_record_per_stream(fed)
+
+    def missing() -> set[bytes]:
+        return want - set(first.published) - set(second.published)
+
     try:
-        second.wait(lambda: set(first.published) | set(second.published) >= want, 30, "the rest of the records")
+        # all, but for the one packet ringserver may skip when the ring was filled before the first request
+        second.wait(lambda: len(missing()) <= 1 and missing() <= firsts, 30, "the rest of the records")
+        if missing():
+            time.sleep(2.0)  # a late first record still counts
     finally:
         second.stop()
-    assert set(first.published) | set(second.published) == want  # nothing lost
+    assert len(missing()) <= 1 and missing() <= firsts  # nothing lost but that packet
     starts: dict[str, int] = {}
     for ref, *_ in second.got:
         starts.setdefault(ref.station_key, ref.sequence)
