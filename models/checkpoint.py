@@ -156,7 +156,7 @@ def load_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[torch.
     if meta.get("guard_db") and hasattr(model, "set_guard"):
         # Inference settings of the mask model (no weights).
         model.set_guard(meta["guard_db"], meta.get("guard_max_hz"), meta.get("guard_smooth_s"),  # type: ignore[operator]
-                        float(meta.get("spec", {}).get("sampling_rate_hz", 100.0)))
+                        float(meta.get("spec", {}).get("sampling_rate_hz", 100.0)), meta.get("guard_min_hz"))
     return model.eval(), meta
 
 

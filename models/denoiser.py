@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.signal import butter, sosfiltfilt
 
 from models.checkpoint import load_checkpoint
 from models.degradation import SCALE_FLOOR, denormalize_window, make_schedule, normalize_window
@@ -41,6 +42,30 @@ class DenoiseResult:
     x0: np.ndarray
     steps_done: int
     elapsed_ms: float
+
+
+def _mix_band(band: Any, sampling_rate_hz: float) -> tuple[tuple[float, float] | None, np.ndarray | None]:
+    """Validate a sidecar's ``residual_mix_band_hz`` and design its zero-phase filter (second-order sections).
+
+    ``None`` -> no band (the mix acts on every frequency). Raises :class:`InvalidParameterError`."""
+    if band is None:
+        return None, None
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"residual_mix_band_hz must be [lo_hz, hi_hz], got {band!r}") from exc
+    nyquist = sampling_rate_hz / 2
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi <= lo:
+        raise InvalidParameterError(f"residual_mix_band_hz must satisfy 0 <= lo < hi, got {band!r}")
+    if lo == 0 and hi >= nyquist:
+        return (lo, hi), None  # every frequency: the plain mix
+    if lo == 0:
+        sos = butter(4, hi, btype="lowpass", fs=sampling_rate_hz, output="sos")
+    elif hi >= nyquist:
+        sos = butter(4, lo, btype="highpass", fs=sampling_rate_hz, output="sos")
+    else:
+        sos = butter(4, [lo, hi], btype="bandpass", fs=sampling_rate_hz, output="sos")
+    return (lo, hi), np.asarray(sos)
 
 
 def _resolve_device(device: str) -> str:
@@ -70,6 +95,9 @@ class Denoiser:
     digits of the weights' sha256), ``n_train_steps`` (T), ``default_steps`` (network calls used when ``steps`` is
     None; from the sidecar's ``recommended_steps``, else 1), ``residual_mix`` (share r of the removed part kept in
     the output, ``out = x0_hat + r * (y - x0_hat)``; from the sidecar's ``residual_mix`` unless given, else 0),
+    ``residual_mix_band_hz`` (``(lo, hi)`` or None: where set, only the removed part inside that band is kept at
+    r, through a zero-phase 4-pole Butterworth band-pass of ``y - x0_hat``, and outside it the estimate stands;
+    ``lo = 0`` is a low-pass, ``hi`` at or above Nyquist a high-pass; from the sidecar, else None),
     ``unconfirmed_p_threshold`` (the PhaseNet P probability a pick on this denoiser's output needs where PhaseNet
     on the raw input does not confirm it, :func:`models.peaks.confirm_p`; from the sidecar, None when the weights
     name none), ``meta`` (the sidecar).
@@ -109,6 +137,8 @@ class Denoiser:
         self.residual_mix = float(mix)
         if not 0.0 <= self.residual_mix < 1.0:
             raise InvalidParameterError(f"residual_mix must be in [0, 1), got {self.residual_mix}")
+        self.residual_mix_band_hz, self._mix_sos = _mix_band(self.meta.get("residual_mix_band_hz"),
+                                                             float(spec.sampling_rate_hz))
         self._step_cost_ms: dict[int, float] = {}
         factor = int(getattr(model, "downsampling_factor", 1))
         if spec.window_samples % factor:
@@ -211,7 +241,12 @@ class Denoiser:
                 if self.residual_mix:
                     # Keep a fraction of what the model removed: a noise floor under the estimate, so that a
                     # faint residual wavelet on a noise-only window is not the only thing a picker sees.
-                    est = est + np.float32(self.residual_mix) * (arr - est)
+                    removed = arr - est
+                    if self._mix_sos is not None:
+                        # Only inside the band where arrivals are picked; outside it (the microseism, the
+                        # highest frequencies) the estimate stands. A gain in [0, 1] per frequency still.
+                        removed = sosfiltfilt(self._mix_sos, removed, axis=-1).astype(np.float32)
+                    est = est + np.float32(self.residual_mix) * removed
                 return np.where(flat, arr, est) if flat.any() else est
 
             cb = None

@@ -26,6 +26,8 @@ Input and output are ``(batch, 3, window_samples)`` in normalized units.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -103,17 +105,22 @@ class STFTMaskNet(nn.Module):
         self._frame_multiple = 2 ** (len(widths) - 1)
         self.guard_db = tuple(guard_db) if guard_db else None
         self.guard_max_bin: int | None = None  # bins at or above it are left to the network (None: all guarded)
+        self.guard_min_bin = 0  # bins below it are left to the network
         self.guard_smooth_frames = 1  # frames of the guard's moving power average (1: none)
 
     def set_guard(self, guard_db, max_hz: float | None = None, smooth_s: float | None = None,
-                  sampling_rate_hz: float = 100.0) -> None:
+                  sampling_rate_hz: float = 100.0, min_hz: float | None = None) -> None:
         """Configure the guard in physical units: ``guard_db`` (lo, hi) or None (off); ``max_hz``: guard only the
         bins whose centre frequency is at most this; ``smooth_s``: average the power over about this long (an odd
-        number of frames) before comparing it with the floor."""
+        number of frames) before comparing it with the floor; ``min_hz``: guard only the bins whose centre
+        frequency is at least this (the lowest bins, where the microseism lies, are then left to the network)."""
         self.guard_db = tuple(guard_db) if guard_db else None  # type: ignore[assignment]
         self.guard_max_bin = None
         if max_hz is not None:
             self.guard_max_bin = int(max_hz * self.n_fft / sampling_rate_hz) + 1
+        self.guard_min_bin = 0
+        if min_hz:
+            self.guard_min_bin = math.ceil(min_hz * self.n_fft / sampling_rate_hz - 1e-9)
         self.guard_smooth_frames = 1
         if smooth_s:
             half = int(round(smooth_s * sampling_rate_hz / self.hop / 2))
@@ -145,6 +152,8 @@ class STFTMaskNet(nn.Module):
         g = ((snr_db - lo) / (hi - lo)).clamp(0, 1)  # a new tensor: zeroing bins in place below is safe
         if self.guard_max_bin is not None:
             g[:, self.guard_max_bin :, :] = 0
+        if self.guard_min_bin:
+            g[:, : self.guard_min_bin, :] = 0
         return g
 
     def _stft(self, x: torch.Tensor) -> torch.Tensor:

@@ -95,3 +95,45 @@ def test_residual_mix_keeps_a_share_of_the_removed_part(rng):
     assert overridden.residual_mix == 0.0
     with pytest.raises(InvalidParameterError, match="residual_mix"):
         Denoiser(IdentityModel(), n_train_steps=8, device="cpu", residual_mix=1.0)
+
+
+def _band_energy(x: np.ndarray, lo_hz: float, hi_hz: float) -> float:
+    spec = np.abs(np.fft.rfft(x[..., 500:-500], axis=-1)) ** 2
+    f = np.fft.rfftfreq(x.shape[-1] - 1000, 1 / DEFAULT_SPEC.sampling_rate_hz)
+    return float(spec[..., (f >= lo_hz) & (f < hi_hz)].sum())
+
+
+def test_residual_mix_band_keeps_the_removed_part_only_inside_the_band(rng):
+    """A model that removes everything (gain 0): with the mix limited to 1-20 Hz the output holds r of the
+    input inside that band and nothing of the microseism or of the highest frequencies."""
+    from models.errors import InvalidParameterError
+
+    t = np.arange(N) / DEFAULT_SPEC.sampling_rate_hz
+    x = np.zeros((1, 3, N), np.float32)
+    x[:, :] = 1000 * np.sin(2 * np.pi * 0.2 * t) + 100 * np.sin(2 * np.pi * 5 * t) + 50 * np.sin(2 * np.pi * 35 * t)
+    x += rng.standard_normal(x.shape).astype(np.float32)
+    meta = {"residual_mix": 0.4, "residual_mix_band_hz": [1.0, 20.0]}
+    den = Denoiser(IdentityModel(gain=0.0), n_train_steps=8, device="cpu", meta=meta)
+    assert den.residual_mix_band_hz == (1.0, 20.0)
+    out = den.denoise_windows(x, steps=1).x0
+    ratio = {name: _band_energy(out, lo, hi) / _band_energy(x, lo, hi)
+             for name, (lo, hi) in {"micro": (0.1, 0.3), "band": (4.5, 5.5), "high": (34, 36)}.items()}
+    assert ratio["band"] == pytest.approx(0.16, rel=0.05)  # r^2 of the energy
+    assert ratio["micro"] < 1e-3 and ratio["high"] < 1e-3
+    plain = Denoiser(IdentityModel(gain=0.0), n_train_steps=8, device="cpu", meta={"residual_mix": 0.4})
+    np.testing.assert_allclose(plain.denoise_windows(x, steps=1).x0, 0.4 * x, rtol=1e-5, atol=1e-2)
+    # lo = 0: a low-pass; hi at Nyquist: a high-pass; the whole band: the plain mix
+    low = Denoiser(IdentityModel(gain=0.0), n_train_steps=8, device="cpu",
+                   meta={"residual_mix": 0.4, "residual_mix_band_hz": [0, 20]}).denoise_windows(x, steps=1).x0
+    assert _band_energy(low, 0.1, 0.3) / _band_energy(x, 0.1, 0.3) == pytest.approx(0.16, rel=0.05)
+    assert _band_energy(low, 34, 36) / _band_energy(x, 34, 36) < 1e-3
+    high = Denoiser(IdentityModel(gain=0.0), n_train_steps=8, device="cpu",
+                    meta={"residual_mix": 0.4, "residual_mix_band_hz": [1, 50]}).denoise_windows(x, steps=1).x0
+    assert _band_energy(high, 0.1, 0.3) / _band_energy(x, 0.1, 0.3) < 1e-3
+    assert _band_energy(high, 34, 36) / _band_energy(x, 34, 36) == pytest.approx(0.16, rel=0.05)
+    whole = Denoiser(IdentityModel(gain=0.0), n_train_steps=8, device="cpu",
+                     meta={"residual_mix": 0.4, "residual_mix_band_hz": [0, 50]})
+    np.testing.assert_allclose(whole.denoise_windows(x, steps=1).x0, 0.4 * x, rtol=1e-5, atol=1e-2)
+    for bad in ([20, 1], [-1, 5], "1-20", [1], [1, float("nan")]):
+        with pytest.raises(InvalidParameterError, match="residual_mix_band_hz"):
+            Denoiser(IdentityModel(), n_train_steps=8, device="cpu", meta={"residual_mix_band_hz": bad})

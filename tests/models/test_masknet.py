@@ -153,15 +153,38 @@ def test_guard_max_hz_leaves_higher_bins_to_the_network():
     assert _kept(m, high, slice(1500, 2100)) > 0.8
 
 
+def test_guard_min_hz_leaves_the_lowest_bins_to_the_network():
+    """A lasting 0.2 Hz swell (microseism, far above the window's own floor in the lowest bin) is mostly kept by
+    a guard on every bin and left to the network (here: erased) with ``min_hz`` above the bins it reaches; what
+    leaks into the 1.6 Hz bin of a 64-sample STFT is still guarded there. A 2 Hz arrival is kept."""
+    t = np.arange(3000) / 100.0
+    swell, arrival = _noise(), _noise()
+    swell[0, :, 1000:2600] += 12 * np.sin(2 * np.pi * 0.2 * t[:1600]) * np.hanning(1600)
+    arrival[0, :, 1500:2100] += 12 * np.sin(2 * np.pi * 2 * t[:600]) * np.exp(-t[:600] / 3.0)
+    m = _eraser()
+    m.set_guard((12.0, 20.0), max_hz=5.0)
+    assert _kept(m, swell, slice(1000, 2600)) > 0.5
+    m.set_guard((12.0, 20.0), max_hz=5.0, min_hz=1.0)
+    assert m.guard_min_bin == 1  # bin 0 (0-0.8 Hz) is the network's
+    assert _kept(m, swell, slice(1000, 2600)) < 0.4
+    assert _kept(m, arrival, slice(1500, 2100)) > 0.8
+    m.set_guard((12.0, 20.0), max_hz=5.0, min_hz=2.0)
+    assert m.guard_min_bin == 2
+    assert _kept(m, swell, slice(1000, 2600)) < 0.05
+
+
 def test_guard_restrictions_come_from_the_sidecar(tmp_path):
     from models.checkpoint import release_checkpoint
 
     save_checkpoint(tmp_path / "m.pt", _tiny(), schedule_kind="linear", n_train_steps=8,
                     spec={"sampling_rate_hz": 50.0})
-    release_checkpoint(tmp_path / "m.pt", tmp_path / "g.pt", guard_db=[8, 14], guard_max_hz=5.0, guard_smooth_s=1.0)
+    release_checkpoint(tmp_path / "m.pt", tmp_path / "g.pt", guard_db=[8, 14], guard_max_hz=5.0, guard_smooth_s=1.0,
+                       guard_min_hz=1.0)
     m = load_checkpoint(tmp_path / "g.pt")[0]
     assert m.guard_db == (8, 14)
+    assert m.guard_min_bin == 2  # bin centres at 50 Hz: 0, 0.78, 1.56 Hz
     assert m.guard_max_bin == int(5.0 * 64 / 50.0) + 1  # converted at the weights' own sampling rate
     assert m.guard_smooth_frames == 2 * round(1.0 * 50.0 / 16 / 2) + 1
     plain = load_checkpoint(tmp_path / "m.pt")[0]
     assert plain.guard_db is None and plain.guard_max_bin is None and plain.guard_smooth_frames == 1
+    assert plain.guard_min_bin == 0
