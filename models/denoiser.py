@@ -97,7 +97,8 @@ class Denoiser:
     the output, ``out = x0_hat + r * (y - x0_hat)``; from the sidecar's ``residual_mix`` unless given, else 0),
     ``residual_mix_band_hz`` (``(lo, hi)`` or None: where set, only the removed part inside that band is kept at
     r, through a zero-phase 4-pole Butterworth band-pass of ``y - x0_hat``, and outside it the estimate stands;
-    ``lo = 0`` is a low-pass, ``hi`` at or above Nyquist a high-pass; from the sidecar, else None),
+    ``lo = 0`` is a low-pass, ``hi`` at or above Nyquist a high-pass, ``(0, Nyquist)`` every frequency; from the
+    sidecar unless given, else None),
     ``unconfirmed_p_threshold`` (the PhaseNet P probability a pick on this denoiser's output needs where PhaseNet
     on the raw input does not confirm it, :func:`models.peaks.confirm_p`; from the sidecar, None when the weights
     name none), ``meta`` (the sidecar).
@@ -116,6 +117,7 @@ class Denoiser:
         version: str = "unversioned",
         meta: dict[str, Any] | None = None,
         residual_mix: float | None = None,
+        residual_mix_band_hz: tuple[float, float] | None = None,
     ) -> None:
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -137,8 +139,8 @@ class Denoiser:
         self.residual_mix = float(mix)
         if not 0.0 <= self.residual_mix < 1.0:
             raise InvalidParameterError(f"residual_mix must be in [0, 1), got {self.residual_mix}")
-        self.residual_mix_band_hz, self._mix_sos = _mix_band(self.meta.get("residual_mix_band_hz"),
-                                                             float(spec.sampling_rate_hz))
+        band = self.meta.get("residual_mix_band_hz") if residual_mix_band_hz is None else residual_mix_band_hz
+        self.residual_mix_band_hz, self._mix_sos = _mix_band(band, float(spec.sampling_rate_hz))
         self._step_cost_ms: dict[int, float] = {}
         factor = int(getattr(model, "downsampling_factor", 1))
         if spec.window_samples % factor:
@@ -153,6 +155,7 @@ class Denoiser:
         mixed_precision: bool = True,
         sha256: str | None = None,
         residual_mix: float | None = None,
+        residual_mix_band_hz: tuple[float, float] | None = None,
     ) -> Denoiser:
         """Load weights (``None``: the shipped ones) and verify their checksum.
 
@@ -164,7 +167,7 @@ class Denoiser:
             if not res.is_file():
                 raise WeightsNotFoundError(f"shipped weights {SHIPPED_WEIGHTS} are missing from models/weights/")
             with importlib.resources.as_file(res) as p:
-                return cls.load(p, device, mixed_precision, sha256, residual_mix)
+                return cls.load(p, device, mixed_precision, sha256, residual_mix, residual_mix_band_hz)
         path = Path(path)
         model, meta = load_checkpoint(path, sha256)
         spec_d = meta.get("spec") or {}
@@ -184,6 +187,7 @@ class Denoiser:
             version=str(meta["sha256"])[:12],
             meta=meta,
             residual_mix=residual_mix,
+            residual_mix_band_hz=residual_mix_band_hz,
         )
         log.info("denoiser %s (%s) loaded on %s, T=%d", den.name, den.version, den.device, den.n_train_steps)
         return den

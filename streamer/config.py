@@ -170,6 +170,17 @@ class ModelSettings(_Section):
     residual_mix: float | None = Field(
         None, ge=0, lt=1, description="share of the removed part kept in the output; None = the weights' own"
     )
+    residual_mix_band_hz: tuple[float, float] | None = Field(
+        None, description="[lo, hi] Hz: the band in which the removed part is kept; [0, 50] = every frequency; "
+        "None = the weights' own",
+    )
+
+    @field_validator("residual_mix_band_hz")
+    @classmethod
+    def _band_is_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"residual_mix_band_hz must be [lo, hi] Hz with 0 <= lo < hi, got {list(v)}")
+        return v
 
 
 class PickerSettings(_Section):

@@ -33,6 +33,7 @@ def load_denoiser(settings: Settings) -> DenoiserLike:
             mixed_precision=settings.worker.mixed_precision,
             sha256=settings.model.sha256,
             residual_mix=settings.model.residual_mix,
+            residual_mix_band_hz=settings.model.residual_mix_band_hz,
         )
     except (ModelsError, OSError) as exc:
         raise ServiceError(f"cannot load the denoiser: {exc}") from exc

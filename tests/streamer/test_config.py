@@ -45,6 +45,8 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
         ({"overrides": ["worker.min_steps=9", "worker.max_steps=2"]}, "min_steps must be <= max_steps"),
         ({"overrides": ["redis.url=http://x"]}, "redis.url"),
         ({"overrides": ["seedlink.servers=[{host='a', prot=1}]"]}, "seedlink.servers.0.prot: unknown key"),
+        ({"overrides": ["model.residual_mix_band_hz=[20, 1]"]}, "model.residual_mix_band_hz"),
+        ({"overrides": ["model.residual_mix_band_hz=[1]"]}, "model.residual_mix_band_hz"),
     ],
 )
 def test_bad_keys_and_values_are_named(kwargs: dict, needle: str) -> None:
@@ -184,3 +186,14 @@ def test_the_same_station_on_two_servers_loads() -> None:
     servers = [{"port": 18000, "streams": ["XX_A:HHZ", "XX_*"]}, {"port": 18001, "streams": ["XX_A:BHZ", "XX_*"]}]
     s = load_settings(overrides={"seedlink": {"servers": servers}}, environ={})
     assert [srv.streams for srv in s.seedlink.servers] == [["XX_A:HHZ", "XX_*"], ["XX_A:BHZ", "XX_*"]]
+
+
+def test_residual_mix_band_override_reaches_the_denoiser() -> None:
+    """Unset: the shipped weights' own band (above 1 Hz); an operator's [0, 50] restores the mix at every
+    frequency (the earlier releases' output) without another weights file."""
+    from streamer.loaders import load_denoiser
+
+    own = load_denoiser(load_settings(environ={}))
+    assert own.residual_mix_band_hz == (1.0, 50.0)  # type: ignore[attr-defined]
+    every = load_denoiser(load_settings(environ={}, overrides=["model.residual_mix_band_hz=[0, 50]"]))
+    assert every.residual_mix_band_hz == (0.0, 50.0) and every._mix_sos is None  # type: ignore[attr-defined]
