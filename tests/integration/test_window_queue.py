@@ -139,6 +139,26 @@ def test_poison_window_goes_to_dead_letter(redis_client: redis.Redis, redis_key_
     assert a.pending_count() == 0
 
 
+
+def test_a_window_of_a_newer_release_is_dead_lettered_with_its_version(redis_client: redis.Redis, redis_key_prefix: str) -> None:
+    """Mid-upgrade, a producer of another layout: the worker reads on and the entry lands in the dead-letter
+    stream with both versions in its reason, instead of decoding into wrong data."""
+    from streamer.scaleout.codec import encode_window
+
+    producer = _queue(redis_client, redis_key_prefix, "ingest")
+    newer = encode_window(_window("NC.AAA.00", 1))
+    newer["schema"] = "2"
+    redis_client.xadd(producer.key, newer)  # type: ignore[arg-type]
+    producer.push(_window("NC.AAA.00", 2))
+    reasons: list[str] = []
+    worker = _queue(redis_client, redis_key_prefix, "a", on_dead_lettered=reasons.append)
+    got = worker.read(count=10, block_ms=None)
+    assert [w.start_ns for _, w in got] == [_window("NC.AAA.00", 2).start_ns]
+    (_, dead), = redis_client.xrange(worker.dead_key)
+    assert b"schema '2', this release reads '1'" in dead[b"reason"]
+    assert reasons == ["undecodable"]
+
+
 def test_finished_entries_are_deleted_and_trimmed_work_is_counted(redis_client: redis.Redis, redis_key_prefix: str) -> None:
     trimmed: list[int] = []
     producer = _queue(redis_client, redis_key_prefix, "ingest", maxlen=100)

@@ -43,3 +43,21 @@ def test_the_pick_policy_travels_with_a_result():
     bad["unconfirmed_p_threshold"] = "1.5"  # not a probability
     with pytest.raises(EntryDecodeError, match="not in"):
         decode_result(bad)
+
+
+@pytest.mark.parametrize("key, value", [("schema", "2"), ("mask_encoding", "packbits-be")])
+def test_an_entry_of_another_layout_is_refused_with_both_versions_named(key, value):
+    """A producer of a newer release (mid-upgrade) must not be read as this layout: its window could decode
+    into wrong data. Refused, so the queue dead-letters it with the reason."""
+    from streamer.scaleout.codec import decode_window, encode_window
+
+    w = window(0, value=3.0)
+    enc = encode_window(w)
+    assert decode_window(enc).window_id == w.window_id  # the same layout reads
+    enc[key] = value
+    with pytest.raises(EntryDecodeError, match=f"{key} '{value}', this release reads"):
+        decode_window(enc)
+    res = encode_result(result([w]), 0)
+    res[key] = value.encode()  # results carry the window's fields; bytes as Redis returns them
+    with pytest.raises(EntryDecodeError, match=key):
+        decode_result(res)
