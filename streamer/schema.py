@@ -168,9 +168,23 @@ class DecodedSegment:
     published_ns: int
 
 
+def check_layout(fields: dict[Any, Any]) -> None:
+    """Refuse an entry written to another layout than this code reads: a ``schema`` version or a
+    ``mask_encoding`` it does not know (a producer of another release, mid-upgrade). Read anyway, such an
+    entry could decode into wrong data; refused, it is reported (or dead-lettered) with both versions named.
+    An entry without these fields is read as this layout."""
+    for key, known in (("schema", SCHEMA_VERSION), ("mask_encoding", MASK_ENCODING)):
+        raw = fields.get(key.encode(), fields.get(key))
+        if raw is not None and field_text(raw) != known:
+            raise EntryDecodeError(f"{key} {field_text(raw)!r}, this release reads {known!r}: "
+                                   "producer and consumer run different releases")
+
+
 def decode_segment(fields: dict[Any, Any]) -> DecodedSegment:
-    """Inverse of :func:`encode_segment` (bytes or str keys)."""
+    """Inverse of :func:`encode_segment` (bytes or str keys); an entry of another layout is refused
+    (:func:`check_layout`)."""
     try:
+        check_layout(fields)
         shape = tuple(int(v) for v in field_text(field_value(fields, "shape")).split(","))
         data = np.frombuffer(field_value(fields, "data"), dtype=field_text(field_value(fields, "dtype"))).reshape(shape)
         mask = unpack_mask(field_value(fields, "mask"), shape)

@@ -20,6 +20,7 @@ from streamer.schema import (
     MASK_ENCODING,
     SCHEMA_VERSION,
     EntryDecodeError,
+    check_layout,
     field_text,
     field_value,
     pack_mask,
@@ -54,23 +55,11 @@ def encode_window(window: Window) -> dict[str, bytes | str]:
     }
 
 
-def _check_layout(fields: dict[Any, Any]) -> None:
-    """Refuse an entry written to another layout than this code reads: a ``schema`` version or a
-    ``mask_encoding`` it does not know (a producer of a newer release, mid-upgrade). Without the check
-    such an entry could decode into wrong data; with it, it is dead-lettered with the versions named."""
-    for key, known in (("schema", SCHEMA_VERSION), ("mask_encoding", MASK_ENCODING)):
-        raw = fields.get(key.encode(), fields.get(key))
-        if raw is not None and field_text(raw) != known:
-            raise EntryDecodeError(f"{key} {field_text(raw)!r}, this release reads {known!r}: "
-                                   "producer and consumer run different releases")
-
-
 def decode_window(fields: dict[Any, Any]) -> Window:
-    """Inverse of :func:`encode_window`; data and mask round-trip exactly. An entry of another ``schema``
-    version or ``mask_encoding`` is refused (:class:`EntryDecodeError`); one without them (no release wrote
-    such) is read as this layout."""
+    """Inverse of :func:`encode_window`; data and mask round-trip exactly. An entry of another layout is
+    refused (:func:`streamer.schema.check_layout`)."""
     try:
-        _check_layout(fields)
+        check_layout(fields)
         shape = tuple(int(v) for v in field_text(field_value(fields, "shape")).split(","))
         data = np.frombuffer(field_value(fields, "data"), dtype=field_text(field_value(fields, "dtype"))).reshape(shape)
         channels_text = field_text(field_value(fields, "channels"))
