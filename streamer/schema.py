@@ -174,9 +174,9 @@ def check_layout(fields: dict[Any, Any]) -> None:
     entry could decode into wrong data; refused, it is reported (or dead-lettered) with both versions named.
     An entry without these fields is read as this layout."""
     for key, known in (("schema", SCHEMA_VERSION), ("mask_encoding", MASK_ENCODING)):
-        raw = fields.get(key.encode(), fields.get(key))
-        if raw is not None and field_text(raw) != known:
-            raise EntryDecodeError(f"{key} {field_text(raw)!r}, this release reads {known!r}: "
+        value = _optional(fields, key, known)
+        if value != known:
+            raise EntryDecodeError(f"{key} {value!r}, this release reads {known!r}: "
                                    "producer and consumer run different releases")
 
 
