@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also export the weights as they are after these many minutes (budget-matched copies)")
     parser.add_argument("--asym-weight", type=float, default=0.0,
                         help="weight of the asymmetric STFT-magnitude term (erased signal costs more)")
+    parser.add_argument("--keep-weight", type=float, default=0.0,
+                        help="weight of the keep term: the share of the clean signal lost on cells where it stands "
+                             "--keep-db above the noise, every such cell alike (a learned guard; 0 = off)")
+    parser.add_argument("--keep-db", type=float, default=6.0,
+                        help="keep term: how far (dB) a cell's clean signal must stand above the noise (default 6)")
     parser.add_argument("--out", required=True, help="run folder: split.json, checkpoints, exported weights, log")
     parser.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock bound (default 45)")
     parser.add_argument("--max-steps", type=int, default=1_000_000, help="optimizer-step bound")
@@ -128,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             chain_steps=tuple(args.chain_steps),
             chain_probabilities=tuple(args.chain_probabilities),
             asym_weight=args.asym_weight,
+            keep_weight=args.keep_weight,
+            keep_db=args.keep_db,
             snapshot_minutes=tuple(args.snapshot_minutes),
             picker_cache=args.picker_cache or default_picker_cache(),
             device=args.device,

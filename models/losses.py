@@ -8,6 +8,9 @@
   (binary cross-entropy with soft targets). This is what the evaluation asks of the output: to be picked like the
   clean trace, and not to be picked on noise-only input (``false_pick_weight`` makes an invented pick cost more than
   a missed one).
+- :func:`keep_loss`: the share of each time-frequency cell's clean energy that the output loses, on the cells where
+  the clean signal stands clearly above the noise: a learned counterpart of the guard (a cell that is mostly
+  earthquake must be kept whole, however weak the cell is next to the rest of the window).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PickerLoss", "asymmetric_magnitude_loss", "multires_stft_loss", "onset_weight", "onset_weighted_l1"]
+__all__ = ["PickerLoss", "asymmetric_magnitude_loss", "keep_loss", "multires_stft_loss", "onset_weight", "onset_weighted_l1"]
 
 
 def onset_weight(
@@ -89,3 +92,29 @@ def asymmetric_magnitude_loss(
     mp, mt = mag[: b * c], mag[b * c :]
     w = 1.0 + under_weight * (mt > mp).float()
     return ((mp - mt).abs() * w).mean()
+
+
+def keep_loss(
+    pred: torch.Tensor, target: torch.Tensor, y: torch.Tensor, keep_db: float = 6.0, n_fft: int = 64,
+    hop_length: int = 16, floor: float = 1e-3,
+) -> torch.Tensor:
+    """Mean over *signal cells* of ``relu(1 - |S_pred| / |S_target|)``: how much of a cell the output erases.
+
+    A signal cell is a time-frequency cell whose clean magnitude is at least ``keep_db`` dB above the noise's
+    (``y - target``) and at least ``floor`` of its trace's largest clean cell (so that numerically empty cells of
+    a noise-free pair do not count). Every such cell weighs the same, whatever its energy: the 1-2 Hz energy of an
+    event that the network takes for microseism is as costly to erase as the strong high-frequency onset, which an
+    energy-weighted term (:func:`asymmetric_magnitude_loss`) hardly sees. Over-keeping costs nothing here; the other
+    terms price the noise left in. 0 where there are no signal cells (noise-only pairs)."""
+    b, c, n = pred.shape
+    win = torch.hann_window(n_fft, device=pred.device)
+    x = torch.cat([pred, target, y - target]).reshape(3 * b * c, n).float()
+    mag = torch.stft(x, n_fft, hop_length, window=win, return_complex=True).abs()
+    mp, mt, mn = mag[: b * c], mag[b * c : 2 * b * c], mag[2 * b * c :]
+    peak = mt.amax(dim=(-2, -1), keepdim=True)
+    cells = (mt >= mn * 10 ** (keep_db / 20)) & (mt > floor * peak) & (peak > 0)
+    short = (1.0 - mp / mt.clamp(min=1e-12)).clamp(min=0)
+    count = cells.sum()
+    if count == 0:
+        return pred.new_zeros(())
+    return (short * cells).sum() / count

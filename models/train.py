@@ -37,6 +37,7 @@ from models.errors import DataError
 from models.losses import (
     PickerLoss,
     asymmetric_magnitude_loss,
+    keep_loss,
     multires_stft_loss,
     onset_weight,
     onset_weighted_l1,
@@ -87,6 +88,11 @@ class TrainConfig:
     chain_probabilities: tuple[float, ...] = ()
     chain_intermediate_weight: float = 0.5
     asym_weight: float = 0.0
+    keep_weight: float = 0.0
+    """Weight of :func:`models.losses.keep_loss` (0: off, as before): the share of the clean energy lost on cells
+    where the clean signal is ``keep_db`` above the noise, every such cell alike. A learned counterpart of the
+    guard."""
+    keep_db: float = 6.0
     mask_widths: tuple[int, ...] = (48, 96, 160)
     mask_n_fft: int = 64
     """Mask model: STFT size (samples). 64 at 100 Hz gives 1.6 Hz bins (v2); 128 gives 0.8 Hz bins, fine enough to
@@ -287,10 +293,13 @@ class _Trainer:
             parts["stft"] = multires_stft_loss(pred, x0)
         if cfg.asym_weight > 0:
             parts["asym"] = asymmetric_magnitude_loss(pred, x0)
+        if cfg.keep_weight > 0 and y is not None:
+            parts["keep"] = keep_loss(pred, x0, y, cfg.keep_db)
         if self.picker_loss is not None and picker:
             seen = pred if not cfg.picker_mix or y is None else pred + cfg.picker_mix * (y - pred)
             parts["pick"] = self.picker_loss(seen, x0)
         total = (parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.asym_weight * parts.get("asym", 0.0)
+                 + cfg.keep_weight * parts.get("keep", 0.0)
                  + cfg.picker_weight * parts.get("pick", 0.0))
         parts["total"] = total
         return parts

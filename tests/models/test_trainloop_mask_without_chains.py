@@ -107,3 +107,17 @@ def test_a_tiny_mask_network_trains_without_chains():
     model.forward = spy  # type: ignore[method-assign]
     out = trainer.train_step()
     assert np.isfinite(out["loss"]) and seen == [True, True]
+
+
+def test_the_keep_term_enters_the_loss_with_its_weight():
+    """``keep_weight`` adds the keep term to the total, scaled as configured; 0 leaves the loss as before."""
+    batch = _Batch(np.random.default_rng(5))
+    batch.x0 = (0.9 * batch.y).astype(np.float32)  # the noise, y - x0, is 19 dB under the signal in every cell
+    totals = {}
+    for weight in (0.0, 2.0):
+        trainer = _bare_trainer(_Recorder(), keep_weight=weight)
+        yn, x0n, w = trainer._batch(batch)
+        parts = trainer._loss(0.2 * x0n, x0n, w, y=yn)
+        totals[weight] = (float(parts["total"]), float(parts.get("keep", 0.0)))
+    assert totals[0.0][1] == 0.0 and totals[2.0][1] > 0.5  # 0.2 of every signal cell kept: 0.8 of it lost
+    assert totals[2.0][0] == pytest.approx(totals[0.0][0] + 2.0 * totals[2.0][1], rel=1e-5)

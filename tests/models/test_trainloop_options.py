@@ -29,6 +29,7 @@ def _config_of(monkeypatch, argv: list[str]) -> train_mod.TrainConfig:
 def test_every_option_reaches_the_training_configuration(monkeypatch, tmp_path):
     argv = ["--data", "D", "--out", "O", "--sources", "a", "b", "--architecture", "mask", "--chain-steps", "1", "2",
             "--chain-probabilities", "0.6", "0.4", "--snapshot-minutes", "5", "10", "--asym-weight", "1.5",
+            "--keep-weight", "0.7", "--keep-db", "4",
             "--max-minutes", "7", "--max-steps", "99", "--seed", "3", "--resume", "--split-file", "S.json",
             "--batch-size", "4", "--lr", "0.002", "--n-train-steps", "8", "--schedule", "cosine", "--base-channels",
             "12", "--unfold-weight", "0.25", "--stft-weight", "0.3", "--picker-weight", "1.5", "--false-pick-weight",
@@ -43,6 +44,7 @@ def test_every_option_reaches_the_training_configuration(monkeypatch, tmp_path):
                                                                                           "cosine")
     assert (cfg.base_channels, cfg.unfold_weight, cfg.stft_weight, cfg.picker_weight) == (12, 0.25, 0.3, 1.5)
     assert (cfg.false_pick_weight, cfg.picker_mix) == (5.0, 0.4)
+    assert (cfg.keep_weight, cfg.keep_db) == (0.7, 4.0)
     assert (cfg.train_guard_db, cfg.train_guard_max_hz, cfg.train_guard_smooth_s) == ((8.0, 14.0), 5.0, 1.0)
     assert cfg.pairs.noise_only_share == 0.3 and cfg.init_weights == "I.pt" and cfg.picker_cache == str(tmp_path)
     assert (cfg.device, cfg.threads, cfg.progress) == ("cpu", 1, False)
