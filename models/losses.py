@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PickerLoss", "asymmetric_magnitude_loss", "keep_loss", "multires_stft_loss", "onset_weight", "onset_weighted_l1"]
+__all__ = ["PickerLoss", "asymmetric_magnitude_loss", "keep_loss", "multires_stft_loss", "onset_weight",
+           "onset_weighted_l1"]
 
 
 def onset_weight(

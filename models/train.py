@@ -294,7 +294,8 @@ class _Trainer:
         if cfg.asym_weight > 0:
             parts["asym"] = asymmetric_magnitude_loss(pred, x0)
         if cfg.keep_weight > 0 and y is not None:
-            parts["keep"] = keep_loss(pred, x0, y, cfg.keep_db)
+            # at the mask's own STFT resolution (the defaults are v2's 64 / 16)
+            parts["keep"] = keep_loss(pred, x0, y, cfg.keep_db, cfg.mask_n_fft, cfg.mask_hop)
         if self.picker_loss is not None and picker:
             seen = pred if not cfg.picker_mix or y is None else pred + cfg.picker_mix * (y - pred)
             parts["pick"] = self.picker_loss(seen, x0)
