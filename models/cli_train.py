@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score the PhaseNet term on pred + R * (y - pred), the output as residual mix R makes it (default 0)",
     )
     parser.add_argument(
+        "--picker-mix-both", action="store_true",
+        help="with --picker-mix: score the PhaseNet term on the network's own output and on the mixed one (mean)",
+    )
+    parser.add_argument(
         "--train-guard", type=float, nargs=2, default=[], metavar=("LO_DB", "HI_DB"),
         help="mask model: train with the guard in the loop (as guard_db at inference); exported with the weights",
     )
@@ -121,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             picker_weight=args.picker_weight,
             false_pick_weight=args.false_pick_weight,
             picker_mix=args.picker_mix,
+            picker_mix_both=args.picker_mix_both,
             train_guard_db=tuple(args.train_guard),
             train_guard_max_hz=args.train_guard_max_hz,
             train_guard_smooth_s=args.train_guard_smooth_s,

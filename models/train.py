@@ -105,6 +105,9 @@ class TrainConfig:
     against the clean target: on a noise-only window the network cannot then lower the picker's response below the
     raw input's (a uniform gain leaves PhaseNet's normalized input unchanged), only raise it, which the false-pick
     weight penalises. 0: the network's own output, as before."""
+    picker_mix_both: bool = False
+    """With ``picker_mix``: the PhaseNet term is the mean of its score on the network's own output and on the mixed
+    one, so the network alone is kept quiet on noise as well as the shipped output (two PhaseNet passes a step)."""
     train_guard_db: tuple[float, ...] = ()
     """Train with the mask model's guard in the loop (``(lo, hi)`` dB; empty: off, as before): the network is scored
     on ``max(gain, guard)``, the gain it will run with, so it learns around what the guard keeps instead of meeting
@@ -297,8 +300,11 @@ class _Trainer:
             # at the mask's own STFT resolution (the defaults are v2's 64 / 16)
             parts["keep"] = keep_loss(pred, x0, y, cfg.keep_db, cfg.mask_n_fft, cfg.mask_hop)
         if self.picker_loss is not None and picker:
-            seen = pred if not cfg.picker_mix or y is None else pred + cfg.picker_mix * (y - pred)
-            parts["pick"] = self.picker_loss(seen, x0)
+            if not cfg.picker_mix or y is None:
+                parts["pick"] = self.picker_loss(pred, x0)
+            else:
+                mixed = self.picker_loss(pred + cfg.picker_mix * (y - pred), x0)
+                parts["pick"] = 0.5 * (self.picker_loss(pred, x0) + mixed) if cfg.picker_mix_both else mixed
         total = (parts["l1"] + cfg.stft_weight * parts.get("stft", 0.0) + cfg.asym_weight * parts.get("asym", 0.0)
                  + cfg.keep_weight * parts.get("keep", 0.0)
                  + cfg.picker_weight * parts.get("pick", 0.0))

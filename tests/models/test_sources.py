@@ -248,6 +248,34 @@ def test_picker_mix_scores_the_output_as_the_residual_mix_makes_it(tmp_path):
         assert torch.allclose(seen[-1][0], expected, atol=1e-6) and torch.equal(seen[-1][1], x0)
 
 
+def test_picker_mix_both_scores_the_network_output_and_the_mixed_one(tmp_path):
+    """With ``picker_mix_both`` the PhaseNet term is the mean over the network's own output and the mixed output."""
+    import torch
+
+    from models.train import TrainConfig, _Trainer
+
+    torch.manual_seed(0)
+    pred, x0, y = (torch.randn(2, 3, 3000) for _ in range(3))
+    mixed = 0.6 * pred + 0.4 * y
+    seen = []
+
+    def score(p, target):  # a stand-in picker term that tells its inputs apart
+        seen.append(p.clone())
+        return (p - target).abs().mean()
+
+    cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), max_steps=1, batch_size=2, picker_weight=1.0,
+                      architecture="mask", mask_widths=(8, 16, 16), n_train_steps=4, progress=False, picker_mix=0.4,
+                      picker_mix_both=True)
+    trainer = _Trainer.__new__(_Trainer)
+    trainer.cfg, trainer.picker_loss = cfg, score
+    got = trainer._loss(pred, x0, torch.ones(2, 1, 3000), y=y)["pick"]
+    assert len(seen) == 2 and any(torch.allclose(s, pred) for s in seen)
+    assert any(torch.allclose(s, mixed, atol=1e-6) for s in seen)
+    expected = 0.5 * ((pred - x0).abs().mean() + (mixed - x0).abs().mean())
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, (mixed - x0).abs().mean(), atol=1e-6)  # not the mixed output alone
+
+
 def test_training_with_the_guard_in_the_loop_exports_it_with_the_weights(tmp_path, rng):
     """``train_guard_db``: the network is trained with the guard bounding its gain, and the exported sidecar carries
     the guard settings, so the weights run with the gain they were trained with."""

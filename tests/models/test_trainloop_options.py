@@ -33,7 +33,7 @@ def test_every_option_reaches_the_training_configuration(monkeypatch, tmp_path):
             "--max-minutes", "7", "--max-steps", "99", "--seed", "3", "--resume", "--split-file", "S.json",
             "--batch-size", "4", "--lr", "0.002", "--n-train-steps", "8", "--schedule", "cosine", "--base-channels",
             "12", "--unfold-weight", "0.25", "--stft-weight", "0.3", "--picker-weight", "1.5", "--false-pick-weight",
-            "5", "--picker-mix", "0.4", "--train-guard", "8", "14", "--train-guard-max-hz", "5",
+            "5", "--picker-mix", "0.4", "--picker-mix-both", "--train-guard", "8", "14", "--train-guard-max-hz", "5",
             "--train-guard-smooth-s", "1", "--noise-only-share", "0.3", "--init-weights", "I.pt", "--picker-cache",
             str(tmp_path), "--device", "cpu", "--threads", "1", "--no-progress"]
     cfg = _config_of(monkeypatch, argv)
@@ -43,7 +43,7 @@ def test_every_option_reaches_the_training_configuration(monkeypatch, tmp_path):
     assert (cfg.split_file, cfg.batch_size, cfg.lr, cfg.n_train_steps, cfg.schedule) == ("S.json", 4, 0.002, 8,
                                                                                           "cosine")
     assert (cfg.base_channels, cfg.unfold_weight, cfg.stft_weight, cfg.picker_weight) == (12, 0.25, 0.3, 1.5)
-    assert (cfg.false_pick_weight, cfg.picker_mix) == (5.0, 0.4)
+    assert (cfg.false_pick_weight, cfg.picker_mix, cfg.picker_mix_both) == (5.0, 0.4, True)
     assert (cfg.keep_weight, cfg.keep_db) == (0.7, 4.0)
     assert (cfg.train_guard_db, cfg.train_guard_max_hz, cfg.train_guard_smooth_s) == ((8.0, 14.0), 5.0, 1.0)
     assert cfg.pairs.noise_only_share == 0.3 and cfg.init_weights == "I.pt" and cfg.picker_cache == str(tmp_path)
