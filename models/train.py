@@ -122,6 +122,8 @@ class TrainConfig:
                             f"value {list(self.chain_steps)}")
         if not self.train_guard_db and (self.train_guard_max_hz is not None or self.train_guard_smooth_s is not None):
             raise DataError("train_guard_max_hz and train_guard_smooth_s need train_guard_db")
+        if self.picker_mix_both and not self.picker_mix:
+            raise DataError("picker_mix_both needs picker_mix (the residual mix r of the second output)")
         if self.mask_hop <= 0 or self.mask_n_fft < 2 * self.mask_hop or self.mask_n_fft % self.mask_hop:
             raise DataError(f"mask_n_fft {self.mask_n_fft} must be a multiple of mask_hop {self.mask_hop}, "
                             "at least twice it (the inverse STFT needs overlapping frames)")

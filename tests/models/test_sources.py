@@ -252,6 +252,7 @@ def test_picker_mix_both_scores_the_network_output_and_the_mixed_one(tmp_path):
     """With ``picker_mix_both`` the PhaseNet term is the mean over the network's own output and the mixed output."""
     import torch
 
+    from models.errors import DataError
     from models.train import TrainConfig, _Trainer
 
     torch.manual_seed(0)
@@ -274,6 +275,8 @@ def test_picker_mix_both_scores_the_network_output_and_the_mixed_one(tmp_path):
     expected = 0.5 * ((pred - x0).abs().mean() + (mixed - x0).abs().mean())
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, (mixed - x0).abs().mean(), atol=1e-6)  # not the mixed output alone
+    with pytest.raises(DataError, match="picker_mix_both needs picker_mix"):
+        TrainConfig(data=str(tmp_path), out=str(tmp_path / "run2"), picker_mix_both=True)
 
 
 def test_training_with_the_guard_in_the_loop_exports_it_with_the_weights(tmp_path, rng):
